@@ -1,0 +1,55 @@
+"""jaxlstm: LSTMs for JAX — one pure cell, one scan over time, thin Flax modules.
+
+``import jaxlstm as jl`` gives the functional core without importing Flax;
+``jl.LSTM`` / ``jl.LSTMCell`` (flax.linen) and ``jl.nnx`` (flax.nnx) import
+Flax when first used.
+"""
+
+import importlib
+
+from .cell import LSTMCarry as LSTMCarry
+from .cell import LSTMParams as LSTMParams
+from .cell import init_params as init_params
+from .cell import lstm_cell as lstm_cell
+from .cell import zeros_carry as zeros_carry
+from .scan import lstm as lstm
+from .stack import MERGE_MODES as MERGE_MODES
+from .stack import StackCarry as StackCarry
+from .stack import StackParams as StackParams
+from .stack import init_stack as init_stack
+from .stack import last_output as last_output
+from .stack import merge_directions as merge_directions
+from .stack import stacked_lstm as stacked_lstm
+
+__version__ = "0.1.0"
+
+# Names whose modules import Flax (or an optional package): loaded on first use.
+_LAZY = {"LSTM": "linen", "LSTMCell": "linen", "nnx": None}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        if _LAZY[name] is None:
+            return importlib.import_module(f".{name}", __name__)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'jaxlstm' has no attribute {name!r}")
+
+
+__all__ = [
+    "LSTMCarry",
+    "LSTMParams",
+    "init_params",
+    "zeros_carry",
+    "lstm_cell",
+    "lstm",
+    "MERGE_MODES",
+    "StackCarry",
+    "StackParams",
+    "init_stack",
+    "last_output",
+    "merge_directions",
+    "stacked_lstm",
+    "LSTM",
+    "LSTMCell",
+    "nnx",
+]

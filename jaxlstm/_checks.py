@@ -1,0 +1,146 @@
+"""The shared input validation behind jaxlstm's error messages.
+
+Every check runs at trace time on static shapes and dtypes, so it costs
+nothing inside ``jit``. Messages name the argument, the expected and the
+actual value, and point to the section of ``docs/shapes.md`` that explains it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+GUIDE = "docs/shapes.md"
+
+
+def _see(section: str) -> str:
+    return f"; see {GUIDE}#{section}"
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= 1, got the bool {value!r}")
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}") from None
+    if as_int < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {as_int}" + _see("units-cells-and-time-steps"))
+    return as_int
+
+
+def one_of(value, allowed: Sequence[str], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def rate(value, name: str) -> float:
+    """A probability in [0, 1), e.g. a dropout rate."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _array_like(value, name: str):
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name} must be a JAX or NumPy array, got {type(value).__name__}")
+
+
+def params(p) -> None:
+    """Checks that ``p`` is an LSTMParams with consistent (D, 4H), (H, 4H), (4H,) shapes."""
+    from .cell import LSTMParams
+
+    if not isinstance(p, LSTMParams):
+        raise TypeError(f"params must be a jaxlstm.LSTMParams (w_ih, w_hh, b), got {type(p).__name__}")
+    for field in LSTMParams._fields:
+        _array_like(getattr(p, field), f"params.{field}")
+    w_ih, w_hh, b = p
+    if w_hh.ndim != 2 or w_hh.shape[1] != 4 * w_hh.shape[0]:
+        raise ValueError(
+            f"params.w_hh must have shape (hidden_size, 4 * hidden_size), got {tuple(w_hh.shape)}" + _see("parameters")
+        )
+    hidden = w_hh.shape[0]
+    if w_ih.ndim != 2 or w_ih.shape[1] != 4 * hidden:
+        raise ValueError(
+            f"params.w_ih must have shape (input_size, {4 * hidden}) for hidden_size={hidden}, "
+            f"got {tuple(w_ih.shape)}" + _see("parameters")
+        )
+    if b.shape != (4 * hidden,):
+        raise ValueError(
+            f"params.b must have shape ({4 * hidden},) for hidden_size={hidden}, got {tuple(b.shape)}"
+            + _see("parameters")
+        )
+
+
+def floating(value, name: str) -> None:
+    _array_like(value, name)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}" + _see("inputs"))
+
+
+def inputs(xs, input_size: int | None, name: str, *, min_rank: int, layout: str = "(*batch, input)") -> None:
+    """Checks an input array: floating, rank >= ``min_rank``, last axis ``input_size`` (if given)."""
+    floating(xs, name)
+    if xs.ndim < min_rank:
+        raise ValueError(
+            f"{name} must have shape {layout} with at least {min_rank} dims, "
+            f"got {xs.ndim} dims (shape {tuple(xs.shape)})" + _see("inputs")
+        )
+    if input_size is not None and xs.shape[-1] != input_size:
+        raise ValueError(
+            f"{name} has {xs.shape[-1]} features but params expect input_size={input_size} "
+            f"({name}.shape={tuple(xs.shape)})" + _see("inputs")
+        )
+
+
+def carry(c, batch_shape: tuple[int, ...], hidden_size: int, name: str) -> None:
+    """Checks an LSTMCarry whose h and c must be (*batch_shape, hidden_size)."""
+    from .cell import LSTMCarry
+
+    if not isinstance(c, LSTMCarry):
+        if isinstance(c, tuple) and len(c) == 2:
+            raise TypeError(
+                f"{name} must be a jaxlstm.LSTMCarry(h, c), got a plain {type(c).__name__}; "
+                f"wrap it as jaxlstm.LSTMCarry(h, c) so the order h, c is explicit" + _see("carry")
+            )
+        raise TypeError(f"{name} must be a jaxlstm.LSTMCarry(h, c), got {type(c).__name__}" + _see("carry"))
+    expected = (*batch_shape, hidden_size)
+    for field in ("h", "c"):
+        value = getattr(c, field)
+        _array_like(value, f"{name}.{field}")
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"{name}.{field} must have shape (*batch, hidden_size) = {expected}, got {tuple(value.shape)}"
+                + _see("carry")
+            )
+
+
+def per_sequence_ints(values, batch_shape: tuple[int, ...], name: str) -> None:
+    """Checks an integer array with one entry per sequence, e.g. seq_lengths (*batch,)."""
+    _array_like(values, name)
+    if not jnp.issubdtype(values.dtype, jnp.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {values.dtype}" + _see("padding-and-seq_lengths"))
+    if tuple(values.shape) != tuple(batch_shape):
+        raise ValueError(
+            f"{name} must have shape (*batch,) = {tuple(batch_shape)}, one entry per sequence, "
+            f"got {tuple(values.shape)}" + _see("padding-and-seq_lengths")
+        )
+
+
+def per_step_flags(values, expected_shape: tuple[int, ...], name: str) -> None:
+    """Checks a boolean array with one entry per step, e.g. mask or resets (*batch, time)."""
+    _array_like(values, name)
+    if values.dtype != jnp.bool_:
+        raise TypeError(f"{name} must have dtype bool, got {values.dtype}" + _see("masks-and-resets"))
+    if tuple(values.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"{name} must have shape (*batch, time) = {tuple(expected_shape)}, one flag per step, "
+            f"got {tuple(values.shape)}" + _see("masks-and-resets")
+        )

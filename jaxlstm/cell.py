@@ -1,0 +1,194 @@
+"""One LSTM step: parameters, carry, initialisation and the cell itself.
+
+Notation used across jaxlstm (annotations, docstrings and error messages):
+
+====== ==========================================================
+batch  any number of leading batch dimensions, written ``*batch``
+time   T, the number of time steps
+input  D, the size of one step's input vector (``input_size``)
+hidden H, the size of the state vector (``hidden_size`` = Keras'
+       ``units`` = Flax's ``features``)
+gates  4·H, the four gate pre-activations packed as [i, f, g, o]
+====== ==========================================================
+
+The equations, for one step with input x (D,) and carry (h, c) (H,)::
+
+    z = x @ w_ih + h @ w_hh + b           # (4H,) = [z_i, z_f, z_g, z_o]
+    i = sigmoid(z_i)   f = sigmoid(z_f)   g = tanh(z_g)   o = sigmoid(z_o)
+    c' = f * c + i * g
+    h' = o * tanh(c')
+
+Gate order i, f, g, o along the 4H axis is the one PyTorch and Keras use, so
+their weights convert by a transpose, not a shuffle.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from . import _checks
+
+__all__ = ["LSTMParams", "LSTMCarry", "init_params", "zeros_carry", "lstm_cell", "INIT_SCHEMES"]
+
+INIT_SCHEMES = ("keras", "torch")
+
+
+class LSTMParams(NamedTuple):
+    """The weights of one LSTM cell (one layer, one direction).
+
+    Attributes:
+        w_ih: input kernel, shape ``(input_size, 4 * hidden_size)``.
+        w_hh: recurrent kernel, shape ``(hidden_size, 4 * hidden_size)``.
+        b: bias, shape ``(4 * hidden_size,)``.
+
+    The 4H axis holds the gates in the order input, forget, cell candidate
+    (g), output. A pytree, so it passes through ``jit``, ``grad`` and optax.
+    """
+
+    w_ih: Float[Array, "input gates"]
+    w_hh: Float[Array, "hidden gates"]
+    b: Float[Array, " gates"]
+
+    @property
+    def input_size(self) -> int:
+        """D, the size of one step's input vector."""
+        return self.w_ih.shape[-2]
+
+    @property
+    def hidden_size(self) -> int:
+        """H, the size of the state vector (``units``, ``features``)."""
+        return self.w_hh.shape[-2]
+
+
+class LSTMCarry(NamedTuple):
+    """The state an LSTM carries from one time step to the next.
+
+    Attributes:
+        h: hidden state (the step's output), shape ``(*batch, hidden_size)``.
+        c: cell state, shape ``(*batch, hidden_size)``.
+    """
+
+    h: Float[Array, "*batch hidden"]
+    c: Float[Array, "*batch hidden"]
+
+
+def initializers(scheme: str, hidden_size: int, *, argument: str = "scheme"):
+    """The ``(key, shape, dtype) -> array`` initializers of ``w_ih``, ``w_hh`` and ``b``.
+
+    Shared by ``init_params`` and the Flax modules, so both draw the same weights.
+    """
+    _checks.one_of(scheme, INIT_SCHEMES, argument)
+    if scheme == "keras":
+
+        def forget_bias_one(key, shape, dtype=jnp.float32):
+            return jnp.zeros(shape, dtype).at[hidden_size : 2 * hidden_size].set(1.0)
+
+        inits = (jax.nn.initializers.glorot_uniform(), jax.nn.initializers.orthogonal(), forget_bias_one)
+    else:
+        bound = 1.0 / hidden_size**0.5
+
+        def symmetric_uniform(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        inits = (symmetric_uniform,) * 3
+
+    def in_float32(init):
+        # Drawn in float32 and cast, so every dtype (bfloat16 too, which QR lacks) gets the same weights.
+        return lambda key, shape, dtype=jnp.float32: init(key, shape, jnp.float32).astype(dtype)
+
+    return tuple(in_float32(init) for init in inits)
+
+
+def init_params(
+    key: PRNGKeyArray,
+    input_size: int,
+    hidden_size: int,
+    *,
+    scheme: str = "keras",
+    dtype=jnp.float32,
+) -> LSTMParams:
+    """Random weights for one cell.
+
+    Args:
+        key: a JAX PRNG key.
+        input_size: D, the size of each step's input.
+        hidden_size: H, the size of the state (``units``).
+        scheme: ``"keras"`` — glorot-uniform ``w_ih``, orthogonal ``w_hh``
+            (one (H, 4H) matrix with orthonormal rows, as Keras), zero bias
+            except 1.0 on the forget gate; or ``"torch"`` — every entry
+            U(-1/sqrt(H), 1/sqrt(H)), as ``torch.nn.LSTM``.
+        dtype: parameter dtype.
+
+    Returns:
+        ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,).
+    """
+    input_size = _checks.positive_int(input_size, "input_size")
+    hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    init_w_ih, init_w_hh, init_b = initializers(scheme, hidden_size)
+    k_ih, k_hh, k_b = jax.random.split(key, 3)
+    gates = 4 * hidden_size
+    return LSTMParams(
+        init_w_ih(k_ih, (input_size, gates), dtype),
+        init_w_hh(k_hh, (hidden_size, gates), dtype),
+        init_b(k_b, (gates,), dtype),
+    )
+
+
+def zeros_carry(hidden_size: int, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> LSTMCarry:
+    """An all-zero carry: ``h`` and ``c`` each of shape ``(*batch_shape, hidden_size)``."""
+    hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    shape = (*tuple(batch_shape), hidden_size)
+    return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def activate_gates(z: Float[Array, "*batch gates"]) -> Float[Array, "*batch gates"]:
+    """[z_i, z_f, z_g, z_o] → [σ(z_i), σ(z_f), tanh(z_g), σ(z_o)], packed again along 4H."""
+    z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
+    return jnp.concatenate([jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)], axis=-1)
+
+
+def gates(params: LSTMParams, carry: LSTMCarry, x: Array) -> Float[Array, "*batch gates"]:
+    """The activated gates [i, f, g, o] of one step, ``(*batch, 4H)`` (unchecked)."""
+    z = x @ params.w_ih + carry.h @ params.w_hh
+    return activate_gates(z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1))))
+
+
+def update(gates: Float[Array, "*batch gates"], c: Float[Array, "*batch hidden"]) -> LSTMCarry:
+    """c' = f·c + i·g and h' = o·tanh(c') from the activated gates (unchecked)."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = f * c + i * g
+    return LSTMCarry(o * jnp.tanh(c), c)
+
+
+def lstm_cell(
+    params: LSTMParams,
+    carry: LSTMCarry,
+    x: Float[Array, "*batch input"],
+) -> tuple[LSTMCarry, Float[Array, "*batch hidden"]]:
+    """One LSTM time step.
+
+    Args:
+        params: ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,).
+        carry: ``LSTMCarry`` whose ``h`` and ``c`` are ``(*batch, H)``.
+        x: this step's input, ``(*batch, D)``; any leading batch dims.
+
+    Returns:
+        ``(new_carry, h)``: the next carry (each ``(*batch, H)``) and this
+        step's output ``h``, ``(*batch, H)`` (the same array as ``new_carry.h``).
+
+    >>> import jax, jax.numpy as jnp, jaxlstm as jl
+    >>> params = jl.init_params(jax.random.key(0), input_size=3, hidden_size=5)
+    >>> carry, h = jl.lstm_cell(params, jl.zeros_carry(5, (2,)), jnp.ones((2, 3)))
+    >>> h.shape, carry.c.shape
+    ((2, 5), (2, 5))
+    """
+    with jax.named_scope("jaxlstm.lstm_cell"):
+        _checks.params(params)
+        _checks.inputs(x, params.input_size, "x", min_rank=1)
+        _checks.carry(carry, x.shape[:-1], params.hidden_size, "carry")
+        new_carry = update(gates(params, carry, x), carry.c)
+        return new_carry, new_carry.h

@@ -1,0 +1,228 @@
+"""flax.linen modules: ``LSTM`` (a whole layer stack) and ``LSTMCell`` (one step).
+
+Thin wrappers: they create the parameters and call the functional core
+(``jaxlstm.stacked_lstm`` / ``jaxlstm.lstm_cell``); all the numerics live there.
+
+Parameter names follow PyTorch's: ``params["layer_0"]`` holds the first layer's
+forward ``w_ih`` (D, 4H), ``w_hh`` (H, 4H) and ``b`` (4H,);
+``params["layer_0_reverse"]`` its backward direction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from . import _checks
+from .cell import INIT_SCHEMES, LSTMCarry, LSTMParams, initializers, lstm_cell
+from .scan import GRADIENTS, MASKED_OUTPUTS
+from .stack import MERGE_MODES, StackCarry, last_output, merged_size, stacked_lstm
+
+__all__ = ["LSTM", "LSTMCell", "cell_name"]
+
+
+def cell_name(layer: int, direction: int) -> str:
+    """The parameter-tree key of one layer and direction: ``layer_0``, ``layer_0_reverse``."""
+    return f"layer_{layer}" + ("_reverse" if direction == 1 else "")
+
+
+def _cast(params: LSTMParams, xs: Array, dtype) -> tuple[LSTMParams, Array]:
+    """Casts params and inputs to the computation dtype (Flax's ``dtype`` convention)."""
+    if dtype is None:
+        with jax.numpy_dtype_promotion("standard"):  # the wider of the two, whatever the user's promotion mode
+            dtype = jnp.promote_types(xs.dtype, params.w_ih.dtype)
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params), jnp.asarray(xs, dtype)
+
+
+class LSTMCell(nn.RNNCellBase):
+    """One LSTM step as a linen module; works inside ``flax.linen.RNN``.
+
+    Attributes:
+        features: H, the size of the state vector (``units``, ``hidden_size``).
+        init_scheme: ``"keras"`` or ``"torch"`` initialisation (see
+            ``jaxlstm.init_params``; not ``init``, which is linen's method).
+        dtype: computation dtype (``None``: from inputs and params).
+        param_dtype: parameter dtype.
+
+    Call ``cell(carry, x)`` with ``carry`` an ``LSTMCarry`` of ``(*batch, H)``
+    arrays and ``x`` of shape ``(*batch, D)``; returns ``(new_carry, h)`` with
+    ``h`` of shape ``(*batch, H)``.
+
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxlstm as jl
+    >>> rnn = nn.RNN(jl.LSTMCell(features=32))
+    >>> variables = rnn.init(jax.random.key(0), jnp.ones((4, 10, 8)))
+    >>> rnn.apply(variables, jnp.ones((4, 10, 8))).shape
+    (4, 10, 32)
+    """
+
+    features: int
+    init_scheme: str = "keras"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def weights(self, input_size: int) -> LSTMParams:
+        """This cell's ``LSTMParams`` for ``input_size`` D, created on first use."""
+        features = _checks.positive_int(self.features, "features")
+        if self.has_variable("params", "w_ih"):
+            trained_input_size = self.get_variable("params", "w_ih").shape[0]
+            if trained_input_size != input_size:
+                raise ValueError(
+                    f"{self.name}: the input has {input_size} features but the params expect "
+                    f"input_size={trained_input_size} (params['{self.name}']['w_ih'] has shape "
+                    f"{self.get_variable('params', 'w_ih').shape})" + _checks._see("inputs")
+                )
+        init_w_ih, init_w_hh, init_b = initializers(self.init_scheme, features, argument="init_scheme")
+        gates = 4 * features
+        return LSTMParams(
+            self.param("w_ih", init_w_ih, (input_size, gates), self.param_dtype),
+            self.param("w_hh", init_w_hh, (features, gates), self.param_dtype),
+            self.param("b", init_b, (gates,), self.param_dtype),
+        )
+
+    def __call__(self, carry: LSTMCarry, x: Float[Array, "*batch input"]) -> tuple[LSTMCarry, Array]:
+        _checks.floating(x, "x")
+        params, x = _cast(self.weights(x.shape[-1]), x, self.dtype)
+        if isinstance(carry, LSTMCarry):
+            carry = LSTMCarry(*(jnp.asarray(a, x.dtype) for a in carry))
+        return lstm_cell(params, carry, x)
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]) -> LSTMCarry:
+        """Zeros of shape ``(*input_shape[:-1], H)`` for ``h`` and ``c``."""
+        shape = (*input_shape[:-1], self.features)
+        dtype = self.param_dtype if self.dtype is None else self.dtype
+        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class LSTM(nn.Module):
+    """An LSTM layer, or a stack of them, over whole sequences (batch-first).
+
+    There is one cell per layer and direction, applied to every time step;
+    ``features`` is the size H of its state vector.
+
+    Attributes:
+        features: H (Keras' ``units``, PyTorch's ``hidden_size``).
+        num_layers: stacked layers; layer l + 1 reads layer l's output sequence.
+        bidirectional: add a backward direction to every layer.
+        merge: how directions combine: ``"concat"`` (F = 2H), ``"sum"``,
+            ``"mul"``, ``"ave"`` (F = H), as Keras' ``Bidirectional``.
+        return_sequences: output every step ``(*batch, T, F)``; ``False``
+            gives each sequence's last valid step ``(*batch, F)`` (for
+            bidirectional: forward final h merged with backward final h, the
+            one at step 0 — torch's ``h_n``).
+        return_carry: return ``(carries, output)``, ``carries`` nested
+            ``[layer][direction]`` → ``LSTMCarry`` of ``(*batch, H)``.
+        dropout: dropout rate on every layer's output but the last (PyTorch's
+            ``dropout``); active with ``deterministic=False`` and a
+            ``'dropout'`` rng.
+        dtype: computation dtype (``None``: inferred); param_dtype: parameters'.
+        init_scheme: ``"keras"`` or ``"torch"`` initialisation (named so because
+            ``init`` is linen's own method).
+        unroll: ``lax.scan`` unroll (speed only).
+        reverse: a single direction that reads each sequence from its last
+            valid step back to step 0 (outputs stay aligned with the inputs);
+            not with ``bidirectional``, which already has such a direction.
+        masked_output: what steps outside ``mask`` output: ``"zeros"`` or
+            ``"previous"`` (the last counted step's output), as ``jaxlstm.lstm``.
+        gradient: ``"fused"`` (default) or ``"autodiff"``, as ``jaxlstm.lstm``.
+
+    Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``
+    ints, ``mask`` and ``resets`` ``(*batch, T)`` bools (see ``jaxlstm.lstm``),
+    ``initial_carry`` nested like the returned carries, and ``deterministic``.
+
+    >>> import jax, jax.numpy as jnp, jaxlstm as jl
+    >>> layer = jl.LSTM(features=32)                   # 32 units: one 32-vector per step
+    >>> x = jnp.ones((4, 10, 8))                       # (batch, time, input)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> layer.apply(variables, x).shape                # (batch, time, units)
+    (4, 10, 32)
+    >>> jl.LSTM(32, return_sequences=False).apply(variables, x).shape   # (batch, units)
+    (4, 32)
+    """
+
+    features: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    merge: str = "concat"
+    return_sequences: bool = True
+    return_carry: bool = False
+    dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    init_scheme: str = "keras"
+    unroll: int = 1
+    reverse: bool = False
+    masked_output: str = "zeros"
+    gradient: str = "fused"
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """F, the width of the output: 2·features for bidirectional "concat", else features."""
+        return merged_size(self.features, self.num_directions, self.merge)
+
+    def _check_config(self) -> None:
+        _checks.positive_int(self.features, "features")
+        _checks.positive_int(self.num_layers, "num_layers")
+        _checks.one_of(self.merge, MERGE_MODES, "merge")
+        _checks.one_of(self.init_scheme, INIT_SCHEMES, "init_scheme")
+        _checks.rate(self.dropout, "dropout")
+        _checks.one_of(self.masked_output, MASKED_OUTPUTS, "masked_output")
+        _checks.one_of(self.gradient, GRADIENTS, "gradient")
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "*batch time input"],
+        *,
+        seq_lengths: Int[Array, "*batch"] | None = None,
+        mask: Bool[Array, "*batch time"] | None = None,
+        resets: Bool[Array, "*batch time"] | None = None,
+        initial_carry: StackCarry | None = None,
+        deterministic: bool = True,
+    ):
+        self._check_config()
+        _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)")
+        stack = []
+        for layer in range(self.num_layers):
+            input_size = x.shape[-1] if layer == 0 else self.output_size
+            cells = [
+                LSTMCell(
+                    self.features, self.init_scheme, self.dtype, self.param_dtype, name=cell_name(layer, direction)
+                )
+                for direction in range(self.num_directions)
+            ]
+            stack.append(tuple(_cast(cell.weights(input_size), x, self.dtype)[0] for cell in cells))
+        xs = _cast(stack[0][0], x, self.dtype)[1]
+        use_dropout = self.dropout > 0.0 and not deterministic and self.num_layers > 1
+        carries, hs = stacked_lstm(
+            tuple(stack),
+            xs,
+            initial_carry,
+            seq_lengths=seq_lengths,
+            mask=mask,
+            resets=resets,
+            masked_output=self.masked_output,
+            merge=self.merge,
+            dropout=self.dropout,
+            dropout_key=self.make_rng("dropout") if use_dropout else None,
+            unroll=self.unroll,
+            reverse=self.reverse,
+            gradient=self.gradient,
+        )
+        output = hs if self.return_sequences else last_output(carries, self.merge)
+        return (carries, output) if self.return_carry else output

@@ -1,0 +1,302 @@
+"""The loop over time: ``lstm`` applies the one cell to every step of a sequence.
+
+One ``jax.lax.scan`` owns time. Everything that varies per step — whether a
+step counts (``seq_lengths`` and ``mask``) and where a new segment starts
+(``resets``) — reaches that loop as a per-step boolean array, so each feature
+is data for the same loop rather than a special case of it. ``reverse`` runs
+the same loop from the last step to the first over the same arrays: outputs
+stay aligned with the inputs, and steps that don't count (padding) leave the
+carry untouched, so each sequence is read from its own last valid step
+without flipping anything.
+
+Two ways to differentiate the loop:
+
+* ``gradient="fused"`` (default): a ``jax.custom_vjp`` over the whole
+  sequence. The forward scan saves the gate activations; the backward scan
+  carries only the sequential (dh, dc) recurrence and emits the gate
+  pre-activation gradients dz (T, *batch, 4H); dW_ih = Xᵀ·dz, dW_hh = H_prevᵀ·dz,
+  db = Σ dz and dX = dz·W_ihᵀ then follow as single large matmuls.
+* ``gradient="autodiff"``: JAX differentiates the scan itself; the reference
+  the fused path is tested against.
+
+Both share the same forward computation, so values never differ.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from . import _checks
+from .cell import LSTMCarry, LSTMParams, gates, update
+
+__all__ = ["lstm", "GRADIENTS", "MASKED_OUTPUTS"]
+
+GRADIENTS = ("fused", "autodiff")
+MASKED_OUTPUTS = ("zeros", "previous")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _loop(params: LSTMParams, xs_tm, carry: LSTMCarry, valid_tm, reset_tm, *, reverse, unroll, masked_output, save):
+    """The one loop over time (time-major, unchecked).
+
+    Per step: restart from the initial carry where ``reset``; compute the
+    cell; keep the new carry only where ``valid``. With ``save`` it also emits
+    what the fused backward pass needs: the activated gates and the carry the
+    step started from.
+    """
+    initial = carry
+
+    def step(carry: LSTMCarry, inputs):
+        x_t, valid_t, reset_t = inputs
+        if reset_t is not None:
+            restart = reset_t[..., None]
+            carry = LSTMCarry(jnp.where(restart, initial.h, carry.h), jnp.where(restart, initial.c, carry.c))
+        gates_t = gates(params, carry, x_t)
+        h, c = update(gates_t, carry.c)
+        output = h
+        if valid_t is not None:
+            keep = valid_t[..., None]
+            skipped = carry.h if masked_output == "previous" else jnp.zeros_like(h)
+            output = jnp.where(keep, h, skipped)
+            h, c = jnp.where(keep, h, carry.h), jnp.where(keep, c, carry.c)
+        saved = (gates_t, carry.h, carry.c) if save else ()
+        return LSTMCarry(h, c), (output, saved)
+
+    final, (hs, saved) = jax.lax.scan(step, carry, (xs_tm, valid_tm, reset_tm), reverse=reverse, unroll=unroll)
+    return final, hs, saved
+
+
+# ----------------------------------------------------------------------------- the fused gradient
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _fused(params, xs_tm, carry, valid_tm, reset_tm, reverse, unroll, masked_output):
+    final, hs, _ = _loop(
+        params,
+        xs_tm,
+        carry,
+        valid_tm,
+        reset_tm,
+        reverse=reverse,
+        unroll=unroll,
+        masked_output=masked_output,
+        save=False,
+    )
+    return final, hs
+
+
+def _fused_forward(params, xs_tm, carry, valid_tm, reset_tm, reverse, unroll, masked_output):
+    final, hs, (gates_tm, h_prev, c_prev) = _loop(
+        params, xs_tm, carry, valid_tm, reset_tm, reverse=reverse, unroll=unroll, masked_output=masked_output, save=True
+    )
+    return (final, hs), (params, xs_tm, valid_tm, reset_tm, gates_tm, h_prev, c_prev)
+
+
+def _no_cotangent(flags):
+    return None if flags is None else np.zeros(flags.shape, jax.dtypes.float0)
+
+
+def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
+    params, xs_tm, valid_tm, reset_tm, gates_tm, h_prev, c_prev = residuals
+    d_final, d_hs = cotangents
+    w_hh_t = params.w_hh.T
+    zeros = jnp.zeros_like(d_final.h)
+
+    def step(carry, inputs):
+        # carry: cotangents of the carry after this step, and those collected for the initial carry.
+        (dh, dc), d_initial = carry
+        gates_t, c_prev_t, d_out, valid_t, reset_t = inputs
+        i, f, g, o = jnp.split(gates_t, 4, axis=-1)
+        tanh_c = jnp.tanh(f * c_prev_t + i * g)
+        if valid_t is None:
+            dh = dh + d_out
+        else:
+            keep = valid_t[..., None]
+            d_skipped = d_out if masked_output == "previous" else zeros
+            dh, d_passed = dh + jnp.where(keep, d_out, zeros), jnp.where(keep, zeros, d_skipped)
+        dc_total = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dz = jnp.concatenate(
+            [
+                dc_total * g * i * (1.0 - i),
+                dc_total * c_prev_t * f * (1.0 - f),
+                dc_total * i * (1.0 - g * g),
+                dh * tanh_c * o * (1.0 - o),
+            ],
+            axis=-1,
+        )
+        dh_prev, dc_prev = dz @ w_hh_t, dc_total * f
+        if valid_t is not None:
+            dz = jnp.where(keep, dz, jnp.zeros_like(dz))
+            dh_prev = jnp.where(keep, dh_prev, dh) + d_passed
+            dc_prev = jnp.where(keep, dc_prev, dc)
+        if reset_t is not None:
+            restart = reset_t[..., None]
+            d_initial = LSTMCarry(
+                d_initial.h + jnp.where(restart, dh_prev, zeros), d_initial.c + jnp.where(restart, dc_prev, zeros)
+            )
+            dh_prev, dc_prev = jnp.where(restart, zeros, dh_prev), jnp.where(restart, zeros, dc_prev)
+        return (LSTMCarry(dh_prev, dc_prev), d_initial), dz
+
+    (d_carry, d_initial), dz = jax.lax.scan(
+        step,
+        (LSTMCarry(d_final.h, d_final.c), LSTMCarry(zeros, zeros)),
+        (gates_tm, c_prev, d_hs, valid_tm, reset_tm),
+        reverse=not reverse,
+        unroll=unroll,
+    )
+    input_size, hidden_size = params.w_ih.shape[0], params.w_hh.shape[0]
+    dz_2d = dz.reshape(-1, 4 * hidden_size)
+    d_params = LSTMParams(
+        xs_tm.reshape(-1, input_size).T @ dz_2d,
+        h_prev.reshape(-1, hidden_size).T @ dz_2d,
+        jnp.sum(dz_2d, axis=0),
+    )
+    d_xs = dz @ params.w_ih.T
+    d_carry = LSTMCarry(d_carry.h + d_initial.h, d_carry.c + d_initial.c)
+    return d_params, d_xs, d_carry, _no_cotangent(valid_tm), _no_cotangent(reset_tm)
+
+
+_fused.defvjp(_fused_forward, _fused_backward)
+
+
+def _autodiff(params, xs_tm, carry, valid_tm, reset_tm, reverse, unroll, masked_output):
+    final, hs, _ = _loop(
+        params,
+        xs_tm,
+        carry,
+        valid_tm,
+        reset_tm,
+        reverse=reverse,
+        unroll=unroll,
+        masked_output=masked_output,
+        save=False,
+    )
+    return final, hs
+
+
+# ----------------------------------------------------------------------------- per-step flags
+
+
+def valid_steps(
+    seq_lengths: Int[Array, "*batch"] | None,
+    mask: Bool[Array, "*batch time"] | None,
+    batch_shape: tuple[int, ...],
+    time: int,
+) -> Bool[Array, "time *batch"] | None:
+    """Time-major flags of the steps that count: t < length and mask[t]; ``None`` if all do."""
+    valid = None
+    if seq_lengths is not None:
+        _checks.per_sequence_ints(seq_lengths, batch_shape, "seq_lengths")
+        steps = jnp.arange(time, dtype=jnp.int32).reshape((time,) + (1,) * len(batch_shape))
+        valid = steps < jnp.asarray(seq_lengths, jnp.int32)[None]
+    if mask is not None:
+        _checks.per_step_flags(mask, (*batch_shape, time), "mask")
+        mask_tm = jnp.moveaxis(mask, -1, 0)
+        valid = mask_tm if valid is None else valid & mask_tm
+    return valid
+
+
+def reset_steps(
+    resets: Bool[Array, "*batch time"] | None, batch_shape: tuple[int, ...], time: int, *, reverse: bool
+) -> Bool[Array, "time *batch"] | None:
+    """Time-major flags of the steps whose carry restarts from the initial one.
+
+    ``resets`` marks the first step of each segment. Read backward, a segment
+    begins at its last step, i.e. just before the next segment's first step,
+    so the flags shift by one.
+    """
+    if resets is None:
+        return None
+    _checks.per_step_flags(resets, (*batch_shape, time), "resets")
+    resets_tm = jnp.moveaxis(resets, -1, 0)
+    if reverse:
+        resets_tm = jnp.concatenate([resets_tm[1:], jnp.zeros_like(resets_tm[:1])], axis=0)
+    return resets_tm
+
+
+# ----------------------------------------------------------------------------- the public function
+
+
+def lstm(
+    params: LSTMParams,
+    xs: Float[Array, "*batch time input"],
+    carry: LSTMCarry | None = None,
+    *,
+    seq_lengths: Int[Array, "*batch"] | None = None,
+    mask: Bool[Array, "*batch time"] | None = None,
+    resets: Bool[Array, "*batch time"] | None = None,
+    masked_output: str = "zeros",
+    reverse: bool = False,
+    unroll: int = 1,
+    gradient: str = "fused",
+) -> tuple[LSTMCarry, Float[Array, "*batch time hidden"]]:
+    """Runs one LSTM layer (one direction) over whole sequences.
+
+    Args:
+        params: ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,).
+        xs: inputs, ``(*batch, T, D)``, batch-first; ``*batch`` may be empty
+            (one sequence) or several dims.
+        carry: initial ``LSTMCarry``, ``h`` and ``c`` each ``(*batch, H)``;
+            zeros when ``None``.
+        seq_lengths: optional ``(*batch,)`` integers. Steps at or past a
+            sequence's length leave its carry unchanged and output zeros.
+        mask: optional ``(*batch, T)`` bools, any pattern: a ``False`` step
+            leaves the carry unchanged. With ``seq_lengths``, a step counts
+            when both allow it.
+        resets: optional ``(*batch, T)`` bools marking the first step of a new
+            segment (several sequences packed in one row): the carry restarts
+            from the initial ``carry`` there. With ``reverse``, each segment is
+            read backward on its own.
+        masked_output: what a step that doesn't count outputs: ``"zeros"``, or
+            ``"previous"`` — the carry's ``h``, i.e. the last counted step's
+            output (Keras' standalone ``LSTM`` with a mask).
+        reverse: read each sequence from its own last valid step back to
+            step 0. Outputs stay aligned with the inputs (``hs[..., t, :]``
+            belongs to ``xs[..., t, :]``), as PyTorch's packed sequences and
+            Keras' masked ``go_backwards`` give.
+        unroll: steps per iteration of the compiled loop (``lax.scan``'s
+            ``unroll``); a speed knob only, results do not change.
+        gradient: ``"fused"`` (a hand-written backward pass over the whole
+            sequence, faster) or ``"autodiff"`` (JAX differentiates the scan).
+            Values are identical; gradients agree to float rounding.
+
+    Returns:
+        ``(final_carry, hs)``: ``final_carry`` is each sequence's carry after
+        its own last valid step (after step 0 when ``reverse``), ``h`` and
+        ``c`` each ``(*batch, H)``; ``hs`` is every step's output,
+        ``(*batch, T, H)``. One cell is applied T times: H is the size of the
+        one state vector, not a count of cells.
+
+    >>> import jax, jax.numpy as jnp, jaxlstm as jl
+    >>> params = jl.init_params(jax.random.key(0), input_size=8, hidden_size=32)
+    >>> xs = jnp.ones((4, 10, 8))                      # (batch, time, input)
+    >>> final, hs = jl.lstm(params, xs, seq_lengths=jnp.array([10, 7, 3, 0]))
+    >>> hs.shape, final.h.shape                        # (batch, time, hidden), (batch, hidden)
+    ((4, 10, 32), (4, 32))
+    """
+    with jax.named_scope("jaxlstm.lstm"):
+        _checks.params(params)
+        _checks.inputs(xs, params.input_size, "xs", min_rank=2, layout="(*batch, time, input)")
+        batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
+        if carry is None:
+            carry = LSTMCarry(*(jnp.zeros((*batch_shape, params.hidden_size), xs.dtype),) * 2)
+        else:
+            _checks.carry(carry, batch_shape, params.hidden_size, "carry")
+        unroll = _checks.positive_int(unroll, "unroll")
+        _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
+        _checks.one_of(gradient, GRADIENTS, "gradient")
+        reverse = bool(reverse)
+        valid_tm = valid_steps(seq_lengths, mask, batch_shape, time)
+        reset_tm = reset_steps(resets, batch_shape, time, reverse=reverse)
+        run = _fused if gradient == "fused" else _autodiff
+        final_carry, hs_tm = run(
+            params, jnp.moveaxis(xs, -2, 0), carry, valid_tm, reset_tm, reverse, unroll, masked_output
+        )
+        return final_carry, jnp.moveaxis(hs_tm, 0, -2)

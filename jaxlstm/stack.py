@@ -1,0 +1,216 @@
+"""Layers and directions composed from ``lstm``: stacked and bidirectional LSTMs.
+
+A stack's parameters are plain nested tuples, indexed ``[layer][direction]``,
+direction 0 reading forward and direction 1 (bidirectional only) reading
+backward::
+
+    stack = ((fwd_0,), (fwd_1,))                 # 2 layers, one direction
+    stack = ((fwd_0, bwd_0), (fwd_1, bwd_1))     # 2 layers, bidirectional
+
+The carries (initial and final) mirror that nesting with ``LSTMCarry`` leaves.
+Layer ``l + 1`` reads layer ``l``'s output after the two directions are merged
+("concat" doubles the width to 2H, "sum", "mul" and "ave" keep H), as Keras'
+``Bidirectional`` layers stacked on one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from . import _checks
+from .cell import LSTMCarry, LSTMParams, init_params
+from .scan import lstm
+
+__all__ = ["MERGE_MODES", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
+
+MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+StackParams = tuple[tuple[LSTMParams, ...], ...]
+"""``[layer][direction]`` → ``LSTMParams``; one or two directions per layer."""
+
+StackCarry = tuple[tuple[LSTMCarry, ...], ...]
+"""``[layer][direction]`` → ``LSTMCarry``, each ``h``/``c`` of shape ``(*batch, H)``."""
+
+
+def merged_size(hidden_size: int, num_directions: int, merge: str) -> int:
+    """F, the width of a layer's output: 2H for bidirectional "concat", else H."""
+    return 2 * hidden_size if num_directions == 2 and merge == "concat" else hidden_size
+
+
+def merge_directions(
+    forward: Float[Array, "*batch hidden"], backward: Float[Array, "*batch hidden"], merge: str = "concat"
+) -> Float[Array, "*batch features"]:
+    """Combines the two directions' outputs as Keras' ``Bidirectional(merge_mode=...)``.
+
+    ``"concat"`` → ``(..., 2H)`` (forward first); ``"sum"``, ``"mul"``, ``"ave"``
+    → ``(..., H)``.
+    """
+    _checks.one_of(merge, MERGE_MODES, "merge")
+    if merge == "concat":
+        return jnp.concatenate([forward, backward], axis=-1)
+    if merge == "sum":
+        return forward + backward
+    if merge == "mul":
+        return forward * backward
+    return (forward + backward) / 2
+
+
+def init_stack(
+    key: PRNGKeyArray,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    merge: str = "concat",
+    scheme: str = "keras",
+    dtype=jnp.float32,
+) -> StackParams:
+    """Random weights for a stack: layer 0 reads D features, later layers F.
+
+    Returns ``StackParams``, ``[layer][direction]`` → ``LSTMParams``.
+    """
+    num_layers = _checks.positive_int(num_layers, "num_layers")
+    _checks.one_of(merge, MERGE_MODES, "merge")
+    num_directions = 2 if bidirectional else 1
+    width = merged_size(hidden_size, num_directions, merge)
+    keys = jax.random.split(key, (num_layers, num_directions))
+    return tuple(
+        tuple(
+            init_params(
+                keys[layer, direction], input_size if layer == 0 else width, hidden_size, scheme=scheme, dtype=dtype
+            )
+            for direction in range(num_directions)
+        )
+        for layer in range(num_layers)
+    )
+
+
+def _check_stack(stack) -> tuple[int, int]:
+    """Validates the nesting; returns (num_layers, num_directions)."""
+    if not isinstance(stack, Sequence) or isinstance(stack, LSTMParams) or len(stack) == 0:
+        raise TypeError(
+            "stack must be a non-empty tuple of layers, each a tuple of 1 or 2 LSTMParams "
+            f"([layer][direction]), got {type(stack).__name__}"
+        )
+    num_directions = None
+    for layer, directions in enumerate(stack):
+        if isinstance(directions, LSTMParams) or not isinstance(directions, Sequence) or len(directions) not in (1, 2):
+            raise TypeError(
+                f"stack[{layer}] must be a tuple of 1 (forward) or 2 (forward, backward) LSTMParams, "
+                f"got {type(directions).__name__}"
+                + (f" of length {len(directions)}" if isinstance(directions, Sequence) else "")
+            )
+        if num_directions is None:
+            num_directions = len(directions)
+        elif len(directions) != num_directions:
+            raise ValueError(
+                f"every layer must have the same number of directions: stack[0] has {num_directions}, "
+                f"stack[{layer}] has {len(directions)}"
+            )
+        for params in directions:
+            _checks.params(params)
+    return len(stack), num_directions
+
+
+def stacked_lstm(
+    stack: StackParams,
+    xs: Float[Array, "*batch time input"],
+    carries: StackCarry | None = None,
+    *,
+    seq_lengths: Int[Array, "*batch"] | None = None,
+    mask: Bool[Array, "*batch time"] | None = None,
+    resets: Bool[Array, "*batch time"] | None = None,
+    masked_output: str = "zeros",
+    merge: str = "concat",
+    dropout: float = 0.0,
+    dropout_key: PRNGKeyArray | None = None,
+    unroll: int = 1,
+    reverse: bool = False,
+    gradient: str = "fused",
+) -> tuple[StackCarry, Float[Array, "*batch time features"]]:
+    """Runs a stack of LSTM layers, each one or two directions, over sequences.
+
+    Args:
+        stack: ``StackParams``, ``[layer][direction]`` → ``LSTMParams``.
+        xs: ``(*batch, T, D)``, batch-first.
+        carries: initial carries nested as ``stack``; zeros when ``None``.
+        seq_lengths: optional ``(*batch,)`` integers, honoured by every layer
+            and direction (the backward direction starts at each sequence's
+            own last valid step).
+        mask, resets, masked_output: as ``jaxlstm.lstm``, applied to every
+            layer and direction (each direction reads every segment on its own).
+        merge: how the two directions' outputs combine: "concat" (2H),
+            "sum", "mul", "ave" (H).
+        dropout: rate of dropout on each layer's output except the last
+            (PyTorch's ``dropout``); applied only when ``dropout_key`` is given.
+        dropout_key: PRNG key for the dropout masks; ``None`` disables dropout.
+        unroll: passed to every layer's scan.
+        reverse: for one-direction stacks, every layer reads backward
+            (outputs aligned with the inputs); not allowed with two directions.
+        gradient: ``"fused"`` or ``"autodiff"``, as ``jaxlstm.lstm``.
+
+    Returns:
+        ``(final_carries, hs)``: final carries nested as ``stack``, each
+        ``(*batch, H)``; ``hs`` the last layer's merged outputs ``(*batch, T, F)``
+        with F = 2H for bidirectional "concat", else H. Padded steps are zeros.
+    """
+    num_layers, num_directions = _check_stack(stack)
+    _checks.one_of(merge, MERGE_MODES, "merge")
+    dropout = _checks.rate(dropout, "dropout")
+    if reverse and num_directions == 2:
+        raise ValueError("reverse=True is for one-direction stacks; a bidirectional stack already reads backward")
+    if carries is not None:
+        if (
+            not isinstance(carries, Sequence)
+            or len(carries) != num_layers
+            or any(not isinstance(c, Sequence) or isinstance(c, LSTMCarry) or len(c) != num_directions for c in carries)
+        ):
+            raise ValueError(
+                f"carries must be nested like stack: {num_layers} layers of {num_directions} LSTMCarry each"
+            )
+    final_carries = []
+    hs = xs
+    for layer, directions in enumerate(stack):
+        if layer > 0 and dropout > 0.0 and dropout_key is not None:
+            dropout_key, layer_key = jax.random.split(dropout_key)
+            keep = jax.random.bernoulli(layer_key, 1.0 - dropout, hs.shape)
+            hs = jnp.where(keep, hs / (1.0 - dropout), jnp.zeros_like(hs))
+        outputs, layer_carries = [], []
+        for direction, params in enumerate(directions):
+            initial = None if carries is None else carries[layer][direction]
+            final, out = lstm(
+                params,
+                hs,
+                initial,
+                seq_lengths=seq_lengths,
+                mask=mask,
+                resets=resets,
+                masked_output=masked_output,
+                reverse=reverse or direction == 1,
+                unroll=unroll,
+                gradient=gradient,
+            )
+            outputs.append(out)
+            layer_carries.append(final)
+        hs = outputs[0] if num_directions == 1 else merge_directions(*outputs, merge)
+        final_carries.append(tuple(layer_carries))
+    return tuple(final_carries), hs
+
+
+def last_output(final_carries: StackCarry, merge: str = "concat") -> Float[Array, "*batch features"]:
+    """The stack's output for "the last step", ``(*batch, F)``.
+
+    The last layer's forward final ``h`` (its last valid step), merged for
+    bidirectional stacks with the backward direction's final ``h`` (the one
+    at step 0) — what ``torch.nn.LSTM``'s ``h_n`` and Keras'
+    ``Bidirectional(..., return_sequences=False)`` give.
+    """
+    last = final_carries[-1]
+    if len(last) == 1:
+        return last[0].h
+    return merge_directions(last[0].h, last[1].h, merge)

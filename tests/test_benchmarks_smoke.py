@@ -1,0 +1,94 @@
+"""Smoke test of benchmarks/compare.py: its --quick run completes and writes complete JSON.
+
+Runs in-process (the script is loaded from its path, not installed) under strict promotion, so every
+implementation's adapter code must trace with jax_numpy_rank_promotion="raise" and
+jax_numpy_dtype_promotion="strict". Timings are not checked, only that they exist and are positive.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import pytest
+
+COMPARE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+ALWAYS = {"jaxlstm", "jaxlstm.LSTM", "flax.OptimizedLSTMCell", "flax.LSTMCell"}
+OPTIONAL = {"haiku": "haiku", "equinox": "equinox", "torch": "torch"}  # implementation -> package
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("jaxlstm_benchmarks_compare", COMPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(compare, tmp_path, *argv) -> tuple[int, dict]:
+    path = tmp_path / "bench.json"
+    with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+        rc = compare.main(["--quick", "--json", str(path), *argv])
+    return rc, json.loads(path.read_text())
+
+
+def test_quick_run_reports_every_installed_implementation(compare, tmp_path):
+    installed = ALWAYS | {name for name, package in OPTIONAL.items() if importlib.util.find_spec(package)}
+    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL)
+
+    rc, report = run(compare, tmp_path, "--check")
+
+    assert [r["errors"] for r in report["results"]] == [{}], "an implementation failed to build or run"
+    assert rc == 0
+    assert set(report["skipped"]) == set(OPTIONAL) - installed
+    (result,) = report["results"]
+    assert result["shape"] == {"B": 2, "T": 8, "D": 4, "H": 8}
+    assert set(result["impls"]) == installed
+    fwd_flops = 2 * 2 * 8 * (4 + 8) * 4 * 8
+    assert result["flops"] == {"fwd": fwd_flops, "fwdbwd": 3 * fwd_flops}
+    for name, entry in result["impls"].items():
+        for mode in ("fwd", "fwdbwd"):
+            stats = entry[mode]
+            assert len(stats["samples_ms"]) == report["config"]["reps"] == 2, (name, mode)
+            assert all(s > 0 for s in stats["samples_ms"]), (name, mode)
+            assert stats["median_ms"] > 0 and stats["gflops"] > 0, (name, mode)
+            if name != "torch":  # JAX implementations report their jit compile time
+                assert entry["compile_s"][mode] > 0, (name, mode)
+
+    for mode in ("fwd", "fwdbwd"):
+        ratios = result["ratios"][mode]
+        assert set(ratios) == (installed - {"jaxlstm"}) | {"fastest_jax_anchor"}
+        for name in installed - {"jaxlstm"}:
+            expected = result["impls"]["jaxlstm"][mode]["median_ms"] / result["impls"][name][mode]["median_ms"]
+            assert ratios[name] == pytest.approx(expected) and ratios[name] > 0
+        fastest = ratios["fastest_jax_anchor"]
+        anchors = {"flax.OptimizedLSTMCell", "flax.LSTMCell", "haiku", "equinox"} & installed
+        assert fastest["impl"] in anchors
+        assert fastest["ratio"] == pytest.approx(max(ratios[name] for name in anchors))
+
+    assert report["matmul"]["gflops"] > 0 and report["matmul"]["n"] == 256
+    assert report["check"] and all(diff < 1e-5 for diff in report["check"].values())
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["cpu_model"]
+    assert machine["versions"]["jax"] == jax.__version__
+
+
+def test_missing_package_is_skipped_with_a_note(compare, tmp_path, monkeypatch, capsys):
+    impl = compare.IMPLS["equinox"]
+    monkeypatch.setitem(compare.IMPLS, "equinox", impl._replace(requires=("no_such_package_for_jaxlstm",)))
+
+    rc, report = run(compare, tmp_path, "--impls", "jaxlstm,equinox", "--reps", "1")
+
+    assert rc == 0
+    assert report["skipped"] == {"equinox": "no_such_package_for_jaxlstm not installed"}
+    assert set(report["results"][0]["impls"]) == {"jaxlstm"}
+    assert "equinox: skipped (no_such_package_for_jaxlstm not installed)" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_rejected(compare):
+    with pytest.raises(SystemExit):
+        compare.main(["--impls", "jaxlstm,nonsense"])
+    with pytest.raises(SystemExit):
+        compare.main(["--shapes", "1,2,3"])
