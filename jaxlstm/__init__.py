@@ -24,7 +24,7 @@ from .stack import stacked_lstm as stacked_lstm
 __version__ = "0.1.0"
 
 # Names whose modules import Flax (or an optional package): loaded on first use.
-_LAZY = {"LSTM": "linen", "LSTMCell": "linen", "nnx": None}
+_LAZY = {"LSTM": "linen", "LSTMCell": "linen", "nnx": None, "interop": None}
 
 
 def __getattr__(name: str):
@@ -52,4 +52,5 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "nnx",
+    "interop",
 ]

@@ -144,3 +144,8 @@ def per_step_flags(values, expected_shape: tuple[int, ...], name: str) -> None:
             f"{name} must have shape (*batch, time) = {tuple(expected_shape)}, one flag per step, "
             f"got {tuple(values.shape)}" + _see("masks-and-resets")
         )
+
+
+def activation(fn, name: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be an elementwise function such as jax.nn.sigmoid, got {type(fn).__name__} {fn!r}")

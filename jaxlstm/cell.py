@@ -24,6 +24,7 @@ their weights convert by a transpose, not a shuffle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -35,6 +36,9 @@ from . import _checks
 __all__ = ["LSTMParams", "LSTMCarry", "init_params", "zeros_carry", "lstm_cell", "INIT_SCHEMES"]
 
 INIT_SCHEMES = ("keras", "torch")
+
+Activation = Callable[[Array], Array]
+"""An elementwise function, e.g. ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.hard_sigmoid``."""
 
 
 class LSTMParams(NamedTuple):
@@ -145,29 +149,62 @@ def zeros_carry(hidden_size: int, batch_shape: tuple[int, ...] = (), dtype=jnp.f
     return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def activate_gates(z: Float[Array, "*batch gates"]) -> Float[Array, "*batch gates"]:
-    """[z_i, z_f, z_g, z_o] → [σ(z_i), σ(z_f), tanh(z_g), σ(z_o)], packed again along 4H."""
+def promote(*trees):
+    """Casts every array in ``trees`` to their common float dtype (NumPy's usual promotion).
+
+    Applied at the public entry points, so mixing e.g. bfloat16 inputs with
+    float32 params computes in float32 even under
+    ``jax_numpy_dtype_promotion="strict"``; a no-op when the dtypes agree.
+    """
+    leaves = [leaf for tree in trees for leaf in jax.tree.leaves(tree)]
+    dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}
+    if len(dtypes) <= 1:
+        return trees
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = jnp.result_type(*dtypes)
+    return tuple(jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), tree) for tree in trees)
+
+
+def activate_gates(
+    z: Float[Array, "*batch gates"], gate_fn: Activation = jax.nn.sigmoid, activation_fn: Activation = jnp.tanh
+) -> Float[Array, "*batch gates"]:
+    """[z_i, z_f, z_g, z_o] → [σ(z_i), σ(z_f), tanh(z_g), σ(z_o)], packed again along 4H.
+
+    σ is ``gate_fn`` and tanh ``activation_fn`` (Keras' ``recurrent_activation``
+    and ``activation``).
+    """
     z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
-    return jnp.concatenate([jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)], axis=-1)
+    return jnp.concatenate([gate_fn(z_i), gate_fn(z_f), activation_fn(z_g), gate_fn(z_o)], axis=-1)
 
 
-def gates(params: LSTMParams, carry: LSTMCarry, x: Array) -> Float[Array, "*batch gates"]:
+def gates(
+    params: LSTMParams,
+    carry: LSTMCarry,
+    x: Array,
+    gate_fn: Activation = jax.nn.sigmoid,
+    activation_fn: Activation = jnp.tanh,
+) -> Float[Array, "*batch gates"]:
     """The activated gates [i, f, g, o] of one step, ``(*batch, 4H)`` (unchecked)."""
     z = x @ params.w_ih + carry.h @ params.w_hh
-    return activate_gates(z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1))))
+    return activate_gates(z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1))), gate_fn, activation_fn)
 
 
-def update(gates: Float[Array, "*batch gates"], c: Float[Array, "*batch hidden"]) -> LSTMCarry:
+def update(
+    gates: Float[Array, "*batch gates"], c: Float[Array, "*batch hidden"], activation_fn: Activation = jnp.tanh
+) -> LSTMCarry:
     """c' = f·c + i·g and h' = o·tanh(c') from the activated gates (unchecked)."""
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = f * c + i * g
-    return LSTMCarry(o * jnp.tanh(c), c)
+    return LSTMCarry(o * activation_fn(c), c)
 
 
 def lstm_cell(
     params: LSTMParams,
     carry: LSTMCarry,
     x: Float[Array, "*batch input"],
+    *,
+    gate_fn: Activation = jax.nn.sigmoid,
+    activation_fn: Activation = jnp.tanh,
 ) -> tuple[LSTMCarry, Float[Array, "*batch hidden"]]:
     """One LSTM time step.
 
@@ -175,6 +212,10 @@ def lstm_cell(
         params: ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,).
         carry: ``LSTMCarry`` whose ``h`` and ``c`` are ``(*batch, H)``.
         x: this step's input, ``(*batch, D)``; any leading batch dims.
+        gate_fn: the gates' activation σ (Keras' ``recurrent_activation``,
+            Flax's ``gate_fn``); elementwise.
+        activation_fn: the candidate's and the cell output's activation tanh
+            (Keras' ``activation``, Flax's ``activation_fn``); elementwise.
 
     Returns:
         ``(new_carry, h)``: the next carry (each ``(*batch, H)``) and this
@@ -190,5 +231,8 @@ def lstm_cell(
         _checks.params(params)
         _checks.inputs(x, params.input_size, "x", min_rank=1)
         _checks.carry(carry, x.shape[:-1], params.hidden_size, "carry")
-        new_carry = update(gates(params, carry, x), carry.c)
+        _checks.activation(gate_fn, "gate_fn")
+        _checks.activation(activation_fn, "activation_fn")
+        params, carry, x = promote(params, carry, x)
+        new_carry = update(gates(params, carry, x, gate_fn, activation_fn), carry.c, activation_fn)
         return new_carry, new_carry.h

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import INIT_SCHEMES, LSTMCarry, LSTMParams, initializers, lstm_cell
+from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell
 from .scan import GRADIENTS, MASKED_OUTPUTS
-from .stack import MERGE_MODES, StackCarry, last_output, merged_size, stacked_lstm
+from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
 
 __all__ = ["LSTM", "LSTMCell", "cell_name"]
 
@@ -28,6 +28,36 @@ __all__ = ["LSTM", "LSTMCell", "cell_name"]
 def cell_name(layer: int, direction: int) -> str:
     """The parameter-tree key of one layer and direction: ``layer_0``, ``layer_0_reverse``."""
     return f"layer_{layer}" + ("_reverse" if direction == 1 else "")
+
+
+def fresh_carries(
+    learned: tuple[tuple[LSTMCarry, ...], ...] | None,
+    num_layers: int,
+    num_directions: int,
+    batch_shape: tuple[int, ...],
+    hidden_size: int,
+    dtype,
+) -> StackCarry:
+    """The carries a sequence starts (and a reset restarts) from: the learned
+    ``(H,)`` ones broadcast over the batch, or zeros; nested ``[layer][direction]``."""
+    shape = (*batch_shape, hidden_size)
+    if learned is None:
+        zeros = jnp.zeros(shape, dtype)
+        return tuple(tuple(LSTMCarry(zeros, zeros) for _ in range(num_directions)) for _ in range(num_layers))
+    return tuple(
+        tuple(LSTMCarry(*(jnp.broadcast_to(jnp.asarray(a, dtype), shape) for a in carry)) for carry in layer)
+        for layer in learned
+    )
+
+
+def check_stateful_carry(state: StackCarry, batch_shape: tuple[int, ...]) -> None:
+    stored = tuple(state[0][0].h.shape[:-1])
+    if stored != tuple(batch_shape):
+        raise ValueError(
+            f"stateful=True keeps one carry per sequence: the stored carry has batch shape {stored} but x has "
+            f"batch shape {tuple(batch_shape)}; start afresh (linen: drop the 'carry' collection; "
+            f"NNX: model.reset_carry())" + _checks._see("stateful-streaming")
+        )
 
 
 def _cast(params: LSTMParams, xs: Array, dtype) -> tuple[LSTMParams, Array]:
@@ -47,6 +77,10 @@ class LSTMCell(nn.RNNCellBase):
             ``jaxlstm.init_params``; not ``init``, which is linen's method).
         dtype: computation dtype (``None``: from inputs and params).
         param_dtype: parameter dtype.
+        gate_fn, activation_fn: the gates' and the candidate/cell-output
+            activations (default sigmoid and tanh), see ``jaxlstm.lstm_cell``.
+        learn_initial_carry: also create trainable ``h0`` and ``c0`` (H,)
+            (used by ``jaxlstm.LSTM``).
 
     Call ``cell(carry, x)`` with ``carry`` an ``LSTMCarry`` of ``(*batch, H)``
     arrays and ``x`` of shape ``(*batch, D)``; returns ``(new_carry, h)`` with
@@ -63,6 +97,9 @@ class LSTMCell(nn.RNNCellBase):
     init_scheme: str = "keras"
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    gate_fn: Activation = jax.nn.sigmoid
+    activation_fn: Activation = jnp.tanh
+    learn_initial_carry: bool = False
 
     @nn.compact
     def weights(self, input_size: int) -> LSTMParams:
@@ -78,18 +115,25 @@ class LSTMCell(nn.RNNCellBase):
                 )
         init_w_ih, init_w_hh, init_b = initializers(self.init_scheme, features, argument="init_scheme")
         gates = 4 * features
+        if self.learn_initial_carry:
+            self.param("h0", nn.initializers.zeros_init(), (features,), self.param_dtype)
+            self.param("c0", nn.initializers.zeros_init(), (features,), self.param_dtype)
         return LSTMParams(
             self.param("w_ih", init_w_ih, (input_size, gates), self.param_dtype),
             self.param("w_hh", init_w_hh, (features, gates), self.param_dtype),
             self.param("b", init_b, (gates,), self.param_dtype),
         )
 
+    def learned_carry(self) -> LSTMCarry:
+        """The trainable initial ``h0`` and ``c0``, each ``(H,)`` (after ``weights``)."""
+        return LSTMCarry(self.get_variable("params", "h0"), self.get_variable("params", "c0"))
+
     def __call__(self, carry: LSTMCarry, x: Float[Array, "*batch input"]) -> tuple[LSTMCarry, Array]:
         _checks.floating(x, "x")
         params, x = _cast(self.weights(x.shape[-1]), x, self.dtype)
         if isinstance(carry, LSTMCarry):
             carry = LSTMCarry(*(jnp.asarray(a, x.dtype) for a in carry))
-        return lstm_cell(params, carry, x)
+        return lstm_cell(params, carry, x, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape: tuple[int, ...]) -> LSTMCarry:
@@ -134,6 +178,18 @@ class LSTM(nn.Module):
         masked_output: what steps outside ``mask`` output: ``"zeros"`` or
             ``"previous"`` (the last counted step's output), as ``jaxlstm.lstm``.
         gradient: ``"fused"`` (default) or ``"autodiff"``, as ``jaxlstm.lstm``.
+        gate_fn, activation_fn: the gates' (sigmoid) and the candidate and
+            cell output's (tanh) activations — Keras' ``recurrent_activation``
+            and ``activation``.
+        learn_initial_carry: trainable ``h0`` and ``c0`` of shape (H,) for
+            every layer and direction (``params["layer_0"]["h0"]``), zeros at
+            first, broadcast over the batch; an ``initial_carry`` given to the
+            call still wins. Resets restart from them too.
+        stateful: keep each layer's final carry in the variable collection
+            ``"carry"`` and start the next call from it, to feed a long
+            sequence chunk by chunk: ``y, state = layer.apply(variables, chunk,
+            mutable=["carry"])``, then ``variables = {**variables, **state}``.
+            ``resets[:, 0] = True`` restarts a row's stream. Forward only.
 
     Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``
     ints, ``mask`` and ``resets`` ``(*batch, T)`` bools (see ``jaxlstm.lstm``),
@@ -163,6 +219,10 @@ class LSTM(nn.Module):
     reverse: bool = False
     masked_output: str = "zeros"
     gradient: str = "fused"
+    gate_fn: Activation = jax.nn.sigmoid
+    activation_fn: Activation = jnp.tanh
+    learn_initial_carry: bool = False
+    stateful: bool = False
 
     @property
     def num_directions(self) -> int:
@@ -181,8 +241,15 @@ class LSTM(nn.Module):
         _checks.rate(self.dropout, "dropout")
         _checks.one_of(self.masked_output, MASKED_OUTPUTS, "masked_output")
         _checks.one_of(self.gradient, GRADIENTS, "gradient")
+        _checks.activation(self.gate_fn, "gate_fn")
+        _checks.activation(self.activation_fn, "activation_fn")
         if self.reverse and self.bidirectional:
             raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
+        if self.stateful and (self.bidirectional or self.reverse):
+            raise ValueError(
+                "stateful=True streams a sequence forward chunk by chunk; it can't be combined with "
+                f"bidirectional={self.bidirectional} or reverse={self.reverse}, which need the whole sequence"
+            )
 
     @nn.compact
     def __call__(
@@ -197,22 +264,49 @@ class LSTM(nn.Module):
     ):
         self._check_config()
         _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)")
-        stack = []
-        for layer in range(self.num_layers):
-            input_size = x.shape[-1] if layer == 0 else self.output_size
-            cells = [
+        batch_shape = tuple(x.shape[:-2])
+        cells = [
+            [
                 LSTMCell(
-                    self.features, self.init_scheme, self.dtype, self.param_dtype, name=cell_name(layer, direction)
+                    self.features,
+                    self.init_scheme,
+                    self.dtype,
+                    self.param_dtype,
+                    learn_initial_carry=self.learn_initial_carry,
+                    name=cell_name(layer, direction),
                 )
                 for direction in range(self.num_directions)
             ]
-            stack.append(tuple(_cast(cell.weights(input_size), x, self.dtype)[0] for cell in cells))
+            for layer in range(self.num_layers)
+        ]
+        stack = tuple(
+            tuple(
+                _cast(cell.weights(x.shape[-1] if layer == 0 else self.output_size), x, self.dtype)[0] for cell in row
+            )
+            for layer, row in enumerate(cells)
+        )
         xs = _cast(stack[0][0], x, self.dtype)[1]
+        learned = (
+            tuple(tuple(cell.learned_carry() for cell in row) for row in cells) if self.learn_initial_carry else None
+        )
+        fresh = fresh_carries(learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype)
+        if initial_carry is not None:
+            check_stack_carry(
+                initial_carry, self.num_layers, self.num_directions, batch_shape, self.features, "initial_carry"
+            )
+            fresh = initial_carry
+        start = fresh
+        if self.stateful:
+            state = self.variable("carry", "state", lambda: fresh)
+            check_stateful_carry(state.value, batch_shape)
+            if initial_carry is None:
+                start = state.value
         use_dropout = self.dropout > 0.0 and not deterministic and self.num_layers > 1
         carries, hs = stacked_lstm(
-            tuple(stack),
+            stack,
             xs,
-            initial_carry,
+            start,
+            reset_carries=fresh,
             seq_lengths=seq_lengths,
             mask=mask,
             resets=resets,
@@ -223,6 +317,10 @@ class LSTM(nn.Module):
             unroll=self.unroll,
             reverse=self.reverse,
             gradient=self.gradient,
+            gate_fn=self.gate_fn,
+            activation_fn=self.activation_fn,
         )
+        if self.stateful and not self.is_initializing():
+            state.value = carries
         output = hs if self.return_sequences else last_output(carries, self.merge)
         return (carries, output) if self.return_carry else output

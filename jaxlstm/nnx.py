@@ -17,12 +17,16 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import INIT_SCHEMES, LSTMCarry, LSTMParams, initializers, lstm_cell
-from .linen import _cast, cell_name
+from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell
+from .linen import _cast, cell_name, check_stateful_carry, fresh_carries
 from .scan import GRADIENTS, MASKED_OUTPUTS
-from .stack import MERGE_MODES, StackCarry, last_output, merged_size, stacked_lstm
+from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
 
-__all__ = ["LSTM", "LSTMCell"]
+__all__ = ["LSTM", "LSTMCell", "Carry"]
+
+
+class Carry(nnx.Variable):
+    """The carry a ``stateful=True`` LSTM keeps between calls (``[layer][direction]`` → ``LSTMCarry``)."""
 
 
 class LSTMCell(nnx.Module):
@@ -34,6 +38,9 @@ class LSTMCell(nnx.Module):
         init_scheme: ``"keras"`` or ``"torch"`` (see ``jaxlstm.init_params``).
         dtype: computation dtype (``None``: from inputs and params).
         param_dtype: parameter dtype.
+        gate_fn, activation_fn: the gates' and the candidate/cell-output
+            activations (default sigmoid and tanh), see ``jaxlstm.lstm_cell``.
+        learn_initial_carry: also hold trainable ``h0`` and ``c0`` (H,).
         rngs: ``nnx.Rngs`` for the parameters.
 
     Call ``cell(carry, x)``: ``carry`` an ``LSTMCarry`` of ``(*batch, H)``,
@@ -48,13 +55,22 @@ class LSTMCell(nnx.Module):
         init_scheme: str = "keras",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        gate_fn: Activation = jax.nn.sigmoid,
+        activation_fn: Activation = jnp.tanh,
+        learn_initial_carry: bool = False,
         rngs: nnx.Rngs,
     ):
         in_features = _checks.positive_int(in_features, "in_features")
         features = _checks.positive_int(features, "features")
+        _checks.activation(gate_fn, "gate_fn")
+        _checks.activation(activation_fn, "activation_fn")
         init_w_ih, init_w_hh, init_b = initializers(init_scheme, features, argument="init_scheme")
         gates = 4 * features
         self.in_features, self.features, self.dtype = in_features, features, dtype
+        self.gate_fn, self.activation_fn = gate_fn, activation_fn
+        if learn_initial_carry:
+            self.h0 = nnx.Param(jnp.zeros((features,), param_dtype))
+            self.c0 = nnx.Param(jnp.zeros((features,), param_dtype))
         self.w_ih = nnx.Param(init_w_ih(rngs.params(), (in_features, gates), param_dtype))
         self.w_hh = nnx.Param(init_w_hh(rngs.params(), (features, gates), param_dtype))
         self.b = nnx.Param(init_b(rngs.params(), (gates,), param_dtype))
@@ -69,7 +85,7 @@ class LSTMCell(nnx.Module):
         params, x = _cast(self.params, x, self.dtype)
         if isinstance(carry, LSTMCarry):
             carry = LSTMCarry(*(jnp.asarray(a, x.dtype) for a in carry))
-        return lstm_cell(params, carry, x)
+        return lstm_cell(params, carry, x, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs: nnx.Rngs | None = None) -> LSTMCarry:
         """Zeros of shape ``(*input_shape[:-1], H)`` for ``h`` and ``c``."""
@@ -94,7 +110,12 @@ class LSTM(nnx.Module):
         features: H (Keras' ``units``, PyTorch's ``hidden_size``).
         num_layers, bidirectional, merge, return_sequences, return_carry,
         dropout, dtype, param_dtype, init_scheme, unroll, reverse,
-        masked_output, gradient: as ``jaxlstm.LSTM``.
+        masked_output, gradient, gate_fn, activation_fn,
+        learn_initial_carry: as ``jaxlstm.LSTM``.
+        stateful: keep each layer's final carry in ``model.carry`` (a
+            ``jaxlstm.nnx.Carry`` variable) and start the next call from it,
+            to feed a long sequence chunk by chunk; ``model.reset_carry()``
+            starts afresh, ``resets[:, 0] = True`` restarts one row.
         deterministic: default for the call's ``deterministic``; ``False``
             (dropout active, when ``dropout > 0``) as ``nnx.Dropout``, and set
             by ``model.eval()`` / ``model.train()``.
@@ -131,6 +152,10 @@ class LSTM(nnx.Module):
         reverse: bool = False,
         masked_output: str = "zeros",
         gradient: str = "fused",
+        gate_fn: Activation = jax.nn.sigmoid,
+        activation_fn: Activation = jnp.tanh,
+        learn_initial_carry: bool = False,
+        stateful: bool = False,
         deterministic: bool = False,
         rngs: nnx.Rngs,
     ):
@@ -147,6 +172,14 @@ class LSTM(nnx.Module):
         if reverse and bidirectional:
             raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
         self.reverse = bool(reverse)
+        if stateful and (bidirectional or reverse):
+            raise ValueError(
+                "stateful=True streams a sequence forward chunk by chunk; it can't be combined with "
+                f"bidirectional={bidirectional} or reverse={reverse}, which need the whole sequence"
+            )
+        self.stateful, self.learn_initial_carry = bool(stateful), bool(learn_initial_carry)
+        self.gate_fn, self.activation_fn = gate_fn, activation_fn
+        self.carry = Carry(None)
         self.masked_output = _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
         self.gradient = _checks.one_of(gradient, GRADIENTS, "gradient")
         num_directions = 2 if bidirectional else 1
@@ -159,6 +192,9 @@ class LSTM(nnx.Module):
                     init_scheme=init_scheme,
                     dtype=dtype,
                     param_dtype=param_dtype,
+                    gate_fn=gate_fn,
+                    activation_fn=activation_fn,
+                    learn_initial_carry=learn_initial_carry,
                     rngs=rngs,
                 )
                 setattr(self, cell_name(layer, direction), cell)
@@ -175,6 +211,10 @@ class LSTM(nnx.Module):
             for layer in range(self.num_layers)
         )
 
+    def reset_carry(self) -> None:
+        """Forgets the carry kept by ``stateful=True``: the next call starts afresh."""
+        self.carry.value = None
+
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
@@ -187,9 +227,29 @@ class LSTM(nnx.Module):
         rngs: nnx.Rngs | jax.Array | None = None,
     ):
         _checks.inputs(x, self.in_features, "x", min_rank=2, layout="(*batch, time, input)")
+        batch_shape = tuple(x.shape[:-2])
         deterministic = self.deterministic if deterministic is None else deterministic
         stack = tuple(tuple(_cast(p, x, self.dtype)[0] for p in layer) for layer in self.stack_params())
         xs = _cast(stack[0][0], x, self.dtype)[1]
+        learned = None
+        if self.learn_initial_carry:
+            learned = tuple(
+                tuple(
+                    LSTMCarry(cell.h0[...], cell.c0[...])
+                    for cell in (getattr(self, cell_name(layer, d)) for d in range(self.num_directions))
+                )
+                for layer in range(self.num_layers)
+            )
+        fresh = fresh_carries(learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype)
+        if initial_carry is not None:
+            check_stack_carry(
+                initial_carry, self.num_layers, self.num_directions, batch_shape, self.features, "initial_carry"
+            )
+            fresh = initial_carry
+        start = fresh
+        if self.stateful and initial_carry is None and self.carry.value is not None:
+            check_stateful_carry(self.carry.value, batch_shape)
+            start = self.carry.value
         dropout_key = None
         if self.dropout > 0.0 and self.num_layers > 1 and not deterministic:
             if rngs is None:
@@ -203,7 +263,8 @@ class LSTM(nnx.Module):
         carries, hs = stacked_lstm(
             stack,
             xs,
-            initial_carry,
+            start,
+            reset_carries=fresh,
             seq_lengths=seq_lengths,
             mask=mask,
             resets=resets,
@@ -214,6 +275,10 @@ class LSTM(nnx.Module):
             unroll=self.unroll,
             reverse=self.reverse,
             gradient=self.gradient,
+            gate_fn=self.gate_fn,
+            activation_fn=self.activation_fn,
         )
+        if self.stateful:
+            self.carry.value = carries
         output = hs if self.return_sequences else last_output(carries, self.merge)
         return (carries, output) if self.return_carry else output

@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import LSTMCarry, LSTMParams, gates, update
+from .cell import Activation, LSTMCarry, LSTMParams, gates, promote, update
 
 __all__ = ["lstm", "GRADIENTS", "MASKED_OUTPUTS"]
 
@@ -43,23 +43,36 @@ MASKED_OUTPUTS = ("zeros", "previous")
 # ----------------------------------------------------------------------------- the loop
 
 
-def _loop(params: LSTMParams, xs_tm, carry: LSTMCarry, valid_tm, reset_tm, *, reverse, unroll, masked_output, save):
+def _loop(
+    params: LSTMParams,
+    xs_tm,
+    carry: LSTMCarry,
+    restart: LSTMCarry | None,
+    valid_tm,
+    reset_tm,
+    *,
+    reverse,
+    unroll,
+    masked_output,
+    save,
+    gate_fn=jax.nn.sigmoid,
+    activation_fn=jnp.tanh,
+):
     """The one loop over time (time-major, unchecked).
 
-    Per step: restart from the initial carry where ``reset``; compute the
-    cell; keep the new carry only where ``valid``. With ``save`` it also emits
-    what the fused backward pass needs: the activated gates and the carry the
-    step started from.
+    Per step: restart from ``restart`` where ``reset``; compute the cell; keep
+    the new carry only where ``valid``. With ``save`` it also emits what the
+    fused backward pass needs: the activated gates and the carry the step
+    started from.
     """
-    initial = carry
 
     def step(carry: LSTMCarry, inputs):
         x_t, valid_t, reset_t = inputs
         if reset_t is not None:
-            restart = reset_t[..., None]
-            carry = LSTMCarry(jnp.where(restart, initial.h, carry.h), jnp.where(restart, initial.c, carry.c))
-        gates_t = gates(params, carry, x_t)
-        h, c = update(gates_t, carry.c)
+            restarts = reset_t[..., None]
+            carry = LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
+        gates_t = gates(params, carry, x_t, gate_fn, activation_fn)
+        h, c = update(gates_t, carry.c, activation_fn)
         output = h
         if valid_t is not None:
             keep = valid_t[..., None]
@@ -76,26 +89,16 @@ def _loop(params: LSTMParams, xs_tm, carry: LSTMCarry, valid_tm, reset_tm, *, re
 # ----------------------------------------------------------------------------- the fused gradient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _fused(params, xs_tm, carry, valid_tm, reset_tm, reverse, unroll, masked_output):
-    final, hs, _ = _loop(
-        params,
-        xs_tm,
-        carry,
-        valid_tm,
-        reset_tm,
-        reverse=reverse,
-        unroll=unroll,
-        masked_output=masked_output,
-        save=False,
-    )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _fused(params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
+    options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=False)
+    final, hs, _ = _loop(params, xs_tm, carry, restart, valid_tm, reset_tm, **options)
     return final, hs
 
 
-def _fused_forward(params, xs_tm, carry, valid_tm, reset_tm, reverse, unroll, masked_output):
-    final, hs, (gates_tm, h_prev, c_prev) = _loop(
-        params, xs_tm, carry, valid_tm, reset_tm, reverse=reverse, unroll=unroll, masked_output=masked_output, save=True
-    )
+def _fused_forward(params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
+    options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=True)
+    final, hs, (gates_tm, h_prev, c_prev) = _loop(params, xs_tm, carry, restart, valid_tm, reset_tm, **options)
     return (final, hs), (params, xs_tm, valid_tm, reset_tm, gates_tm, h_prev, c_prev)
 
 
@@ -159,26 +162,11 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
         jnp.sum(dz_2d, axis=0),
     )
     d_xs = dz @ params.w_ih.T
-    d_carry = LSTMCarry(d_carry.h + d_initial.h, d_carry.c + d_initial.c)
-    return d_params, d_xs, d_carry, _no_cotangent(valid_tm), _no_cotangent(reset_tm)
+    d_restart = None if reset_tm is None else d_initial
+    return d_params, d_xs, d_carry, d_restart, _no_cotangent(valid_tm), _no_cotangent(reset_tm)
 
 
 _fused.defvjp(_fused_forward, _fused_backward)
-
-
-def _autodiff(params, xs_tm, carry, valid_tm, reset_tm, reverse, unroll, masked_output):
-    final, hs, _ = _loop(
-        params,
-        xs_tm,
-        carry,
-        valid_tm,
-        reset_tm,
-        reverse=reverse,
-        unroll=unroll,
-        masked_output=masked_output,
-        save=False,
-    )
-    return final, hs
 
 
 # ----------------------------------------------------------------------------- per-step flags
@@ -232,10 +220,13 @@ def lstm(
     seq_lengths: Int[Array, "*batch"] | None = None,
     mask: Bool[Array, "*batch time"] | None = None,
     resets: Bool[Array, "*batch time"] | None = None,
+    reset_carry: LSTMCarry | None = None,
     masked_output: str = "zeros",
     reverse: bool = False,
     unroll: int = 1,
     gradient: str = "fused",
+    gate_fn: Activation = jax.nn.sigmoid,
+    activation_fn: Activation = jnp.tanh,
 ) -> tuple[LSTMCarry, Float[Array, "*batch time hidden"]]:
     """Runs one LSTM layer (one direction) over whole sequences.
 
@@ -244,7 +235,9 @@ def lstm(
         xs: inputs, ``(*batch, T, D)``, batch-first; ``*batch`` may be empty
             (one sequence) or several dims.
         carry: initial ``LSTMCarry``, ``h`` and ``c`` each ``(*batch, H)``;
-            zeros when ``None``.
+            zeros when ``None``. To stream a long sequence in chunks, pass the
+            previous chunk's ``final_carry`` (wrapped in
+            ``jax.lax.stop_gradient`` to truncate backpropagation there).
         seq_lengths: optional ``(*batch,)`` integers. Steps at or past a
             sequence's length leave its carry unchanged and output zeros.
         mask: optional ``(*batch, T)`` bools, any pattern: a ``False`` step
@@ -252,8 +245,10 @@ def lstm(
             when both allow it.
         resets: optional ``(*batch, T)`` bools marking the first step of a new
             segment (several sequences packed in one row): the carry restarts
-            from the initial ``carry`` there. With ``reverse``, each segment is
-            read backward on its own.
+            from ``reset_carry`` there. With ``reverse``, each segment is read
+            backward on its own.
+        reset_carry: the ``LSTMCarry`` a reset restarts from, ``(*batch, H)``;
+            by default ``carry`` (zeros when ``carry`` is ``None``).
         masked_output: what a step that doesn't count outputs: ``"zeros"``, or
             ``"previous"`` — the carry's ``h``, i.e. the last counted step's
             output (Keras' standalone ``LSTM`` with a mask).
@@ -265,7 +260,10 @@ def lstm(
             ``unroll``); a speed knob only, results do not change.
         gradient: ``"fused"`` (a hand-written backward pass over the whole
             sequence, faster) or ``"autodiff"`` (JAX differentiates the scan).
-            Values are identical; gradients agree to float rounding.
+            Values are identical; gradients agree to float rounding. With
+            custom activations the autodiff path is used.
+        gate_fn, activation_fn: elementwise activations of the gates (σ) and
+            of the candidate and cell output (tanh); see ``jaxlstm.lstm_cell``.
 
     Returns:
         ``(final_carry, hs)``: ``final_carry`` is each sequence's carry after
@@ -289,14 +287,34 @@ def lstm(
             carry = LSTMCarry(*(jnp.zeros((*batch_shape, params.hidden_size), xs.dtype),) * 2)
         else:
             _checks.carry(carry, batch_shape, params.hidden_size, "carry")
+        if reset_carry is not None:
+            _checks.carry(reset_carry, batch_shape, params.hidden_size, "reset_carry")
         unroll = _checks.positive_int(unroll, "unroll")
         _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
         _checks.one_of(gradient, GRADIENTS, "gradient")
+        _checks.activation(gate_fn, "gate_fn")
+        _checks.activation(activation_fn, "activation_fn")
         reverse = bool(reverse)
         valid_tm = valid_steps(seq_lengths, mask, batch_shape, time)
         reset_tm = reset_steps(resets, batch_shape, time, reverse=reverse)
-        run = _fused if gradient == "fused" else _autodiff
-        final_carry, hs_tm = run(
-            params, jnp.moveaxis(xs, -2, 0), carry, valid_tm, reset_tm, reverse, unroll, masked_output
-        )
+        restart = None if reset_tm is None else (carry if reset_carry is None else reset_carry)
+        params, xs, carry, restart = promote(params, xs, carry, restart)
+        xs_tm = jnp.moveaxis(xs, -2, 0)
+        if gradient == "fused" and gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh:
+            final_carry, hs_tm = _fused(
+                params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output
+            )
+        else:
+            options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=False)
+            final_carry, hs_tm, _ = _loop(
+                params,
+                xs_tm,
+                carry,
+                restart,
+                valid_tm,
+                reset_tm,
+                gate_fn=gate_fn,
+                activation_fn=activation_fn,
+                **options,
+            )
         return final_carry, jnp.moveaxis(hs_tm, 0, -2)

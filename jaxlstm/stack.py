@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks
-from .cell import LSTMCarry, LSTMParams, init_params
+from .cell import Activation, LSTMCarry, LSTMParams, init_params
 from .scan import lstm
 
 __all__ = ["MERGE_MODES", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
@@ -117,6 +117,32 @@ def _check_stack(stack) -> tuple[int, int]:
     return len(stack), num_directions
 
 
+def check_stack_carry(
+    carries,
+    num_layers: int,
+    num_directions: int,
+    batch_shape: tuple[int, ...] | None,
+    hidden_size: int | None,
+    name: str,
+) -> None:
+    """Checks carries nested ``[layer][direction]`` → ``LSTMCarry``, each ``(*batch, H)`` when those are given."""
+    if carries is None:
+        return
+    if (
+        not isinstance(carries, Sequence)
+        or len(carries) != num_layers
+        or any(not isinstance(c, Sequence) or isinstance(c, LSTMCarry) or len(c) != num_directions for c in carries)
+    ):
+        raise ValueError(
+            f"{name} must be nested like the stack, [layer][direction]: {num_layers} layers of "
+            f"{num_directions} LSTMCarry each" + _checks._see("carry")
+        )
+    if batch_shape is not None and hidden_size is not None:
+        for layer, row in enumerate(carries):
+            for direction, carry in enumerate(row):
+                _checks.carry(carry, batch_shape, hidden_size, f"{name}[{layer}][{direction}]")
+
+
 def stacked_lstm(
     stack: StackParams,
     xs: Float[Array, "*batch time input"],
@@ -125,6 +151,7 @@ def stacked_lstm(
     seq_lengths: Int[Array, "*batch"] | None = None,
     mask: Bool[Array, "*batch time"] | None = None,
     resets: Bool[Array, "*batch time"] | None = None,
+    reset_carries: StackCarry | None = None,
     masked_output: str = "zeros",
     merge: str = "concat",
     dropout: float = 0.0,
@@ -132,6 +159,8 @@ def stacked_lstm(
     unroll: int = 1,
     reverse: bool = False,
     gradient: str = "fused",
+    gate_fn: Activation = jax.nn.sigmoid,
+    activation_fn: Activation = jnp.tanh,
 ) -> tuple[StackCarry, Float[Array, "*batch time features"]]:
     """Runs a stack of LSTM layers, each one or two directions, over sequences.
 
@@ -144,6 +173,8 @@ def stacked_lstm(
             own last valid step).
         mask, resets, masked_output: as ``jaxlstm.lstm``, applied to every
             layer and direction (each direction reads every segment on its own).
+        reset_carries: what each layer and direction restarts from at
+            ``resets``, nested as ``stack``; by default ``carries``.
         merge: how the two directions' outputs combine: "concat" (2H),
             "sum", "mul", "ave" (H).
         dropout: rate of dropout on each layer's output except the last
@@ -152,7 +183,7 @@ def stacked_lstm(
         unroll: passed to every layer's scan.
         reverse: for one-direction stacks, every layer reads backward
             (outputs aligned with the inputs); not allowed with two directions.
-        gradient: ``"fused"`` or ``"autodiff"``, as ``jaxlstm.lstm``.
+        gradient, gate_fn, activation_fn: as ``jaxlstm.lstm``.
 
     Returns:
         ``(final_carries, hs)``: final carries nested as ``stack``, each
@@ -164,15 +195,19 @@ def stacked_lstm(
     dropout = _checks.rate(dropout, "dropout")
     if reverse and num_directions == 2:
         raise ValueError("reverse=True is for one-direction stacks; a bidirectional stack already reads backward")
-    if carries is not None:
-        if (
-            not isinstance(carries, Sequence)
-            or len(carries) != num_layers
-            or any(not isinstance(c, Sequence) or isinstance(c, LSTMCarry) or len(c) != num_directions for c in carries)
-        ):
-            raise ValueError(
-                f"carries must be nested like stack: {num_layers} layers of {num_directions} LSTMCarry each"
-            )
+    batch_shape, hidden_size = tuple(xs.shape[:-2]), stack[0][0].hidden_size
+    check_stack_carry(carries, num_layers, num_directions, batch_shape, hidden_size, "carries")
+    check_stack_carry(reset_carries, num_layers, num_directions, batch_shape, hidden_size, "reset_carries")
+    options = dict(
+        seq_lengths=seq_lengths,
+        mask=mask,
+        resets=resets,
+        masked_output=masked_output,
+        unroll=unroll,
+        gradient=gradient,
+        gate_fn=gate_fn,
+        activation_fn=activation_fn,
+    )
     final_carries = []
     hs = xs
     for layer, directions in enumerate(stack):
@@ -182,18 +217,13 @@ def stacked_lstm(
             hs = jnp.where(keep, hs / (1.0 - dropout), jnp.zeros_like(hs))
         outputs, layer_carries = [], []
         for direction, params in enumerate(directions):
-            initial = None if carries is None else carries[layer][direction]
             final, out = lstm(
                 params,
                 hs,
-                initial,
-                seq_lengths=seq_lengths,
-                mask=mask,
-                resets=resets,
-                masked_output=masked_output,
+                None if carries is None else carries[layer][direction],
+                reset_carry=None if reset_carries is None else reset_carries[layer][direction],
                 reverse=reverse or direction == 1,
-                unroll=unroll,
-                gradient=gradient,
+                **options,
             )
             outputs.append(out)
             layer_carries.append(final)

@@ -1,0 +1,40 @@
+"""Exact weight conversion to and from PyTorch, Keras and Flax's own LSTM cells.
+
+* ``from_torch(lstm)`` / ``to_torch(module, variables)`` — ``torch.nn.LSTM``;
+  ``load_torch(path)`` reads a saved ``lstm.state_dict()`` (``weights_only``),
+  ``from_torch_state_dict(state_dict)`` converts one in memory;
+* ``from_keras(layer)`` / ``to_keras(module, variables)`` — Keras 3
+  ``LSTM`` and ``Bidirectional(LSTM)`` (``KerasLSTM`` formats outputs as Keras);
+* ``from_flax(params)`` / ``to_flax(params)`` — ``flax.linen`` / ``flax.nnx``
+  ``LSTMCell`` and ``OptimizedLSTMCell`` ↔ ``jaxlstm.LSTMParams``.
+
+The converters return ``(module, variables)``, a ``jaxlstm.LSTM`` (linen) and
+its ``{"params": ...}``, whose ``module.apply(variables, x)`` reproduces the
+source's outputs. Weights are copied bit for bit (transposed where the
+layouts differ); PyTorch's two biases are summed into jaxlstm's one.
+
+PyTorch and Keras are optional (``pip install jaxlstm[torch]`` /
+``jaxlstm[keras]``) and imported only inside the functions that need them.
+"""
+
+from .flax import from_flax as from_flax
+from .flax import to_flax as to_flax
+from .keras import KerasLSTM as KerasLSTM
+from .keras import from_keras as from_keras
+from .keras import to_keras as to_keras
+from .torch import from_torch as from_torch
+from .torch import from_torch_state_dict as from_torch_state_dict
+from .torch import load_torch as load_torch
+from .torch import to_torch as to_torch
+
+__all__ = [
+    "from_torch",
+    "to_torch",
+    "load_torch",
+    "from_torch_state_dict",
+    "from_keras",
+    "to_keras",
+    "KerasLSTM",
+    "from_flax",
+    "to_flax",
+]

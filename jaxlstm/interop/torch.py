@@ -1,0 +1,391 @@
+"""Exact weight conversion between ``torch.nn.LSTM`` and ``jaxlstm.LSTM``.
+
+PyTorch stores, per layer ``k`` and direction (suffix ``_reverse`` for the
+backward one), ``weight_ih_l{k}`` (4H, D), ``weight_hh_l{k}`` (4H, H) and two
+biases ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,), gates in the order i, f, g, o
+— jaxlstm's order. So ``w_ih = weight_ih.T``, ``w_hh = weight_hh.T`` and,
+since both biases are only ever added together, jaxlstm's single
+``b = bias_ih + bias_hh``. The parameter names already match:
+``params["layer_{k}"]`` and ``params["layer_{k}_reverse"]``.
+
+``torch`` is imported inside the functions only: ``jaxlstm.interop`` imports
+without it (``pip install jaxlstm[torch]`` adds it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._common import floating, lstm_module, read_stack, require, warn_if_x64_disabled
+
+__all__ = ["from_torch", "from_torch_state_dict", "load_torch", "to_torch"]
+
+_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
+
+
+def from_torch(lstm):
+    """A ``jl.LSTM`` and its variables computing what ``lstm`` (a ``torch.nn.LSTM``) computes.
+
+    Args:
+        lstm: a ``torch.nn.LSTM``, any ``num_layers``, ``bidirectional``,
+            ``bias``, ``dropout``, ``batch_first``, on any device.
+
+    Returns:
+        ``(module, variables)``: ``module`` a ``jaxlstm.LSTM`` (linen) with
+        ``features=hidden_size``, the same ``num_layers``, ``bidirectional``
+        and ``dropout``, ``init_scheme="torch"``; ``variables`` a
+        ``{"params": ...}`` dict. For a batch-first input ``x`` (B, T, D) and
+        lengths ``lengths`` (B,)::
+
+            module.apply(variables, x, seq_lengths=lengths)
+            # == pad_packed_sequence(lstm(pack_padded_sequence(x, lengths,
+            #        batch_first=True, enforce_sorted=False)), batch_first=True,
+            #        total_length=T)[0]
+            module.clone(return_sequences=False).apply(variables, x, seq_lengths=lengths)
+            # == h_n[-1], or torch.cat([h_n[-2], h_n[-1]], -1) if bidirectional
+
+        and ``module.clone(return_carry=True)`` gives every layer's final
+        ``(h, c)``: ``carries[k][d]`` is torch's ``h_n[k * num_directions + d]``.
+
+    The jaxlstm module is always batch-first. A ``batch_first=False`` torch
+    module converts all the same, but its time-major data ``(T, B, D)`` must
+    be transposed for the jaxlstm module: pass ``x.swapaxes(0, 1)`` and swap
+    the outputs back if you need them time-major.
+
+    The two torch biases become one (``b = bias_ih + bias_hh``, rounded once
+    in the parameter dtype); ``bias=False`` becomes ``b = 0``. ``dropout`` is
+    carried over (jaxlstm applies it, like torch, to every layer's output but
+    the last, with ``deterministic=False``).
+
+    Raises:
+        TypeError: ``lstm`` is not a ``torch.nn.LSTM``.
+        NotImplementedError: ``proj_size > 0`` (LSTM with projections).
+    """
+    torch = require("torch", "torch", "from_torch")
+
+    if not isinstance(lstm, torch.nn.LSTM):
+        raise TypeError(
+            f"from_torch converts a torch.nn.LSTM, got {type(lstm).__name__}"
+            + (
+                " (nn.LSTMCell: wrap its weights in an nn.LSTM of one layer)"
+                if isinstance(lstm, torch.nn.LSTMCell)
+                else ""
+            )
+        )
+    if getattr(lstm, "proj_size", 0):
+        raise NotImplementedError(
+            f"torch.nn.LSTM with proj_size={lstm.proj_size} (an LSTM with projections) is not supported: "
+            "jaxlstm has no projection variant yet"
+        )
+    return from_torch_state_dict(lstm.state_dict(), prefix="", dropout=float(lstm.dropout), source="lstm")
+
+
+def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: float = 0.0, source: str = "state dict"):
+    """``from_torch`` for an ``nn.LSTM``'s state dict, without the module.
+
+    Args:
+        state_dict: a mapping of key → tensor, as ``lstm.state_dict()`` (torch
+            tensors or NumPy arrays; torch is only needed for the former). It
+            may be a whole model's state dict holding one ``nn.LSTM``.
+        prefix: the LSTM's key prefix in ``state_dict``, e.g. ``"encoder.lstm."``.
+            ``None`` finds it: the one prefix before a ``weight_ih_l0`` key.
+        dropout: the module's ``dropout`` (a state dict does not record it).
+        source: how error messages name the state dict (e.g. its file).
+
+    ``num_layers``, ``bidirectional``, ``hidden_size``, ``input_size`` and
+    ``bias`` are read from the keys and shapes; every expected key must be
+    present with the expected shape, or a ValueError names it.
+
+    Returns:
+        ``(module, variables)`` as ``from_torch``.
+    """
+    from ..linen import LSTM, cell_name
+
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"{source}: expected a state dict (a mapping of key -> tensor, as nn.LSTM.state_dict()), "
+            f"got {type(state_dict).__name__}"
+        )
+    keys = [k for k in state_dict if isinstance(k, str)]
+    if prefix is None:
+        prefixes = sorted({k[: -len("weight_ih_l0")] for k in keys if k.endswith("weight_ih_l0")})
+        if not prefixes:
+            shown = ", ".join(map(repr, keys[:8])) + (", ..." if len(keys) > 8 else "")
+            raise ValueError(
+                f"{source}: no 'weight_ih_l0' key, so not the state dict of a torch.nn.LSTM (keys: {shown or 'none'})"
+            )
+        if len(prefixes) > 1:
+            raise ValueError(
+                f"{source}: holds {len(prefixes)} LSTMs (key prefixes {prefixes}); pick one with prefix=..."
+            )
+        prefix = prefixes[0]
+    entries: dict[tuple[str, str, int, bool], str] = {}
+    for key in keys:
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :]
+        match = _KEY.match(rest)
+        if match is None:
+            if "." not in rest:  # a direct entry of the LSTM module that is not an LSTM weight
+                raise ValueError(f"{source}: unexpected key {key!r} for a torch.nn.LSTM state dict")
+            continue  # belongs to another submodule
+        kind, which, layer, reverse = match.groups()
+        if which == "hr":
+            raise NotImplementedError(
+                f"{source}: key {key!r} belongs to an nn.LSTM with proj_size > 0 (an LSTM with projections), "
+                "which jaxlstm does not support yet"
+            )
+        entries[(kind, which, int(layer), reverse is not None)] = key
+    if not entries:
+        raise ValueError(f"{source}: no nn.LSTM weights under prefix {prefix!r}")
+
+    num_layers = 1 + max(layer for _, _, layer, _ in entries)
+    bidirectional = any(reverse for *_, reverse in entries)
+    bias = any(kind == "bias" for kind, *_ in entries)
+    num_directions = 2 if bidirectional else 1
+
+    def tensor(kind: str, which: str, layer: int, direction: int) -> tuple[str, np.ndarray]:
+        name = f"{prefix}{kind}_{which}_l{layer}" + ("_reverse" if direction else "")
+        if (kind, which, layer, bool(direction)) not in entries:
+            raise ValueError(
+                f"{source}: missing key {name!r} (the state dict has keys for num_layers={num_layers}, "
+                f"bidirectional={bidirectional}, bias={bias})"
+            )
+        value = state_dict[name]
+        try:
+            array = _to_numpy(value)
+        except TypeError as error:
+            raise ValueError(f"{source}: {name!r} is a {type(value).__name__}, not a tensor") from error
+        return name, floating(array, f"{source}: {name!r}")
+
+    def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+        if array.shape != shape:
+            raise ValueError(f"{source}: {name!r} has shape {tuple(array.shape)}, expected {shape} ({what})")
+
+    name, w_hh0 = tensor("weight", "hh", 0, 0)
+    if w_hh0.ndim != 2 or w_hh0.shape[0] != 4 * w_hh0.shape[1]:
+        raise ValueError(f"{source}: {name!r} has shape {tuple(w_hh0.shape)}, expected (4 * hidden_size, hidden_size)")
+    hidden = w_hh0.shape[1]
+    gates = 4 * hidden
+    name, w_ih0 = tensor("weight", "ih", 0, 0)
+    if w_ih0.ndim != 2 or w_ih0.shape[0] != gates:
+        raise ValueError(
+            f"{source}: {name!r} has shape {tuple(w_ih0.shape)}, expected ({gates}, input_size) "
+            f"for hidden_size={hidden}"
+        )
+    input_size = w_ih0.shape[1]
+    dtype = w_ih0.dtype
+    warn_if_x64_disabled(dtype, source)
+
+    params = {}
+    for layer in range(num_layers):
+        layer_input = input_size if layer == 0 else num_directions * hidden
+        for direction in range(num_directions):
+            name, w_ih = tensor("weight", "ih", layer, direction)
+            check_shape(
+                name,
+                w_ih,
+                (gates, layer_input),
+                f"4 * hidden_size, {'input_size' if layer == 0 else 'num_directions * hidden_size'}",
+            )
+            name, w_hh = tensor("weight", "hh", layer, direction)
+            check_shape(name, w_hh, (gates, hidden), "4 * hidden_size, hidden_size")
+            if bias:
+                name, b_ih = tensor("bias", "ih", layer, direction)
+                check_shape(name, b_ih, (gates,), "4 * hidden_size")
+                name, b_hh = tensor("bias", "hh", layer, direction)
+                check_shape(name, b_hh, (gates,), "4 * hidden_size")
+                b_ih, b_hh = b_ih.astype(dtype), b_hh.astype(dtype)
+                # One rounding of the sum; a zero bias (e.g. written by to_torch) adds nothing,
+                # so converting back and forth keeps every bit (-0.0 included).
+                b = b_ih if not b_hh.any() else b_hh if not b_ih.any() else b_ih + b_hh
+            else:
+                b = np.zeros((gates,), dtype)
+            params[cell_name(layer, direction)] = {
+                "w_ih": _jax(w_ih.astype(dtype).T),
+                "w_hh": _jax(w_hh.astype(dtype).T),
+                "b": _jax(b),
+            }
+    module = LSTM(
+        features=hidden,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        dropout=float(dropout),
+        init_scheme="torch",
+        param_dtype=params["layer_0"]["w_ih"].dtype,
+    )
+    module._check_config()
+    return module, {"params": params}
+
+
+def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0):
+    """``from_torch`` for a state dict saved with ``torch.save(lstm.state_dict(), path)``.
+
+    The file is read with ``torch.load(path, weights_only=True,
+    map_location="cpu")``: tensors and plain containers only, never arbitrary
+    pickled objects (a whole pickled ``nn.Module`` is refused — save its
+    ``state_dict()``). ``num_layers``, ``bidirectional``, ``hidden_size``,
+    ``input_size`` and ``bias`` are inferred from the keys and shapes.
+
+    Args:
+        path: a file path (or a binary file object).
+        prefix: the LSTM's key prefix if the file is a whole model's state
+            dict with the LSTM inside (``None``: found automatically).
+        dropout: the module's ``dropout`` (not recorded in a state dict).
+
+    Returns:
+        ``(module, variables)`` as ``from_torch``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file, if it is not a readable torch file, does
+            not hold a state dict, or misses a key or has a misshaped tensor
+            (the key is named).
+    """
+    torch = require("torch", "torch", "load_torch")
+
+    source = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
+    if isinstance(path, (str, os.PathLike)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such file: {source}")
+        if not os.path.isfile(path):
+            raise ValueError(f"{source} is not a file (expected a file written by torch.save(lstm.state_dict(), path))")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{source} could not be read as a torch state dict ({type(error).__name__}: {reason[:200]}); "
+            "expected a file written by torch.save(lstm.state_dict(), path) "
+            "(loaded with weights_only=True: pickled modules and other objects are refused)"
+        ) from error
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"{source} holds a {type(obj).__name__}, not a state dict; "
+            "save one with torch.save(lstm.state_dict(), path)"
+        )
+    return from_torch_state_dict(obj, prefix=prefix, dropout=dropout, source=source)
+
+
+def to_torch(module, variables, *, bias: bool = True):
+    """A ``torch.nn.LSTM`` (``batch_first=True``) computing what ``module.apply(variables, ...)`` computes.
+
+    Args:
+        module: a ``jaxlstm.LSTM`` (linen); bidirectional modules must use
+            ``merge="concat"`` (torch's only merge) and ``reverse=True`` has
+            no torch counterpart.
+        variables: its variables, ``{"params": ...}``.
+        bias: ``False`` makes a ``bias=False`` torch module, allowed only when
+            every ``b`` is exactly zero.
+
+    Returns:
+        A new ``torch.nn.LSTM`` on the CPU with ``input_size`` from the
+        variables, ``hidden_size=features``, the same ``num_layers``,
+        ``bidirectional`` and ``dropout``, in the parameter dtype, in torch's
+        default (training) mode — call ``.eval()`` for inference when
+        ``dropout > 0``.
+
+    jaxlstm keeps one bias per cell; torch has two that it adds. The bias is
+    written as ``bias_ih = b`` and ``bias_hh = 0``, so torch's sum equals
+    ``b`` exactly and the outputs are identical; ``from_torch`` of the
+    result gives back every array bit for bit. (A round trip starting from
+    torch keeps ``bias_ih + bias_hh`` but not the split.)
+    """
+    torch = require("torch", "torch", "to_torch")
+
+    module = lstm_module(module)
+    if module.bidirectional and module.merge != "concat":
+        raise ValueError(
+            f"to_torch: torch.nn.LSTM concatenates its two directions; a module with merge={module.merge!r} "
+            "has no torch equivalent (use merge='concat')"
+        )
+    if module.reverse:
+        raise ValueError(
+            "to_torch: torch.nn.LSTM has no single backward direction; "
+            "a module with reverse=True has no torch equivalent"
+        )
+    stack = read_stack(module, variables)
+    input_size = stack[0][0][0].shape[0]
+    dtype = stack[0][0][0].dtype
+    if not bias:
+        nonzero = [
+            f"{_cell(layer, d)}.b" for layer, dirs in enumerate(stack) for d, (_, _, b) in enumerate(dirs) if b.any()
+        ]
+        if nonzero:
+            raise ValueError(
+                f"to_torch(bias=False): the biases {nonzero} are not zero; "
+                "a bias-free torch module would change the outputs"
+            )
+    torch_dtype = _torch_dtype(torch, dtype)
+    with warnings.catch_warnings():
+        # torch warns that dropout with num_layers=1 does nothing; jaxlstm allows it likewise.
+        warnings.filterwarnings("ignore", message=".*dropout option adds dropout after all but last recurrent layer.*")
+        lstm = torch.nn.LSTM(
+            input_size,
+            module.features,
+            num_layers=module.num_layers,
+            bias=bias,
+            batch_first=True,
+            dropout=float(module.dropout),
+            bidirectional=module.bidirectional,
+            dtype=torch_dtype,
+        )
+    state = {}
+    for layer, directions in enumerate(stack):
+        for direction, (w_ih, w_hh, b) in enumerate(directions):
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            state["weight_ih" + suffix] = _torch_tensor(torch, w_ih.T, torch_dtype)
+            state["weight_hh" + suffix] = _torch_tensor(torch, w_hh.T, torch_dtype)
+            if bias:
+                state["bias_ih" + suffix] = _torch_tensor(torch, b, torch_dtype)
+                state["bias_hh" + suffix] = torch.zeros(b.shape, dtype=torch_dtype)
+    lstm.load_state_dict(state, strict=True)
+    return lstm
+
+
+def _cell(layer: int, direction: int) -> str:
+    return f"layer_{layer}" + ("_reverse" if direction else "")
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A torch tensor (any device, any float dtype) or array-like as a NumPy array, bits unchanged."""
+    if type(value).__module__.startswith("torch"):
+        import torch
+
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(type(value).__name__)
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return value.numpy()
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(type(value).__name__)
+    return np.asarray(value)
+
+
+def _jax(array: np.ndarray):
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.ascontiguousarray(array))
+
+
+def _torch_dtype(torch, dtype: np.dtype):
+    name = np.dtype(dtype).name
+    table = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"to_torch: parameters of dtype {name} have no torch.nn.LSTM equivalent")
+    return table[name]
+
+
+def _torch_tensor(torch, array: np.ndarray, torch_dtype):
+    array = np.ascontiguousarray(array)
+    if torch_dtype == torch.bfloat16:
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
