@@ -2,7 +2,9 @@
 
 ``import jaxlstm as jl`` gives the functional core without importing Flax;
 ``jl.LSTM`` / ``jl.LSTMCell`` (flax.linen) and ``jl.nnx`` (flax.nnx) import
-Flax when first used.
+Flax when first used. ``jl.explain`` walks through every shape of an LSTM
+configuration and ``jl.summary`` tabulates a Flax model's layers (see
+docs/shapes.md); neither imports Flax until used.
 """
 
 import importlib
@@ -12,6 +14,7 @@ from .cell import LSTMParams as LSTMParams
 from .cell import init_params as init_params
 from .cell import lstm_cell as lstm_cell
 from .cell import zeros_carry as zeros_carry
+from .explain import explain as explain
 from .scan import lstm as lstm
 from .stack import MERGE_MODES as MERGE_MODES
 from .stack import StackCarry as StackCarry
@@ -20,6 +23,7 @@ from .stack import init_stack as init_stack
 from .stack import last_output as last_output
 from .stack import merge_directions as merge_directions
 from .stack import stacked_lstm as stacked_lstm
+from .summary import summary as summary
 
 __version__ = "0.1.0"
 
@@ -49,6 +53,8 @@ __all__ = [
     "last_output",
     "merge_directions",
     "stacked_lstm",
+    "explain",
+    "summary",
     "LSTM",
     "LSTMCell",
     "nnx",

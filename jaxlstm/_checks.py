@@ -20,14 +20,29 @@ def _see(section: str) -> str:
     return f"; see {GUIDE}#{section}"
 
 
+# The guide's section for an option, by argument name (for messages of one_of and rate).
+_SECTIONS = {
+    "merge": "bidirectional-and-merge-modes",
+    "masked_output": "masks-and-resets",
+    "dropout": "stacking",
+}
+
+
+def _see_for(name: str) -> str:
+    section = _SECTIONS.get(name.rsplit(".", 1)[-1])
+    return _see(section) if section else ""
+
+
 def positive_int(value, name: str) -> int:
     """``value`` as an int >= 1, or a TypeError/ValueError naming ``name``."""
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= 1, got the bool {value!r}")
+        raise TypeError(f"{name} must be an int >= 1, got the bool {value!r}" + _see("units-cells-and-time-steps"))
     try:
         as_int = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}") from None
+        raise TypeError(
+            f"{name} must be an int >= 1, got {type(value).__name__} {value!r}" + _see("units-cells-and-time-steps")
+        ) from None
     if as_int < 1:
         raise ValueError(f"{name} must be an int >= 1, got {as_int}" + _see("units-cells-and-time-steps"))
     return as_int
@@ -35,16 +50,16 @@ def positive_int(value, name: str) -> int:
 
 def one_of(value, allowed: Sequence[str], name: str) -> str:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}" + _see_for(name))
     return value
 
 
 def rate(value, name: str) -> float:
     """A probability in [0, 1), e.g. a dropout rate."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}" + _see_for(name))
     if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}" + _see_for(name))
     return float(value)
 
 
@@ -58,7 +73,9 @@ def params(p) -> None:
     from .cell import LSTMParams
 
     if not isinstance(p, LSTMParams):
-        raise TypeError(f"params must be a jaxlstm.LSTMParams (w_ih, w_hh, b), got {type(p).__name__}")
+        raise TypeError(
+            f"params must be a jaxlstm.LSTMParams (w_ih, w_hh, b), got {type(p).__name__}" + _see("parameters")
+        )
     for field in LSTMParams._fields:
         _array_like(getattr(p, field), f"params.{field}")
     w_ih, w_hh, b = p
@@ -148,4 +165,6 @@ def per_step_flags(values, expected_shape: tuple[int, ...], name: str) -> None:
 
 def activation(fn, name: str) -> None:
     if not callable(fn):
-        raise TypeError(f"{name} must be an elementwise function such as jax.nn.sigmoid, got {type(fn).__name__} {fn!r}")
+        raise TypeError(
+            f"{name} must be an elementwise function such as jax.nn.sigmoid, got {type(fn).__name__} {fn!r}"
+        )

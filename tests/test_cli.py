@@ -1,0 +1,169 @@
+"""The ``jaxlstm`` command: ``jaxlstm explain ...`` (and ``--plot``), run in-process and once as a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxlstm.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BASIC = ["explain", "--batch", "4", "--time", "10", "--input", "8", "--units", "32"]
+
+
+def test_explain_prints_the_walk_through(capsys):
+    assert main(BASIC) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("jl.LSTM(32) on x of shape (batch, time, input) = (4, 10, 8)")
+    assert "not 32 vectors" in out
+    assert "4·(32·(8+32)+32)" in out and "5,248" in out
+
+
+def test_explain_all_options(capsys):
+    argv = BASIC + ["--layers", "2", "--bidirectional", "--merge", "sum", "--last-only"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("jl.LSTM(32, num_layers=2, bidirectional=True, merge='sum', return_sequences=False)")
+    assert "9. model output returned (B, H) = (4, 32) last step only" in " ".join(out.split())
+    assert "27,136" in out
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--units", "0", "jaxlstm explain: error: --units must be an int >= 1, got 0"),
+        ("--batch", "-3", "jaxlstm explain: error: --batch must be an int >= 1, got -3"),
+        ("--input", "0", "jaxlstm explain: error: --input must be an int >= 1, got 0"),
+        ("--layers", "0", "jaxlstm explain: error: --layers must be an int >= 1, got 0"),
+    ],
+)
+def test_invalid_values_give_one_line_and_exit_2(capsys, flag, value, message):
+    argv = list(BASIC)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(message)
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # no command
+        ["explain"],  # missing the required sizes
+        BASIC[:-2],  # missing --units
+        BASIC[:-1] + ["many"],  # not an int
+        BASIC + ["--merge", "max"],  # not a merge mode
+        BASIC + ["--bogus"],
+        ["frobnicate"],
+    ],
+    ids=["no-command", "no-sizes", "no-units", "units-not-int", "bad-merge", "unknown-flag", "unknown-command"],
+)
+def test_bad_arguments_exit_2(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: jaxlstm" in err
+    assert "Traceback" not in err
+
+
+def test_help_and_version(capsys):
+    assert main(["explain", "--help"]) == 0
+    assert "--units H" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("jaxlstm ")
+
+
+def test_plot_rejects_unknown_format(capsys, tmp_path):
+    assert main(BASIC + ["--plot", str(tmp_path / "net.jpg")]) == 2
+    assert "--plot must name a .png, .svg or .pdf file" in capsys.readouterr().err
+    assert not (tmp_path / "net.jpg").exists()
+
+
+def test_plot_into_missing_directory_exits_1(capsys, tmp_path):
+    assert main(BASIC + ["--plot", str(tmp_path / "missing" / "net.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxlstm explain: error: cannot write")
+    assert "Traceback" not in err
+
+
+PLOTS = {
+    "one-layer": ["--time", "10"],
+    "two-layers-bidirectional": ["--time", "10", "--layers", "2", "--bidirectional"],
+    "T3": ["--time", "3"],
+    "T50": ["--time", "50"],
+    "bidirectional-last-only": ["--time", "4", "--bidirectional", "--merge", "ave", "--last-only"],
+}
+
+
+@pytest.mark.parametrize("extra", PLOTS.values(), ids=PLOTS.keys())
+def test_plot_png(capsys, tmp_path, extra):
+    import matplotlib.image
+
+    path = tmp_path / "net.png"
+    argv = ["explain", "--batch", "4", "--input", "8", "--units", "32", *extra, "--plot", str(path)]
+    assert main(argv) == 0
+    assert f"Diagram written to {path}" in capsys.readouterr().out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    assert width > 400 and height > 300
+    assert width > height  # time runs left to right
+    assert image.std() > 0.05  # not blank
+
+
+def test_more_layers_make_a_taller_picture(tmp_path):
+    import matplotlib.image
+
+    heights = []
+    for layers in ("1", "3"):
+        path = tmp_path / f"net{layers}.png"
+        assert main(BASIC + ["--layers", layers, "--plot", str(path)]) == 0
+        heights.append(matplotlib.image.imread(path).shape[0])
+    assert heights[1] > heights[0]
+
+
+def test_plot_svg(tmp_path):
+    path = tmp_path / "net.svg"
+    assert main(BASIC + ["--bidirectional", "--plot", str(path)]) == 0
+    text = path.read_text()
+    assert "<svg" in text
+
+
+def test_draw_api_elides_the_middle():
+    from jaxlstm.diagram import draw, shown_steps
+    from jaxlstm.explain import explain
+
+    assert shown_steps(6) == list(range(6))
+    assert shown_steps(7) == [0, 1, 2, None, 6]
+    fig = draw(explain(2, 50, 3, 5))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "one cell, applied T times; units = H = size of the state vector" in texts
+    assert sum(text.startswith("LSTM cell") for text in texts) == 4  # steps 0, 1, 2 and 49
+    assert "…" in texts
+    assert any("$x_{49}$ (2, 3)" == text for text in texts)  # input arrow of the last step, with its shape
+    assert any("$h_{49}$ (2, 5)" == text for text in texts)  # output arrow
+
+
+def test_python_dash_m_subprocess():
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONPATH=path)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxlstm", *BASIC, "--layers", "2"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "jl.LSTM(32, num_layers=2)" in result.stdout
+    assert "13,568" in result.stdout
