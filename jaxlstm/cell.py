@@ -192,10 +192,35 @@ def gates(
 def update(
     gates: Float[Array, "*batch gates"], c: Float[Array, "*batch hidden"], activation_fn: Activation = jnp.tanh
 ) -> LSTMCarry:
-    """c' = f·c + i·g and h' = o·tanh(c') from the activated gates (unchecked)."""
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    """c' = f·c + i·g and h' = o·tanh(c') from the activated gates (unchecked).
+
+    The update runs in ``c``'s dtype: with bfloat16 gates and a float32 cell
+    state (mixed precision) the state keeps float32 accuracy; ``h`` comes back
+    in the gates' dtype, ready for the next step's matmul.
+    """
+    i, f, g, o = jnp.split(gates.astype(c.dtype), 4, axis=-1)
     c = f * c + i * g
-    return LSTMCarry(o * activation_fn(c), c)
+    return LSTMCarry((o * activation_fn(c)).astype(gates.dtype), c)
+
+
+def state_dtype(compute_dtype) -> jnp.dtype:
+    """The cell state's dtype for a computation dtype: at least float32 (bfloat16 → float32)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(compute_dtype, jnp.float32)
+
+
+def split_promote(params: LSTMParams, x, carry: LSTMCarry, *more_carries):
+    """Promotes params, inputs and the carries' ``h`` to one computation dtype.
+
+    Each carry's ``c`` is cast to the state dtype: float32 or wider, unless
+    every input is narrower and ``c`` itself is given narrower.
+    """
+    h_trees = [carry.h] + [None if m is None else m.h for m in more_carries]
+    params, x, *hs = promote(params, x, *h_trees)
+    c_dtype = carry.c.dtype
+    new_carry = LSTMCarry(hs[0], carry.c)
+    more = [None if m is None else LSTMCarry(h, m.c.astype(c_dtype)) for m, h in zip(more_carries, hs[1:], strict=True)]
+    return params, x, new_carry, *more
 
 
 def lstm_cell(
@@ -233,6 +258,6 @@ def lstm_cell(
         _checks.carry(carry, x.shape[:-1], params.hidden_size, "carry")
         _checks.activation(gate_fn, "gate_fn")
         _checks.activation(activation_fn, "activation_fn")
-        params, carry, x = promote(params, carry, x)
+        params, x, carry = split_promote(params, x, carry)
         new_carry = update(gates(params, carry, x, gate_fn, activation_fn), carry.c, activation_fn)
         return new_carry, new_carry.h

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell
+from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell, state_dtype
 from .scan import GRADIENTS, MASKED_OUTPUTS
 from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
 
@@ -39,13 +39,17 @@ def fresh_carries(
     dtype,
 ) -> StackCarry:
     """The carries a sequence starts (and a reset restarts) from: the learned
-    ``(H,)`` ones broadcast over the batch, or zeros; nested ``[layer][direction]``."""
-    shape = (*batch_shape, hidden_size)
+    ``(H,)`` ones broadcast over the batch, or zeros; nested ``[layer][direction]``.
+    ``h`` has the computation dtype, ``c`` the state dtype (float32 at least)."""
+    shape, c_dtype = (*batch_shape, hidden_size), state_dtype(dtype)
     if learned is None:
-        zeros = jnp.zeros(shape, dtype)
-        return tuple(tuple(LSTMCarry(zeros, zeros) for _ in range(num_directions)) for _ in range(num_layers))
+        zeros = LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, c_dtype))
+        return tuple(tuple(zeros for _ in range(num_directions)) for _ in range(num_layers))
     return tuple(
-        tuple(LSTMCarry(*(jnp.broadcast_to(jnp.asarray(a, dtype), shape) for a in carry)) for carry in layer)
+        tuple(
+            LSTMCarry(jnp.broadcast_to(carry.h.astype(dtype), shape), jnp.broadcast_to(carry.c.astype(c_dtype), shape))
+            for carry in layer
+        )
         for layer in learned
     )
 
@@ -131,8 +135,6 @@ class LSTMCell(nn.RNNCellBase):
     def __call__(self, carry: LSTMCarry, x: Float[Array, "*batch input"]) -> tuple[LSTMCarry, Array]:
         _checks.floating(x, "x")
         params, x = _cast(self.weights(x.shape[-1]), x, self.dtype)
-        if isinstance(carry, LSTMCarry):
-            carry = LSTMCarry(*(jnp.asarray(a, x.dtype) for a in carry))
         return lstm_cell(params, carry, x, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
 
     @nn.nowrap
@@ -140,7 +142,7 @@ class LSTMCell(nn.RNNCellBase):
         """Zeros of shape ``(*input_shape[:-1], H)`` for ``h`` and ``c``."""
         shape = (*input_shape[:-1], self.features)
         dtype = self.param_dtype if self.dtype is None else self.dtype
-        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, state_dtype(dtype)))
 
     @property
     def num_feature_axes(self) -> int:
@@ -168,7 +170,9 @@ class LSTM(nn.Module):
         dropout: dropout rate on every layer's output but the last (PyTorch's
             ``dropout``); active with ``deterministic=False`` and a
             ``'dropout'`` rng.
-        dtype: computation dtype (``None``: inferred); param_dtype: parameters'.
+        dtype: computation dtype (``None``: inferred); with bfloat16 or float16
+            the matmuls run in that dtype while the cell state c stays float32
+            (mixed precision). param_dtype: the parameters' dtype.
         init_scheme: ``"keras"`` or ``"torch"`` initialisation (named so because
             ``init`` is linen's own method).
         unroll: ``lax.scan`` unroll (speed only).

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell
+from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell, state_dtype
 from .linen import _cast, cell_name, check_stateful_carry, fresh_carries
 from .scan import GRADIENTS, MASKED_OUTPUTS
 from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
@@ -83,15 +83,13 @@ class LSTMCell(nnx.Module):
     def __call__(self, carry: LSTMCarry, x: Float[Array, "*batch input"]) -> tuple[LSTMCarry, Array]:
         _checks.floating(x, "x")
         params, x = _cast(self.params, x, self.dtype)
-        if isinstance(carry, LSTMCarry):
-            carry = LSTMCarry(*(jnp.asarray(a, x.dtype) for a in carry))
         return lstm_cell(params, carry, x, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs: nnx.Rngs | None = None) -> LSTMCarry:
         """Zeros of shape ``(*input_shape[:-1], H)`` for ``h`` and ``c``."""
         shape = (*input_shape[:-1], self.features)
         dtype = self.w_hh[...].dtype if self.dtype is None else self.dtype
-        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, state_dtype(dtype)))
 
     @property
     def num_feature_axes(self) -> int:

@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import Activation, LSTMCarry, LSTMParams, gates, promote, update
+from .cell import Activation, LSTMCarry, LSTMParams, gates, split_promote, state_dtype, update
 
 __all__ = ["lstm", "GRADIENTS", "MASKED_OUTPUTS"]
 
@@ -261,7 +261,8 @@ def lstm(
         gradient: ``"fused"`` (a hand-written backward pass over the whole
             sequence, faster) or ``"autodiff"`` (JAX differentiates the scan).
             Values are identical; gradients agree to float rounding. With
-            custom activations the autodiff path is used.
+            custom activations, or a cell state kept wider than the
+            computation (mixed precision), the autodiff path is used.
         gate_fn, activation_fn: elementwise activations of the gates (σ) and
             of the candidate and cell output (tanh); see ``jaxlstm.lstm_cell``.
 
@@ -284,7 +285,8 @@ def lstm(
         _checks.inputs(xs, params.input_size, "xs", min_rank=2, layout="(*batch, time, input)")
         batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
         if carry is None:
-            carry = LSTMCarry(*(jnp.zeros((*batch_shape, params.hidden_size), xs.dtype),) * 2)
+            shape = (*batch_shape, params.hidden_size)
+            carry = LSTMCarry(jnp.zeros(shape, xs.dtype), jnp.zeros(shape, state_dtype(xs.dtype)))
         else:
             _checks.carry(carry, batch_shape, params.hidden_size, "carry")
         if reset_carry is not None:
@@ -298,9 +300,10 @@ def lstm(
         valid_tm = valid_steps(seq_lengths, mask, batch_shape, time)
         reset_tm = reset_steps(resets, batch_shape, time, reverse=reverse)
         restart = None if reset_tm is None else (carry if reset_carry is None else reset_carry)
-        params, xs, carry, restart = promote(params, xs, carry, restart)
+        params, xs, carry, restart = split_promote(params, xs, carry, restart)
         xs_tm = jnp.moveaxis(xs, -2, 0)
-        if gradient == "fused" and gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh:
+        fusable = gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh and carry.c.dtype == xs.dtype
+        if gradient == "fused" and fusable:
             final_carry, hs_tm = _fused(
                 params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output
             )
