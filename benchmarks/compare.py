@@ -127,6 +127,28 @@ def make_jaxlstm(shape: Shape, data: Data):
     return _jax_closures(lambda p, xs: jl.lstm(p, xs)[1], params, data)
 
 
+def make_jaxlstm_variant(**options):
+    """``jl.lstm`` with per-step flags or another gradient: a mask that is all True, resets every 32 steps,
+    or ``gradient="autodiff"`` (JAX differentiating the scan instead of the fused backward pass)."""
+
+    def make(shape: Shape, data: Data):
+        import jax
+        import jax.numpy as jnp
+
+        import jaxlstm as jl
+
+        params = jl.init_params(jax.random.key(data.seed), shape.D, shape.H)
+        flags = {}
+        if options.get("mask"):
+            flags["mask"] = jnp.ones((shape.B, shape.T), bool)
+        if options.get("resets"):
+            flags["resets"] = (jnp.arange(shape.T) % 32 == 0)[None].repeat(shape.B, axis=0)
+        gradient = options.get("gradient", "fused")
+        return _jax_closures(lambda p, xs: jl.lstm(p, xs, gradient=gradient, **flags)[1], params, data)
+
+    return make
+
+
 def make_jaxlstm_linen(shape: Shape, data: Data):
     """``jl.LSTM(H).apply(variables, xs)``: the flax.linen module."""
     import jax
@@ -250,6 +272,11 @@ class Impl(NamedTuple):
 IMPLS: dict[str, Impl] = {
     "jaxlstm": Impl(make_jaxlstm, ("jax",), "`jl.lstm(params, xs)`"),
     "jaxlstm.LSTM": Impl(make_jaxlstm_linen, ("jax", "flax"), "`jl.LSTM(H).apply` (flax.linen)"),
+    "jaxlstm+mask": Impl(make_jaxlstm_variant(mask=True), ("jax",), "`jl.lstm(..., mask=all True)`"),
+    "jaxlstm+resets": Impl(make_jaxlstm_variant(resets=True), ("jax",), "`jl.lstm(..., resets=every 32 steps)`"),
+    "jaxlstm.autodiff": Impl(
+        make_jaxlstm_variant(gradient="autodiff"), ("jax",), '`jl.lstm(..., gradient="autodiff")`'
+    ),
     "flax.OptimizedLSTMCell": Impl(make_flax_optimized, ("jax", "flax"), "`nn.RNN(nn.OptimizedLSTMCell(H))`"),
     "flax.LSTMCell": Impl(make_flax_lstmcell, ("jax", "flax"), "`nn.RNN(nn.LSTMCell(H))`"),
     "haiku": Impl(
