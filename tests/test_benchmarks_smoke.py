@@ -15,7 +15,15 @@ import jax
 import pytest
 
 COMPARE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
-ALWAYS = {"jaxlstm", "jaxlstm.LSTM", "flax.OptimizedLSTMCell", "flax.LSTMCell"}
+ALWAYS = {
+    "jaxlstm",
+    "jaxlstm.LSTM",
+    "jaxlstm+mask",
+    "jaxlstm+resets",
+    "jaxlstm.autodiff",
+    "flax.OptimizedLSTMCell",
+    "flax.LSTMCell",
+}
 OPTIONAL = {"haiku": "haiku", "equinox": "equinox", "torch": "torch"}  # implementation -> package
 
 
