@@ -212,13 +212,15 @@ def state_dtype(compute_dtype) -> jnp.dtype:
 def split_promote(params: LSTMParams, x, carry: LSTMCarry, *more_carries):
     """Promotes params, inputs and the carries' ``h`` to one computation dtype.
 
-    Each carry's ``c`` is cast to the state dtype: float32 or wider, unless
-    every input is narrower and ``c`` itself is given narrower.
+    Each carry's ``c`` keeps its own dtype unless the computation is wider:
+    a float32 cell state with bfloat16 inputs stays float32 (mixed
+    precision), a bfloat16 one with float32 inputs becomes float32.
     """
     h_trees = [carry.h] + [None if m is None else m.h for m in more_carries]
     params, x, *hs = promote(params, x, *h_trees)
-    c_dtype = carry.c.dtype
-    new_carry = LSTMCarry(hs[0], carry.c)
+    with jax.numpy_dtype_promotion("standard"):
+        c_dtype = jnp.promote_types(carry.c.dtype, x.dtype)
+    new_carry = LSTMCarry(hs[0], carry.c.astype(c_dtype))
     more = [None if m is None else LSTMCarry(h, m.c.astype(c_dtype)) for m, h in zip(more_carries, hs[1:], strict=True)]
     return params, x, new_carry, *more
 

@@ -68,6 +68,8 @@ def _loop(
 
     def step(carry: LSTMCarry, inputs):
         x_t, valid_t, reset_t = inputs
+        if valid_t is not None:  # what padding holds, even NaN, must not reach the gradients
+            x_t = jnp.where(valid_t[..., None], x_t, jnp.zeros_like(x_t))
         if reset_t is not None:
             restarts = reset_t[..., None]
             carry = LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
@@ -155,6 +157,8 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
         unroll=unroll,
     )
     input_size, hidden_size = params.w_ih.shape[0], params.w_hh.shape[0]
+    if valid_tm is not None:  # as in the forward loop: steps that don't count read zeros
+        xs_tm = jnp.where(valid_tm[..., None], xs_tm, jnp.zeros_like(xs_tm))
     dz_2d = dz.reshape(-1, 4 * hidden_size)
     d_params = LSTMParams(
         xs_tm.reshape(-1, input_size).T @ dz_2d,
@@ -227,6 +231,7 @@ def lstm(
     gradient: str = "fused",
     gate_fn: Activation = jax.nn.sigmoid,
     activation_fn: Activation = jnp.tanh,
+    checkpoint_every: int | None = None,
 ) -> tuple[LSTMCarry, Float[Array, "*batch time hidden"]]:
     """Runs one LSTM layer (one direction) over whole sequences.
 
@@ -265,6 +270,12 @@ def lstm(
             computation (mixed precision), the autodiff path is used.
         gate_fn, activation_fn: elementwise activations of the gates (σ) and
             of the candidate and cell output (tanh); see ``jaxlstm.lstm_cell``.
+        checkpoint_every: for very long sequences, cut time into chunks of
+            this many steps and keep only the carries between chunks for the
+            backward pass (``jax.checkpoint``): each chunk's forward runs again
+            during the backward pass. Memory for training drops from O(T) gate
+            activations to O(T / checkpoint_every + checkpoint_every); values
+            and gradients do not change.
 
     Returns:
         ``(final_carry, hs)``: ``final_carry`` is each sequence's carry after
@@ -301,13 +312,13 @@ def lstm(
         reset_tm = reset_steps(resets, batch_shape, time, reverse=reverse)
         restart = None if reset_tm is None else (carry if reset_carry is None else reset_carry)
         params, xs, carry, restart = split_promote(params, xs, carry, restart)
-        xs_tm = jnp.moveaxis(xs, -2, 0)
         fusable = gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh and carry.c.dtype == xs.dtype
-        if gradient == "fused" and fusable:
-            final_carry, hs_tm = _fused(
-                params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output
-            )
-        else:
+
+        def run(carry, xs, valid_tm, reset_tm):
+            """The loop over a batch-first stretch of time; returns time-major outputs."""
+            xs_tm = jnp.moveaxis(xs, -2, 0)
+            if gradient == "fused" and fusable:
+                return _fused(params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output)
             options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=False)
             final_carry, hs_tm, _ = _loop(
                 params,
@@ -320,4 +331,50 @@ def lstm(
                 activation_fn=activation_fn,
                 **options,
             )
+            return final_carry, hs_tm
+
+        if checkpoint_every is None or _checks.positive_int(checkpoint_every, "checkpoint_every") >= time:
+            final_carry, hs_tm = run(carry, xs, valid_tm, reset_tm)
+        else:
+            final_carry, hs_tm = _chunked(run, carry, xs, valid_tm, reset_tm, checkpoint_every, reverse)
         return final_carry, jnp.moveaxis(hs_tm, 0, -2)
+
+
+def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
+    """Runs ``run`` over time in chunks of ``chunk`` steps, each under ``jax.checkpoint``: an outer
+    scan over whole chunks, then (before, when reading backward) the remaining steps.
+
+    Each chunk is sliced from the batch-first input inside the loop, so no
+    time-major copy of the whole sequence is made.
+    """
+    time = xs.shape[-2]
+    num_chunks, remainder = divmod(time, chunk)
+    covered = num_chunks * chunk
+
+    def flags(steps, start, length):
+        return None if steps is None else jax.lax.dynamic_slice_in_dim(steps, start, length, axis=0)
+
+    @jax.checkpoint  # keeps only each chunk's starting carry; slicing inside it keeps no copy of xs
+    def body(carry, index):
+        start = index * chunk
+        x_chunk = jax.lax.dynamic_slice_in_dim(xs, start, chunk, axis=-2)
+        return run(carry, x_chunk, flags(valid_tm, start, chunk), flags(reset_tm, start, chunk))
+
+    def whole_chunks(carry):
+        carry, hs = jax.lax.scan(body, carry, jnp.arange(num_chunks), reverse=reverse)
+        return carry, hs.reshape(covered, *hs.shape[2:])
+
+    @jax.checkpoint
+    def rest(carry):
+        tail = (valid_tm, reset_tm)
+        return run(carry, xs[..., covered:, :], *(None if t is None else t[covered:] for t in tail))
+
+    if not remainder:
+        return whole_chunks(carry)
+    if reverse:
+        carry, hs_rest = rest(carry)
+        carry, hs_main = whole_chunks(carry)
+    else:
+        carry, hs_main = whole_chunks(carry)
+        carry, hs_rest = rest(carry)
+    return carry, jnp.concatenate([hs_main, hs_rest], axis=0)

@@ -31,6 +31,7 @@ import numpy as np
 TOLERANCE = {
     "float64": dict(rtol=1e-10, atol=1e-12),
     "float32": dict(rtol=1e-5, atol=1e-5),
+    "float16": dict(rtol=5e-3, atol=5e-3),
     "bfloat16": dict(rtol=2e-2, atol=2e-2),
 }
 
@@ -52,10 +53,12 @@ def assert_tree_close(actual, expected, err_msg: str = "") -> None:
     if isinstance(expected, (tuple, list)):
         assert isinstance(actual, (tuple, list)), f"{err_msg}: expected a sequence, got {type(actual).__name__}"
         assert len(actual) == len(expected), f"{err_msg}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_tree_close(a, e, f"{err_msg}[{i}]")
     else:
-        assert tuple(actual.shape) == tuple(np.shape(expected)), f"{err_msg}: shape {actual.shape} != {np.shape(expected)}"
+        assert tuple(actual.shape) == tuple(np.shape(expected)), (
+            f"{err_msg}: shape {actual.shape} != {np.shape(expected)}"
+        )
         assert_close(actual, expected, err_msg)
 
 
@@ -78,8 +81,7 @@ def random_stack_weights(rng, input_size, hidden_size, num_layers, bidirectional
     num_directions = 2 if bidirectional else 1
     return tuple(
         tuple(
-            random_weights(rng, input_size if layer == 0 else width, hidden_size, dtype)
-            for _ in range(num_directions)
+            random_weights(rng, input_size if layer == 0 else width, hidden_size, dtype) for _ in range(num_directions)
         )
         for layer in range(num_layers)
     )
@@ -165,7 +167,9 @@ def ref_merge(forward, backward, merge):
     raise ValueError(merge)
 
 
-def ref_stack(stack_weights, xs, seq_lengths=None, merge="concat", carries=None, reverse=False, layer_input_scales=None):
+def ref_stack(
+    stack_weights, xs, seq_lengths=None, merge="concat", carries=None, reverse=False, layer_input_scales=None
+):
     """A stack of layers, each 1 (forward, or backward if ``reverse``) or 2 (forward, backward) directions.
 
     Args:

@@ -30,9 +30,7 @@ def _stack(weights):
 
 def _random_carries(rng, weights, batch_shape=(B,)):
     return tuple(
-        tuple(
-            tuple(rng.standard_normal((*batch_shape, H)).astype(np.float32) for _ in range(2)) for _ in layer
-        )
+        tuple(tuple(rng.standard_normal((*batch_shape, H)).astype(np.float32) for _ in range(2)) for _ in layer)
         for layer in weights
     )
 
@@ -45,9 +43,9 @@ def _check(finals, hs, ref_finals, ref_hs, merge):
     assert hs.shape == ref_hs.shape
     assert_close(hs, ref_hs, "hs")
     assert len(finals) == len(ref_finals)
-    for layer, (got, want) in enumerate(zip(finals, ref_finals)):
+    for layer, (got, want) in enumerate(zip(finals, ref_finals, strict=True)):
         assert len(got) == len(want), f"layer {layer}: {len(got)} directions"
-        for direction, (carry, (ref_h, ref_c)) in enumerate(zip(got, want)):
+        for direction, (carry, (ref_h, ref_c)) in enumerate(zip(got, want, strict=True)):
             assert isinstance(carry, jl.LSTMCarry)
             assert_close(carry.h, ref_h, f"finals[{layer}][{direction}].h")
             assert_close(carry.c, ref_c, f"finals[{layer}][{direction}].c")
