@@ -12,6 +12,7 @@ resident memory (``ru_maxrss``) and the wall time. The input itself, float32
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -19,14 +20,28 @@ import sys
 import time
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_one(args) -> dict:
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     import jaxlstm as jl
 
     params = jl.init_params(jax.random.key(0), args.size, args.size)
-    xs = jax.random.normal(jax.random.key(1), (args.batch, args.time, args.size))
+    # The data as a user would hold it: one float32 array, drawn without a float64 or bits temporary.
+    host = np.random.default_rng(1).standard_normal((args.batch, args.time, args.size), dtype=np.float32)
+    xs = jax.device_put(host)
+    del host
+    gc.collect()
+    rss_before_mb = _rss_mb()
 
     @jax.jit
     def train_step(params, xs):
@@ -42,6 +57,7 @@ def run_one(args) -> dict:
     value, grads = jax.block_until_ready(train_step(params, xs))
     elapsed = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    compiled = train_step.lower(params, xs).compile().memory_analysis()
     return {
         "time": args.time,
         "batch": args.batch,
@@ -49,6 +65,9 @@ def run_one(args) -> dict:
         "checkpoint_every": args.checkpoint_every,
         "loss_on": args.loss,
         "peak_rss_mb": round(peak_mb),
+        "rss_before_step_mb": round(rss_before_mb),
+        "input_mb": round(xs.nbytes / 2**20),
+        "xla_temp_mb": round(compiled.temp_size_in_bytes / 2**20) if compiled else None,
         "seconds": round(elapsed, 1),
         "loss": float(value),
         "grad_finite": bool(all(jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))),
