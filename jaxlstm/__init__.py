@@ -24,6 +24,11 @@ from .stack import last_output as last_output
 from .stack import merge_directions as merge_directions
 from .stack import stacked_lstm as stacked_lstm
 from .summary import summary as summary
+from .variants import LSTMVariant as LSTMVariant
+from .variants import VariantParams as VariantParams
+from .variants import init_variant_params as init_variant_params
+from .variants import lstm_variant as lstm_variant
+from .variants import lstm_variant_cell as lstm_variant_cell
 
 __version__ = "0.1.0"
 
@@ -53,6 +58,11 @@ __all__ = [
     "last_output",
     "merge_directions",
     "stacked_lstm",
+    "LSTMVariant",
+    "VariantParams",
+    "init_variant_params",
+    "lstm_variant",
+    "lstm_variant_cell",
     "explain",
     "summary",
     "LSTM",

@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
         help="return only the last step (B, H) instead of every step (B, T, H)",
     )
     explain.add_argument(
+        "--proj-size",
+        dest="proj_size",
+        type=int,
+        default=None,
+        metavar="P",
+        help="project h to P < H features (LSTMP, PyTorch's proj_size): h and the output get P, c keeps H",
+    )
+    explain.add_argument("--peepholes", action="store_true", help="peephole connections from c to the gates")
+    explain.add_argument("--layer-norm", dest="layer_norm", action="store_true", help="layer-normalized LSTM")
+    explain.add_argument("--cifg", action="store_true", help="coupled input-forget gate (f = 1 - i)")
+    explain.add_argument(
         "--plot", metavar="FILE", help="also draw the network unrolled over time to FILE (.png, .svg or .pdf)"
     )
     return parser
@@ -91,10 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             bidirectional=args.bidirectional,
             merge=args.merge,
             return_sequences=args.return_sequences,
+            proj_size=args.proj_size,
+            peepholes=args.peepholes,
+            layer_norm=args.layer_norm,
+            cifg=args.cifg,
         )
     except (TypeError, ValueError) as error:
         message = str(error)
-        for name, flag in (("input_size", "--input"), ("num_layers", "--layers")):
+        for name, flag in (("input_size", "--input"), ("num_layers", "--layers"), ("proj_size", "--proj-size")):
             message = message.replace(f"{name} must", f"{flag} must", 1)
         for flag in ("batch", "time", "units"):
             if message.startswith(f"{flag} must"):

@@ -13,6 +13,14 @@ Pure Python: imports neither Flax nor JAX arrays, runs instantly.
 >>> e = jl.explain(batch=4, time=10, input_size=8, units=32)
 >>> e.output_shape, e.carry_shape, e.total_params
 ((4, 10, 32), (4, 32), 5248)
+
+The variants that change shapes or parameter counts (``proj_size``,
+``peepholes``, ``layer_norm``, ``cifg``) are options too; a projection makes
+``h`` and the output P wide while ``c`` keeps H:
+
+>>> e = jl.explain(4, 10, 8, 32, proj_size=16)
+>>> e.output_shape, e.h_shape, e.c_shape, e.total_params
+((4, 10, 16), (4, 16), (4, 32), 3712)
 """
 
 from __future__ import annotations
@@ -22,16 +30,18 @@ from dataclasses import dataclass
 from . import _checks
 from .cell import LSTMCarry
 from .stack import MERGE_MODES, merged_size
+from .variants import LSTMVariant, variant_param_shapes
 
 __all__ = ["explain", "Explanation", "CellInfo", "LayerInfo", "cell_params", "format_count"]
 
 GUIDE = _checks.GUIDE
+VARIANTS_GUIDE = "docs/variants.md"
 
 _MERGE_WORDS = {
-    "concat": "concatenated side by side: [h_forward, h_backward], 2H = {f} features",
-    "sum": "added element-wise: h_forward + h_backward, H = {f} features",
-    "mul": "multiplied element-wise: h_forward * h_backward, H = {f} features",
-    "ave": "averaged element-wise: (h_forward + h_backward) / 2, H = {f} features",
+    "concat": "concatenated side by side: [h_forward, h_backward], 2{r} = {f} features",
+    "sum": "added element-wise: h_forward + h_backward, {r} = {f} features",
+    "mul": "multiplied element-wise: h_forward * h_backward, {r} = {f} features",
+    "ave": "averaged element-wise: (h_forward + h_backward) / 2, {r} = {f} features",
 }
 
 
@@ -40,17 +50,47 @@ def format_count(n: int) -> str:
     return f"{n:,}"
 
 
-def cell_params(input_size: int, hidden_size: int) -> int:
+def cell_params(
+    input_size: int,
+    hidden_size: int,
+    *,
+    proj_size: int | None = None,
+    peepholes: bool = False,
+    layer_norm: bool = False,
+) -> int:
     """The parameters of one cell (one layer, one direction): 4·(H·(D+H)+H).
 
     ``w_ih`` (D, 4H) + ``w_hh`` (H, 4H) + ``b`` (4H,), one bias (PyTorch has
-    two, ``b_ih`` and ``b_hh``, so 4H more per cell).
+    two, ``b_ih`` and ``b_hh``, so 4H more per cell). The variants add:
+    ``proj_size`` P: ``w_hh`` becomes (P, 4H) and ``w_hr`` (H, P) joins,
+    4·(H·(D+P)+H) + H·P; ``peepholes``: 3·H; ``layer_norm``: 10·H
+    (gains of 4H and 4H, gain and bias of H).
 
-    >>> cell_params(8, 32)
-    5248
+    >>> cell_params(8, 32), cell_params(8, 32, proj_size=16), cell_params(8, 32, peepholes=True, layer_norm=True)
+    (5248, 3712, 5664)
     """
     d, h = input_size, hidden_size
-    return 4 * (h * (d + h) + h)
+    r = h if proj_size is None else proj_size
+    count = 4 * (h * (d + r) + h)
+    if proj_size is not None:
+        count += h * proj_size
+    if peepholes:
+        count += 3 * h
+    if layer_norm:
+        count += 10 * h
+    return count
+
+
+def _formula_terms(d, h, r, proj: bool, peepholes: bool, layer_norm: bool) -> str:
+    """``4·(H·(D+H)+H)`` with the variants' terms, for symbols or numbers."""
+    text = f"4·({h}·({d}+{r})+{h})"
+    if proj:
+        text += f" + {h}·{r}"
+    if peepholes:
+        text += f" + 3·{h}"
+    if layer_norm:
+        text += f" + 10·{h}"
+    return text
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -69,8 +109,10 @@ class CellInfo:
             ``"layer_0"``, ``"layer_0_reverse"``.
         input_size: D_l, the size of one step's input to this cell.
         hidden_size: H.
-        param_shapes: ``{"w_ih": (D_l, 4H), "w_hh": (H, 4H), "b": (4H,)}``.
-        num_params: 4·(H·(D_l+H)+H).
+        param_shapes: ``{"w_ih": (D_l, 4H), "w_hh": (H, 4H), "b": (4H,)}``,
+            plus the variants' ``w_hr``, ``w_peep``, ``ln_*``.
+        num_params: 4·(H·(D_l+H)+H) (see ``cell_params`` for the variants).
+        proj_size, peepholes, layer_norm: the variant options that add weights.
     """
 
     layer: int
@@ -80,12 +122,21 @@ class CellInfo:
     hidden_size: int
     param_shapes: dict
     num_params: int
+    proj_size: int | None = None
+    peepholes: bool = False
+    layer_norm: bool = False
+
+    @property
+    def recurrent_size(self) -> int:
+        """R, the size of ``h``: ``proj_size`` if set, else H."""
+        return self.hidden_size if self.proj_size is None else self.proj_size
 
     @property
     def formula(self) -> str:
         """The count with the numbers substituted: ``"4·(32·(8+32)+32) = 5,248"``."""
-        d, h = self.input_size, self.hidden_size
-        return f"4·({h}·({d}+{h})+{h}) = {format_count(self.num_params)}"
+        d, h, r = self.input_size, self.hidden_size, self.recurrent_size
+        terms = _formula_terms(d, h, r, self.proj_size is not None, self.peepholes, self.layer_norm)
+        return f"{terms} = {format_count(self.num_params)}"
 
 
 @dataclass(frozen=True)
@@ -98,7 +149,7 @@ class LayerInfo:
         output_size: F — 2H for bidirectional "concat", else H.
         cells: one ``CellInfo`` per direction (forward first).
         param_shapes: the shapes of one cell's ``w_ih``, ``w_hh``, ``b``
-            (the same for both directions).
+            (and a variant's weights; the same for both directions).
         num_params: this layer's parameters, all directions.
         sequence_shape: this layer's output for every step, (B, T, F).
     """
@@ -120,21 +171,25 @@ class LayerInfo:
 class Explanation:
     """The shapes and parameters of one LSTM configuration; ``str()`` is the walk-through.
 
-    Attributes (B = batch, T = time, D = input_size, H = units, F = output_size):
+    Attributes (B = batch, T = time, D = input_size, H = units, F = output_size,
+    P = proj_size, R = the size of h: P with a projection, else H):
         batch, time, input_size, units, num_layers, bidirectional, merge,
-        return_sequences: the configuration.
+        return_sequences, proj_size, peepholes, layer_norm, cifg: the configuration.
         num_directions: 1 or 2.
-        output_size: F, the width of each layer's output (2H for bidirectional
-            "concat", else H).
+        recurrent_size: R.
+        variant: the ``jaxlstm.LSTMVariant`` of the four variant options.
+        output_size: F, the width of each layer's output (2R for bidirectional
+            "concat", else R).
         input_shape: (B, T, D).
         step_input_shape: one step's input x_t, (B, D) (layer 0).
         gates_shape: the gate pre-activations z, (B, 4H).
         gate_shape: each of i, f, g, o, (B, H).
-        carry_shape: h and c of one cell, (B, H).
+        carry_shape: h and c of one cell, (B, H); with a projection, h's (B, P).
+        h_shape, c_shape: h's (B, R) and c's (B, H).
         carry_shapes: all carries nested ``[layer][direction]`` →
-            ``LSTMCarry(h=(B, H), c=(B, H))``, the structure ``jl.LSTM``
+            ``LSTMCarry(h=(B, R), c=(B, H))``, the structure ``jl.LSTM``
             returns with ``return_carry=True``.
-        step_output_shape: one step's output h_t of one cell, (B, H).
+        step_output_shape: one step's output h_t of one cell, (B, R).
         output_shape: the whole model's output, (B, T, F) or (B, F).
         dense_input_size: F, the size a following Dense layer's kernel
             reads: ``nn.Dense(n)`` gets a kernel of shape (F, n).
@@ -153,6 +208,10 @@ class Explanation:
     bidirectional: bool = False
     merge: str = "concat"
     return_sequences: bool = True
+    proj_size: int | None = None
+    peepholes: bool = False
+    layer_norm: bool = False
+    cifg: bool = False
 
     # ------------------------------------------------------------------ shapes
 
@@ -161,8 +220,18 @@ class Explanation:
         return 2 if self.bidirectional else 1
 
     @property
+    def variant(self) -> LSTMVariant:
+        return LSTMVariant(
+            proj_size=self.proj_size, peepholes=self.peepholes, layer_norm=self.layer_norm, cifg=self.cifg
+        )
+
+    @property
+    def recurrent_size(self) -> int:
+        return self.units if self.proj_size is None else self.proj_size
+
+    @property
     def output_size(self) -> int:
-        return merged_size(self.units, self.num_directions, self.merge)
+        return merged_size(self.recurrent_size, self.num_directions, self.merge)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -182,15 +251,23 @@ class Explanation:
 
     @property
     def carry_shape(self) -> tuple[int, int]:
+        return self.h_shape
+
+    @property
+    def h_shape(self) -> tuple[int, int]:
+        return (self.batch, self.recurrent_size)
+
+    @property
+    def c_shape(self) -> tuple[int, int]:
         return (self.batch, self.units)
 
     @property
     def step_output_shape(self) -> tuple[int, int]:
-        return (self.batch, self.units)
+        return self.h_shape
 
     @property
     def carry_shapes(self) -> tuple[tuple[LSTMCarry, ...], ...]:
-        one = LSTMCarry(self.carry_shape, self.carry_shape)
+        one = LSTMCarry(self.h_shape, self.c_shape)
         return tuple((one,) * self.num_directions for _ in range(self.num_layers))
 
     @property
@@ -211,11 +288,12 @@ class Explanation:
 
     @property
     def layers(self) -> tuple[LayerInfo, ...]:
-        h, f = self.units, self.output_size
+        h, f, variant = self.units, self.output_size, self.variant
         out = []
         for layer in range(self.num_layers):
             d = self.input_size if layer == 0 else f
-            shapes = {"w_ih": (d, 4 * h), "w_hh": (h, 4 * h), "b": (4 * h,)}
+            shapes = variant_param_shapes(d, h, variant)
+            extras = dict(proj_size=self.proj_size, peepholes=self.peepholes, layer_norm=self.layer_norm)
             cells = tuple(
                 CellInfo(
                     layer=layer,
@@ -224,7 +302,8 @@ class Explanation:
                     input_size=d,
                     hidden_size=h,
                     param_shapes=dict(shapes),
-                    num_params=cell_params(d, h),
+                    num_params=cell_params(d, h, **extras),
+                    **extras,
                 )
                 for direction in range(self.num_directions)
             )
@@ -275,6 +354,10 @@ def explain(
     bidirectional: bool = False,
     merge: str = "concat",
     return_sequences: bool = True,
+    proj_size: int | None = None,
+    peepholes: bool = False,
+    layer_norm: bool = False,
+    cifg: bool = False,
 ) -> Explanation:
     """Walks through every shape and parameter of an LSTM, with your numbers.
 
@@ -288,17 +371,22 @@ def explain(
         bidirectional: add a backward direction to every layer.
         merge: how the directions combine: "concat", "sum", "mul", "ave".
         return_sequences: output every step (B, T, F), or only the last (B, F).
+        proj_size: P < units: project h to P features (LSTMP; PyTorch's
+            ``proj_size``): h, the output and the next layer's input get P
+            (2P for bidirectional "concat"), c keeps H.
+        peepholes, layer_norm, cifg: the variants that add weights or change
+            the equations (see ``jaxlstm.LSTMVariant`` and docs/variants.md).
 
     Returns:
         an ``Explanation``: ``print`` it for the walk-through; its attributes
         (``output_shape``, ``carry_shape``, ``layers``, ``param_shapes``,
         ``total_params``, ...) hold the same numbers for programs. They are
         what ``jl.LSTM(units, num_layers=..., bidirectional=..., merge=...,
-        return_sequences=...)`` does on an input of shape (B, T, D).
+        return_sequences=..., proj_size=..., ...)`` does on an input of shape (B, T, D).
 
     Raises:
         TypeError, ValueError: for a non-integer or non-positive size, a
-        non-bool flag, or an unknown merge mode.
+        non-bool flag, an unknown merge mode, or ``proj_size >= units``.
 
     >>> import jaxlstm as jl
     >>> e = jl.explain(4, 10, 8, 32, num_layers=2, bidirectional=True)
@@ -318,7 +406,22 @@ def explain(
     if not isinstance(merge, str):
         raise TypeError(f"merge must be a str, one of {', '.join(map(repr, MERGE_MODES))}, got {type(merge).__name__}")
     _checks.one_of(merge, MERGE_MODES, "merge")
-    return Explanation(batch, time, input_size, units, num_layers, bidirectional, merge, return_sequences)
+    variant = LSTMVariant(proj_size=proj_size, peepholes=peepholes, layer_norm=layer_norm, cifg=cifg)
+    variant.check_hidden_size(units, "units")
+    return Explanation(
+        batch,
+        time,
+        input_size,
+        units,
+        num_layers,
+        bidirectional,
+        merge,
+        return_sequences,
+        variant.proj_size,
+        variant.peepholes,
+        variant.layer_norm,
+        variant.cifg,
+    )
 
 
 # ------------------------------------------------------------------------------------------ the text
@@ -343,6 +446,8 @@ def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
 def _lines(e: Explanation) -> list[str]:
     b, t, d, h, f = e.batch, e.time, e.input_size, e.units, e.output_size
     bi, n_layers = e.bidirectional, e.num_layers
+    r, proj = e.recurrent_size, e.proj_size is not None
+    r_name = "P" if proj else "H"  # the size of h: P with a projection
     s = _shape
     options = []
     if n_layers != 1:
@@ -353,12 +458,15 @@ def _lines(e: Explanation) -> list[str]:
             options.append(f"merge={e.merge!r}")
     if not e.return_sequences:
         options.append("return_sequences=False")
+    options += [f"{name}={value!r}" for name, value in e.variant.options.items()]
     module = f"jl.LSTM({', '.join([str(h), *options])})"
     title = f"{module} on x of shape (batch, time, input) = {s(e.input_shape)}"
     n_cells = n_layers * e.num_directions
-    f_name = "2H" if f == 2 * h else "H"
+    f_name = "2" + r_name if bi and e.merge == "concat" else r_name
 
     out = [title, "=" * len(title), f"B = batch = {b}, T = time = {t}, D = input_size = {d}, H = units = {h}"]
+    if proj:
+        out[-1] += f", P = proj_size = {r}"
     if bi or n_layers > 1:
         out[-1] += f", F = layer output size = {f}"
     out[-1] += "."
@@ -371,11 +479,15 @@ def _lines(e: Explanation) -> list[str]:
         f"They are not combined, because there are not {h} vectors. There is ONE cell (one set",
         f"of weights) per layer and direction, applied {t} times, once per time step.",
         f'"units" = {h} is H, the size of that cell\'s state vector: at every step the cell turns',
-        f"one input vector x_t ({d} numbers) into ONE output vector h_t ({h} numbers), for each of",
-        f"the {b} sequences in the batch. {h} units = one {h}-vector per step, not {h} vectors.",
+        f"one input vector x_t ({d} numbers) into ONE output vector h_t ({r} numbers), for each of",
+        f"the {b} sequences in the batch. {h} units = one {r}-vector per step, not {h} vectors.",
         "The layer's output is these vectors stacked along time"
         + (" (merged across the two directions)." if bi else "."),
     ]
+    if proj:
+        out.append(
+            f"With proj_size={r} the cell keeps its state c at H = {h} numbers but projects its output h_t to P = {r}."
+        )
     if n_cells > 1:
         out.append(
             f"This configuration has {n_cells} such cells: {_plural(n_layers, 'layer')} x "
@@ -383,16 +495,29 @@ def _lines(e: Explanation) -> list[str]:
         )
 
     out += _heading("Step by step")
+    gates = "z = LN(x_t @ w_ih) + LN(h @ w_hh) + b" if e.layer_norm else "z = x_t @ w_ih + h @ w_hh + b"
     rows = [
         ("1. input", "x", "(B, T, D)", f"= {s(e.input_shape)}", f"{b} sequences x {t} steps x {d} features"),
         ("2. one time step", "x_t = x[:, t, :]", "(B, D)", f"= {s(e.step_input_shape)}", f"t = 0 ... {t - 1}"),
-        ("3. gates", "z = x_t @ w_ih + h @ w_hh + b", "(B, 4H)", f"= {s(e.gates_shape)}", "pre-activations"),
+        ("3. gates", gates, "(B, 4H)", f"= {s(e.gates_shape)}", "pre-activations"),
         ("", "i, f, g, o = split(z, 4)", "(B, H)", f"= {s(e.gate_shape)}", "each"),
-        ("4. new carry", "c = sig(f)*c + sig(i)*tanh(g)", "(B, H)", f"= {s(e.carry_shape)}", "cell state"),
-        ("", "h = sig(o)*tanh(c)", "(B, H)", f"= {s(e.carry_shape)}", "= this step's output h_t"),
+    ]
+    if e.peepholes:
+        rows.append(("", "i += p_i*c, f += p_f*c", "(B, H)", f"= {s(e.gate_shape)}", "peepholes (previous c)"))
+    new_c = "c = (1-sig(i))*c + sig(i)*tanh(g)" if e.cifg else "c = sig(f)*c + sig(i)*tanh(g)"
+    rows.append(("4. new carry", new_c, "(B, H)", f"= {s(e.c_shape)}", "cell state"))
+    if e.peepholes:
+        rows.append(("", "o += p_o*c", "(B, H)", f"= {s(e.gate_shape)}", "peephole (new c)"))
+    cell_output = "sig(o)*tanh(LN(c))" if e.layer_norm else "sig(o)*tanh(c)"
+    if proj:
+        rows.append(("", f"m = {cell_output}", "(B, H)", f"= {s(e.c_shape)}", ""))
+        rows.append(("", "h = m @ w_hr", "(B, P)", f"= {s(e.h_shape)}", "= this step's output h_t (projected)"))
+    else:
+        rows.append(("", f"h = {cell_output}", "(B, H)", f"= {s(e.h_shape)}", "= this step's output h_t"))
+    rows += [
         ("5. next step", "(h, c) -> step t+1", "", "", f"the SAME cell again: {t} steps"),
-        ("6. layer output", "every h_t, stacked", "(B, T, H)", f"= {s((b, t, h))}", "return_sequences=True"),
-        ("", "or the last h only", "(B, H)", f"= {s((b, h))}", "return_sequences=False"),
+        ("6. layer output", "every h_t, stacked", f"(B, T, {r_name})", f"= {s((b, t, r))}", "return_sequences=True"),
+        ("", "or the last h only", f"(B, {r_name})", f"= {s((b, r))}", "return_sequences=False"),
     ]
     step = 7
     if bi:
@@ -427,17 +552,21 @@ def _lines(e: Explanation) -> list[str]:
         )
     )
     out += _table(rows)
+    if proj:
+        carry_words = f"h is (B, P) = {s(e.h_shape)} and c is (B, H) = {s(e.c_shape)}"
+    else:
+        carry_words = f"h and c, is (B, H) = {s(e.carry_shape)}"
     out += [
-        "  (sig = sigmoid. The carry of every cell, h and c, is (B, H) = "
-        f"{s(e.carry_shape)}" + (f"; {n_cells} cells, nested [layer][direction].)" if n_cells > 1 else ".)"),
+        f"  (sig = sigmoid{', LN = layer norm' if e.layer_norm else ''}. The carry of every cell, {carry_words}"
+        + (f"; {n_cells} cells, nested [layer][direction].)" if n_cells > 1 else ".)"),
     ]
 
     if bi:
         out += _heading(f"Bidirectional, merge={e.merge!r}")
         out += [
             "  Every layer has a second cell that reads each sequence backward, from step T-1 to 0.",
-            f"  Each direction gives (B, T, H) = {s((b, t, h))}; at every step the two h_t are",
-            f"  {_MERGE_WORDS[e.merge].format(f=f)}.",
+            f"  Each direction gives (B, T, {r_name}) = {s((b, t, r))}; at every step the two h_t are",
+            f"  {_MERGE_WORDS[e.merge].format(f=f, r=r_name)}.",
         ]
         if not e.return_sequences:
             out.append(f"  Last step only: the forward h after step {t - 1} merged with the backward h after step 0")
@@ -465,8 +594,20 @@ def _lines(e: Explanation) -> list[str]:
             f"  and gives ({b}, n). Nothing needs flattening or combining.",
         ]
 
+    if not e.variant.is_plain:
+        out += _heading("Variant")
+        out += _variant_lines(e)
+
     out += _heading("Parameters (one cell per layer and direction, shared by all steps)")
     rows = []
+    extra_symbols = {
+        "w_hr": "(H, P)",
+        "w_peep": "(3, H)",
+        "ln_ih_scale": "(4H,)",
+        "ln_hh_scale": "(4H,)",
+        "ln_c_scale": "(H,)",
+        "ln_c_bias": "(H,)",
+    }
     for cell in e.cells:
         dl = "D" if cell.layer == 0 else "F"
         shapes = cell.param_shapes
@@ -479,10 +620,20 @@ def _lines(e: Explanation) -> list[str]:
                 format_count(_size(shapes["w_ih"])),
             )
         )
-        rows.append(("", "w_hh", "(H, 4H)", f"= {s(shapes['w_hh'])}", format_count(_size(shapes["w_hh"]))))
+        rows.append(("", "w_hh", f"({r_name}, 4H)", f"= {s(shapes['w_hh'])}", format_count(_size(shapes["w_hh"]))))
         rows.append(("", "b", "(4H,)", f"= {s(shapes['b'])}", format_count(_size(shapes["b"]))))
+        for name, symbol in extra_symbols.items():
+            if name in shapes:
+                rows.append(("", name, symbol, f"= {s(shapes[name])}", format_count(_size(shapes[name]))))
+        terms = (proj, e.peepholes, e.layer_norm)
         rows.append(
-            ("", "", f"4·(H·({dl}+H)+H)", f"= 4·({h}·({cell.input_size}+{h})+{h})", format_count(cell.num_params))
+            (
+                "",
+                "",
+                _formula_terms(dl, "H", r_name, *terms),
+                f"= {_formula_terms(cell.input_size, h, r, *terms)}",
+                format_count(cell.num_params),
+            )
         )
     total = "total"
     if n_cells > 1:
@@ -492,10 +643,38 @@ def _lines(e: Explanation) -> list[str]:
     out += [
         "  One bias b per cell (PyTorch keeps two, b_ih and b_hh: 4H more per cell).",
         "  Gate order along the 4H axis: i, f, g, o (as PyTorch and Keras).",
-        "",
-        f"More: {GUIDE}#units-cells-and-time-steps",
     ]
+    if e.cifg:
+        out.append(f"  cifg: the forget gate's H = {h} columns of w_ih, w_hh and b are kept (4H layout) but unused.")
+    out += ["", f"More: {GUIDE}#units-cells-and-time-steps"]
+    if not e.variant.is_plain:
+        out.append(f"Variants: {VARIANTS_GUIDE}")
     return out
+
+
+def _variant_lines(e: Explanation) -> list[str]:
+    """The equations the variant options change, one line each."""
+    h, r = e.units, e.recurrent_size
+    lines = []
+    if e.proj_size is not None:
+        lines += [
+            f"  proj_size={r} (LSTMP, Sak et al. 2014): h = (sig(o)*tanh(c)) @ w_hr, w_hr (H, P) = ({h}, {r}).",
+            f"    h, each step's output and the next layer's input have P = {r} features; c keeps H = {h};",
+            f"    the recurrent kernel reads the projected h: w_hh (P, 4H) = ({r}, {4 * h}).",
+        ]
+    if e.peepholes:
+        lines += [
+            "  peepholes=True (Gers & Schmidhuber 2000): z_i += p_i*c, z_f += p_f*c (previous c),",
+            f"    z_o += p_o*c (new c); w_peep (3, H) = (3, {h}) holds p_i, p_f, p_o.",
+        ]
+    if e.layer_norm:
+        lines += [
+            "  layer_norm=True (Ba et al. 2016): LN over the 4H input and the 4H recurrent pre-activations,",
+            "    each with a gain (4H,), and over c before the output tanh, with a gain and a bias (H,).",
+        ]
+    if e.cifg:
+        lines.append("  cifg=True: coupled input-forget gate, f = 1 - i (no forget gate of its own).")
+    return lines
 
 
 def _plural(n: int, word: str) -> str:

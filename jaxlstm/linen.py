@@ -5,7 +5,9 @@ Thin wrappers: they create the parameters and call the functional core
 
 Parameter names follow PyTorch's: ``params["layer_0"]`` holds the first layer's
 forward ``w_ih`` (D, 4H), ``w_hh`` (H, 4H) and ``b`` (4H,);
-``params["layer_0_reverse"]`` its backward direction.
+``params["layer_0_reverse"]`` its backward direction. The LSTM variants
+(``proj_size``, ``peepholes``, ``layer_norm``, ...) add their weights next to
+them: ``w_hr``, ``w_peep``, ``ln_ih_scale``, ... (see ``jaxlstm.VariantParams``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell, state_dtype
 from .scan import GRADIENTS, MASKED_OUTPUTS
 from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
+from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
 
-__all__ = ["LSTM", "LSTMCell", "cell_name"]
+__all__ = ["LSTM", "LSTMCell", "VariantWeights", "cell_name"]
 
 
 def cell_name(layer: int, direction: int) -> str:
@@ -37,17 +40,22 @@ def fresh_carries(
     batch_shape: tuple[int, ...],
     hidden_size: int,
     dtype,
+    recurrent_size: int | None = None,
 ) -> StackCarry:
     """The carries a sequence starts (and a reset restarts) from: the learned
     ``(H,)`` ones broadcast over the batch, or zeros; nested ``[layer][direction]``.
-    ``h`` has the computation dtype, ``c`` the state dtype (float32 at least)."""
+    ``h`` has the computation dtype, ``c`` the state dtype (float32 at least).
+    With ``recurrent_size`` R (a projection's P), ``h`` is ``(*batch, R)``."""
     shape, c_dtype = (*batch_shape, hidden_size), state_dtype(dtype)
+    h_shape = shape if recurrent_size is None else (*batch_shape, recurrent_size)
     if learned is None:
-        zeros = LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, c_dtype))
+        zeros = LSTMCarry(jnp.zeros(h_shape, dtype), jnp.zeros(shape, c_dtype))
         return tuple(tuple(zeros for _ in range(num_directions)) for _ in range(num_layers))
     return tuple(
         tuple(
-            LSTMCarry(jnp.broadcast_to(carry.h.astype(dtype), shape), jnp.broadcast_to(carry.c.astype(c_dtype), shape))
+            LSTMCarry(
+                jnp.broadcast_to(carry.h.astype(dtype), h_shape), jnp.broadcast_to(carry.c.astype(c_dtype), shape)
+            )
             for carry in layer
         )
         for layer in learned
@@ -149,6 +157,49 @@ class LSTMCell(nn.RNNCellBase):
         return 1
 
 
+class VariantWeights(nn.Module):
+    """The parameters of one variant cell (one layer, one direction) of ``jaxlstm.LSTM``.
+
+    ``jl.LSTM`` uses it in place of ``LSTMCell`` when a variant option is on;
+    it creates ``w_ih``, ``w_hh`` (R, 4H), ``b`` and the variant's own
+    weights (``w_hr``, ``w_peep``, ``ln_*``; see ``jaxlstm.VariantParams``),
+    under the same names ``layer_0``, ``layer_0_reverse``, ... The numerics
+    are ``jaxlstm.lstm_variant``'s.
+    """
+
+    features: int
+    variant: LSTMVariant
+    init_scheme: str = "keras"
+    param_dtype: Any = jnp.float32
+    learn_initial_carry: bool = False
+
+    @nn.compact
+    def weights(self, input_size: int) -> VariantParams:
+        """This cell's ``VariantParams`` for ``input_size`` D, created on first use."""
+        if self.has_variable("params", "w_ih"):
+            trained_input_size = self.get_variable("params", "w_ih").shape[0]
+            if trained_input_size != input_size:
+                raise ValueError(
+                    f"{self.name}: the input has {input_size} features but the params expect "
+                    f"input_size={trained_input_size} (params['{self.name}']['w_ih'] has shape "
+                    f"{self.get_variable('params', 'w_ih').shape})" + _checks._see("inputs")
+                )
+        inits = variant_initializers(self.init_scheme, self.features, argument="init_scheme")
+        if self.learn_initial_carry:
+            self.param(
+                "h0", nn.initializers.zeros_init(), (self.variant.recurrent_size(self.features),), self.param_dtype
+            )
+            self.param("c0", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+        shapes = variant_param_shapes(input_size, self.features, self.variant)
+        return VariantParams(
+            **{name: self.param(name, inits[name], shape, self.param_dtype) for name, shape in shapes.items()}
+        )
+
+    def learned_carry(self) -> LSTMCarry:
+        """The trainable initial ``h0`` (R,) and ``c0`` (H,) (after ``weights``)."""
+        return LSTMCarry(self.get_variable("params", "h0"), self.get_variable("params", "c0"))
+
+
 class LSTM(nn.Module):
     """An LSTM layer, or a stack of them, over whole sequences (batch-first).
 
@@ -195,6 +246,33 @@ class LSTM(nn.Module):
             mutable=["carry"])``, then ``variables = {**variables, **state}``.
             ``resets[:, 0] = True`` restarts a row's stream. Forward only.
 
+    The LSTM variants (equations and references in ``jaxlstm.LSTMVariant``
+    and docs/variants.md); with every one off (the default) the layer is the
+    plain LSTM on its fused fast path.
+
+    Variant attributes:
+        proj_size: P < H: project ``h`` to P features (LSTMP, PyTorch's
+            ``proj_size``); ``w_hr`` (H, P), ``w_hh`` (P, 4H); the output,
+            ``h`` and the next layer's input have P (2P for bidirectional
+            "concat") features, ``c`` keeps H.
+        peepholes: peephole connections ``w_peep`` (3, H) from c to the i, f, o gates.
+        layer_norm: layer norm of the input and recurrent pre-activations
+            (gains ``ln_ih_scale``, ``ln_hh_scale`` (4H,)) and of c before the
+            output tanh (``ln_c_scale``, ``ln_c_bias`` (H,)); ε is
+            ``layer_norm_epsilon``.
+        cifg: coupled input-forget gate, f = 1 − i (the f columns stay in
+            the 4H layout, unused).
+        forget_bias: a constant added to the forget gate's pre-activation.
+        cell_clip: clip c to [−cell_clip, cell_clip].
+        input_dropout, recurrent_dropout: Keras' ``dropout`` and
+            ``recurrent_dropout`` (one mask per sequence, constant over time);
+            ``dropout`` above is PyTorch's, between layers.
+        zoneout_h, zoneout_c: zoneout probabilities of h and c.
+
+    Dropout and zoneout draw from the ``'dropout'`` rng with
+    ``deterministic=False``; with ``deterministic=True`` dropout is off and
+    zoneout uses its expectation.
+
     Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``
     ints, ``mask`` and ``resets`` ``(*batch, T)`` bools (see ``jaxlstm.lstm``),
     ``initial_carry`` nested like the returned carries, and ``deterministic``.
@@ -227,15 +305,48 @@ class LSTM(nn.Module):
     activation_fn: Activation = jnp.tanh
     learn_initial_carry: bool = False
     stateful: bool = False
+    proj_size: int | None = None
+    peepholes: bool = False
+    layer_norm: bool = False
+    cifg: bool = False
+    forget_bias: float = 0.0
+    cell_clip: float | None = None
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout_h: float = 0.0
+    zoneout_c: float = 0.0
+    layer_norm_epsilon: float = 1e-5
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
     @property
+    def variant(self) -> LSTMVariant:
+        """The variant options as a ``jaxlstm.LSTMVariant`` (``.is_plain`` when all are off)."""
+        return LSTMVariant(
+            proj_size=self.proj_size,
+            peepholes=self.peepholes,
+            layer_norm=self.layer_norm,
+            cifg=self.cifg,
+            forget_bias=self.forget_bias,
+            cell_clip=self.cell_clip,
+            input_dropout=self.input_dropout,
+            recurrent_dropout=self.recurrent_dropout,
+            zoneout_h=self.zoneout_h,
+            zoneout_c=self.zoneout_c,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
+
+    @property
+    def recurrent_size(self) -> int:
+        """R, the size of each direction's ``h`` and output: ``proj_size`` if set, else ``features``."""
+        return self.features if self.proj_size is None else self.proj_size
+
+    @property
     def output_size(self) -> int:
-        """F, the width of the output: 2·features for bidirectional "concat", else features."""
-        return merged_size(self.features, self.num_directions, self.merge)
+        """F, the width of the output: 2·R for bidirectional "concat", else R (R = proj_size or features)."""
+        return merged_size(self.recurrent_size, self.num_directions, self.merge)
 
     def _check_config(self) -> None:
         _checks.positive_int(self.features, "features")
@@ -247,6 +358,7 @@ class LSTM(nn.Module):
         _checks.one_of(self.gradient, GRADIENTS, "gradient")
         _checks.activation(self.gate_fn, "gate_fn")
         _checks.activation(self.activation_fn, "activation_fn")
+        self.variant.check_hidden_size(self.features, "features")
         if self.reverse and self.bidirectional:
             raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
         if self.stateful and (self.bidirectional or self.reverse):
@@ -269,20 +381,38 @@ class LSTM(nn.Module):
         self._check_config()
         _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)")
         batch_shape = tuple(x.shape[:-2])
-        cells = [
-            [
-                LSTMCell(
-                    self.features,
-                    self.init_scheme,
-                    self.dtype,
-                    self.param_dtype,
-                    learn_initial_carry=self.learn_initial_carry,
-                    name=cell_name(layer, direction),
-                )
-                for direction in range(self.num_directions)
+        variant = self.variant
+        if variant.is_plain:
+            cells = [
+                [
+                    LSTMCell(
+                        self.features,
+                        self.init_scheme,
+                        self.dtype,
+                        self.param_dtype,
+                        learn_initial_carry=self.learn_initial_carry,
+                        name=cell_name(layer, direction),
+                    )
+                    for direction in range(self.num_directions)
+                ]
+                for layer in range(self.num_layers)
             ]
-            for layer in range(self.num_layers)
-        ]
+        else:
+            cells = [
+                [
+                    VariantWeights(
+                        self.features,
+                        variant,
+                        self.init_scheme,
+                        self.param_dtype,
+                        learn_initial_carry=self.learn_initial_carry,
+                        name=cell_name(layer, direction),
+                    )
+                    for direction in range(self.num_directions)
+                ]
+                for layer in range(self.num_layers)
+            ]
+        recurrent_size = None if variant.is_plain else self.recurrent_size
         stack = tuple(
             tuple(
                 _cast(cell.weights(x.shape[-1] if layer == 0 else self.output_size), x, self.dtype)[0] for cell in row
@@ -293,19 +423,27 @@ class LSTM(nn.Module):
         learned = (
             tuple(tuple(cell.learned_carry() for cell in row) for row in cells) if self.learn_initial_carry else None
         )
-        fresh = fresh_carries(learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype)
+        fresh = fresh_carries(
+            learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype, recurrent_size
+        )
         if initial_carry is not None:
             check_stack_carry(
-                initial_carry, self.num_layers, self.num_directions, batch_shape, self.features, "initial_carry"
+                initial_carry,
+                self.num_layers,
+                self.num_directions,
+                batch_shape,
+                self.features,
+                "initial_carry",
+                recurrent_size,
             )
             fresh = initial_carry
         start = fresh
-        if self.stateful:
-            state = self.variable("carry", "state", lambda: fresh)
-            check_stateful_carry(state.value, batch_shape)
+        if self.stateful and self.has_variable("carry", "state"):
+            stored = self.get_variable("carry", "state")
+            check_stateful_carry(stored, batch_shape)
             if initial_carry is None:
-                start = state.value
-        use_dropout = self.dropout > 0.0 and not deterministic and self.num_layers > 1
+                start = stored
+        use_dropout = not deterministic and (self.dropout > 0.0 and self.num_layers > 1 or variant.regularizes)
         carries, hs = stacked_lstm(
             stack,
             xs,
@@ -323,8 +461,9 @@ class LSTM(nn.Module):
             gradient=self.gradient,
             gate_fn=self.gate_fn,
             activation_fn=self.activation_fn,
+            variant=None if variant.is_plain else variant,
         )
-        if self.stateful and not self.is_initializing():
-            state.value = carries
+        if self.stateful and not self.is_initializing() and self.is_mutable_collection("carry"):
+            self.put_variable("carry", "state", carries)
         output = hs if self.return_sequences else last_output(carries, self.merge)
         return (carries, output) if self.return_carry else output

@@ -4,7 +4,9 @@ The same semantics and the same core as the linen modules in
 ``jaxlstm.linen``, in Flax's current object-style API. Parameter names match
 linen's and PyTorch's: ``model.layer_0.w_ih`` (D, 4H), ``model.layer_0.w_hh``
 (H, 4H), ``model.layer_0.b`` (4H,), ``model.layer_0_reverse`` for the backward
-direction.
+direction. With a variant option on, each ``model.layer_*`` is a
+``VariantWeights`` that adds the variant's weights (``w_hr``, ``w_peep``,
+``ln_*``) under the same names as linen's.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers,
 from .linen import _cast, cell_name, check_stateful_carry, fresh_carries
 from .scan import GRADIENTS, MASKED_OUTPUTS
 from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
+from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
 
-__all__ = ["LSTM", "LSTMCell", "Carry"]
+__all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry"]
 
 
 class Carry(nnx.Variable):
@@ -96,6 +99,44 @@ class LSTMCell(nnx.Module):
         return 1
 
 
+class VariantWeights(nnx.Module):
+    """The parameters of one variant cell (one layer, one direction) of ``jaxlstm.nnx.LSTM``.
+
+    Holds ``w_ih``, ``w_hh`` (R, 4H), ``b`` and the variant's own weights
+    (``w_hr``, ``w_peep``, ``ln_*``; see ``jaxlstm.VariantParams``) as
+    ``nnx.Param``; ``params`` gives them as ``VariantParams``. The numerics
+    are ``jaxlstm.lstm_variant``'s.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        features: int,
+        variant: LSTMVariant,
+        *,
+        init_scheme: str = "keras",
+        param_dtype: Any = jnp.float32,
+        learn_initial_carry: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        in_features = _checks.positive_int(in_features, "in_features")
+        features = _checks.positive_int(features, "features")
+        variant.check_hidden_size(features, "features")
+        inits = variant_initializers(init_scheme, features, argument="init_scheme")
+        self.in_features, self.features, self.variant = in_features, features, variant
+        if learn_initial_carry:
+            self.h0 = nnx.Param(jnp.zeros((variant.recurrent_size(features),), param_dtype))
+            self.c0 = nnx.Param(jnp.zeros((features,), param_dtype))
+        for name, shape in variant_param_shapes(in_features, features, variant).items():
+            setattr(self, name, nnx.Param(inits[name](rngs.params(), shape, param_dtype)))
+
+    @property
+    def params(self) -> VariantParams:
+        """The weights as the functional core's ``VariantParams`` (``None`` for those the variant lacks)."""
+        names = variant_param_shapes(self.in_features, self.features, self.variant)
+        return VariantParams(**{name: getattr(self, name)[...] for name in names})
+
+
 class LSTM(nnx.Module):
     """An LSTM layer, or a stack of them, over whole sequences (batch-first).
 
@@ -110,13 +151,19 @@ class LSTM(nnx.Module):
         dropout, dtype, param_dtype, init_scheme, unroll, reverse,
         masked_output, gradient, gate_fn, activation_fn,
         learn_initial_carry: as ``jaxlstm.LSTM``.
+        proj_size, peepholes, layer_norm, cifg, forget_bias, cell_clip,
+        input_dropout, recurrent_dropout, zoneout_h, zoneout_c,
+        layer_norm_epsilon: the LSTM variants, as ``jaxlstm.LSTM``
+            (``jaxlstm.LSTMVariant``); all off by default.
         stateful: keep each layer's final carry in ``model.carry`` (a
             ``jaxlstm.nnx.Carry`` variable) and start the next call from it,
             to feed a long sequence chunk by chunk; ``model.reset_carry()``
             starts afresh, ``resets[:, 0] = True`` restarts one row.
         deterministic: default for the call's ``deterministic``; ``False``
             (dropout active, when ``dropout > 0``) as ``nnx.Dropout``, and set
-            by ``model.eval()`` / ``model.train()``.
+            by ``model.eval()`` / ``model.train()``. Also switches the
+            variants' dropout and zoneout draws (zoneout is its expectation
+            when deterministic).
         rngs: ``nnx.Rngs`` for the parameters and (stream ``"dropout"``,
             falling back to ``"default"``) the dropout masks.
 
@@ -155,6 +202,17 @@ class LSTM(nnx.Module):
         learn_initial_carry: bool = False,
         stateful: bool = False,
         deterministic: bool = False,
+        proj_size: int | None = None,
+        peepholes: bool = False,
+        layer_norm: bool = False,
+        cifg: bool = False,
+        forget_bias: float = 0.0,
+        cell_clip: float | None = None,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
+        layer_norm_epsilon: float = 1e-5,
         rngs: nnx.Rngs,
     ):
         in_features = _checks.positive_int(in_features, "in_features")
@@ -180,30 +238,58 @@ class LSTM(nnx.Module):
         self.carry = Carry(None)
         self.masked_output = _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
         self.gradient = _checks.one_of(gradient, GRADIENTS, "gradient")
+        self.variant = LSTMVariant(
+            proj_size=proj_size,
+            peepholes=peepholes,
+            layer_norm=layer_norm,
+            cifg=cifg,
+            forget_bias=forget_bias,
+            cell_clip=cell_clip,
+            input_dropout=input_dropout,
+            recurrent_dropout=recurrent_dropout,
+            zoneout_h=zoneout_h,
+            zoneout_c=zoneout_c,
+            layer_norm_epsilon=layer_norm_epsilon,
+        )
+        self.variant.check_hidden_size(features, "features")
+        self.recurrent_size = self.variant.recurrent_size(features)
         num_directions = 2 if bidirectional else 1
-        self.output_size = merged_size(features, num_directions, merge)
+        self.output_size = merged_size(self.recurrent_size, num_directions, merge)
         for layer in range(num_layers):
             for direction in range(num_directions):
-                cell = LSTMCell(
-                    in_features if layer == 0 else self.output_size,
-                    features,
-                    init_scheme=init_scheme,
-                    dtype=dtype,
-                    param_dtype=param_dtype,
-                    gate_fn=gate_fn,
-                    activation_fn=activation_fn,
-                    learn_initial_carry=learn_initial_carry,
-                    rngs=rngs,
-                )
+                if self.variant.is_plain:
+                    cell = LSTMCell(
+                        in_features if layer == 0 else self.output_size,
+                        features,
+                        init_scheme=init_scheme,
+                        dtype=dtype,
+                        param_dtype=param_dtype,
+                        gate_fn=gate_fn,
+                        activation_fn=activation_fn,
+                        learn_initial_carry=learn_initial_carry,
+                        rngs=rngs,
+                    )
+                else:
+                    cell = VariantWeights(
+                        in_features if layer == 0 else self.output_size,
+                        features,
+                        self.variant,
+                        init_scheme=init_scheme,
+                        param_dtype=param_dtype,
+                        learn_initial_carry=learn_initial_carry,
+                        rngs=rngs,
+                    )
                 setattr(self, cell_name(layer, direction), cell)
-        self.rngs = rngs["dropout"].fork() if self.dropout > 0.0 and num_layers > 1 else nnx.data(None)
+        draws = (self.dropout > 0.0 and num_layers > 1) or self.variant.regularizes
+        self.rngs = rngs["dropout"].fork() if draws else nnx.data(None)
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
     def stack_params(self) -> tuple[tuple[LSTMParams, ...], ...]:
-        """All weights as the functional core's ``StackParams``, ``[layer][direction]``."""
+        """All weights as the functional core's ``StackParams``, ``[layer][direction]``
+        (``VariantParams`` when a variant option is on)."""
         return tuple(
             tuple(getattr(self, cell_name(layer, direction)).params for direction in range(self.num_directions))
             for layer in range(self.num_layers)
@@ -211,7 +297,7 @@ class LSTM(nnx.Module):
 
     def reset_carry(self) -> None:
         """Forgets the carry kept by ``stateful=True``: the next call starts afresh."""
-        self.carry.value = None
+        self.carry.set_value(None)
 
     def __call__(
         self,
@@ -238,18 +324,28 @@ class LSTM(nnx.Module):
                 )
                 for layer in range(self.num_layers)
             )
-        fresh = fresh_carries(learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype)
+        recurrent_size = None if self.variant.is_plain else self.recurrent_size
+        fresh = fresh_carries(
+            learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype, recurrent_size
+        )
         if initial_carry is not None:
             check_stack_carry(
-                initial_carry, self.num_layers, self.num_directions, batch_shape, self.features, "initial_carry"
+                initial_carry,
+                self.num_layers,
+                self.num_directions,
+                batch_shape,
+                self.features,
+                "initial_carry",
+                recurrent_size,
             )
             fresh = initial_carry
         start = fresh
-        if self.stateful and initial_carry is None and self.carry.value is not None:
-            check_stateful_carry(self.carry.value, batch_shape)
-            start = self.carry.value
+        stored = self.carry.get_value()
+        if self.stateful and initial_carry is None and stored is not None:
+            check_stateful_carry(stored, batch_shape)
+            start = stored
         dropout_key = None
-        if self.dropout > 0.0 and self.num_layers > 1 and not deterministic:
+        if ((self.dropout > 0.0 and self.num_layers > 1) or self.variant.regularizes) and not deterministic:
             if rngs is None:
                 if self.rngs is None:
                     raise ValueError("dropout needs rngs: pass rngs=nnx.Rngs(...) to the constructor or the call")
@@ -275,8 +371,9 @@ class LSTM(nnx.Module):
             gradient=self.gradient,
             gate_fn=self.gate_fn,
             activation_fn=self.activation_fn,
+            variant=None if self.variant.is_plain else self.variant,
         )
         if self.stateful:
-            self.carry.value = carries
+            self.carry.set_value(carries)
         output = hs if self.return_sequences else last_output(carries, self.merge)
         return (carries, output) if self.return_carry else output

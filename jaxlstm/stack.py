@@ -11,6 +11,10 @@ The carries (initial and final) mirror that nesting with ``LSTMCarry`` leaves.
 Layer ``l + 1`` reads layer ``l``'s output after the two directions are merged
 ("concat" doubles the width to 2H, "sum", "mul" and "ave" keep H), as Keras'
 ``Bidirectional`` layers stacked on one another.
+
+With a ``variant`` (``jaxlstm.LSTMVariant``: projection, peepholes, layer norm,
+...) every cell is a ``VariantParams`` and runs ``jaxlstm.lstm_variant``; with
+a projection each direction outputs P = ``proj_size`` features instead of H.
 """
 
 from __future__ import annotations
@@ -24,13 +28,22 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from . import _checks
 from .cell import Activation, LSTMCarry, LSTMParams, init_params
 from .scan import lstm
+from .variants import (
+    LSTMVariant,
+    VariantParams,
+    as_variant_params,
+    check_carry,
+    check_params,
+    init_variant_params,
+    lstm_variant,
+)
 
 __all__ = ["MERGE_MODES", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
 
 MERGE_MODES = ("concat", "sum", "mul", "ave")
 
 StackParams = tuple[tuple[LSTMParams, ...], ...]
-"""``[layer][direction]`` → ``LSTMParams``; one or two directions per layer."""
+"""``[layer][direction]`` → ``LSTMParams`` (``VariantParams`` with a variant); one or two directions per layer."""
 
 StackCarry = tuple[tuple[LSTMCarry, ...], ...]
 """``[layer][direction]`` → ``LSTMCarry``, each ``h``/``c`` of shape ``(*batch, H)``."""
@@ -69,16 +82,35 @@ def init_stack(
     merge: str = "concat",
     scheme: str = "keras",
     dtype=jnp.float32,
+    variant: LSTMVariant | None = None,
 ) -> StackParams:
     """Random weights for a stack: layer 0 reads D features, later layers F.
 
-    Returns ``StackParams``, ``[layer][direction]`` → ``LSTMParams``.
+    Returns ``StackParams``, ``[layer][direction]`` → ``LSTMParams``; with a
+    ``variant`` that is not plain, ``VariantParams`` (``jaxlstm.init_variant_params``),
+    later layers reading F = 2P or P with a projection.
     """
     num_layers = _checks.positive_int(num_layers, "num_layers")
     _checks.one_of(merge, MERGE_MODES, "merge")
     num_directions = 2 if bidirectional else 1
     width = merged_size(hidden_size, num_directions, merge)
     keys = jax.random.split(key, (num_layers, num_directions))
+    if variant is not None and not variant.is_plain:
+        width = merged_size(variant.recurrent_size(hidden_size), num_directions, merge)
+        return tuple(
+            tuple(
+                init_variant_params(
+                    keys[layer, direction],
+                    input_size if layer == 0 else width,
+                    hidden_size,
+                    variant,
+                    scheme=scheme,
+                    dtype=dtype,
+                )
+                for direction in range(num_directions)
+            )
+            for layer in range(num_layers)
+        )
     return tuple(
         tuple(
             init_params(
@@ -90,16 +122,20 @@ def init_stack(
     )
 
 
-def _check_stack(stack) -> tuple[int, int]:
+def _check_stack(stack, variant: LSTMVariant | None = None) -> tuple[int, int]:
     """Validates the nesting; returns (num_layers, num_directions)."""
-    if not isinstance(stack, Sequence) or isinstance(stack, LSTMParams) or len(stack) == 0:
+    if not isinstance(stack, Sequence) or isinstance(stack, (LSTMParams, VariantParams)) or len(stack) == 0:
         raise TypeError(
             "stack must be a non-empty tuple of layers, each a tuple of 1 or 2 LSTMParams "
             f"([layer][direction]), got {type(stack).__name__}"
         )
     num_directions = None
     for layer, directions in enumerate(stack):
-        if isinstance(directions, LSTMParams) or not isinstance(directions, Sequence) or len(directions) not in (1, 2):
+        if (
+            isinstance(directions, (LSTMParams, VariantParams))
+            or not isinstance(directions, Sequence)
+            or len(directions) not in (1, 2)
+        ):
             raise TypeError(
                 f"stack[{layer}] must be a tuple of 1 (forward) or 2 (forward, backward) LSTMParams, "
                 f"got {type(directions).__name__}"
@@ -112,8 +148,12 @@ def _check_stack(stack) -> tuple[int, int]:
                 f"every layer must have the same number of directions: stack[0] has {num_directions}, "
                 f"stack[{layer}] has {len(directions)}"
             )
-        for params in directions:
-            _checks.params(params)
+        for direction, params in enumerate(directions):
+            if variant is None:
+                _checks.params(params)
+            else:
+                name = f"stack[{layer}][{direction}]"
+                check_params(as_variant_params(params, name), variant, name)
     return len(stack), num_directions
 
 
@@ -124,8 +164,12 @@ def check_stack_carry(
     batch_shape: tuple[int, ...] | None,
     hidden_size: int | None,
     name: str,
+    recurrent_size: int | None = None,
 ) -> None:
-    """Checks carries nested ``[layer][direction]`` → ``LSTMCarry``, each ``(*batch, H)`` when those are given."""
+    """Checks carries nested ``[layer][direction]`` → ``LSTMCarry``, each ``(*batch, H)`` when those are given.
+
+    With ``recurrent_size`` R (a projection's P), ``h`` must be ``(*batch, R)`` and ``c`` ``(*batch, H)``.
+    """
     if carries is None:
         return
     if (
@@ -140,7 +184,10 @@ def check_stack_carry(
     if batch_shape is not None and hidden_size is not None:
         for layer, row in enumerate(carries):
             for direction, carry in enumerate(row):
-                _checks.carry(carry, batch_shape, hidden_size, f"{name}[{layer}][{direction}]")
+                if recurrent_size is None:
+                    _checks.carry(carry, batch_shape, hidden_size, f"{name}[{layer}][{direction}]")
+                else:
+                    check_carry(carry, batch_shape, recurrent_size, hidden_size, f"{name}[{layer}][{direction}]")
 
 
 def stacked_lstm(
@@ -161,11 +208,14 @@ def stacked_lstm(
     gradient: str = "fused",
     gate_fn: Activation = jax.nn.sigmoid,
     activation_fn: Activation = jnp.tanh,
+    variant: LSTMVariant | None = None,
+    deterministic: bool | None = None,
 ) -> tuple[StackCarry, Float[Array, "*batch time features"]]:
     """Runs a stack of LSTM layers, each one or two directions, over sequences.
 
     Args:
-        stack: ``StackParams``, ``[layer][direction]`` → ``LSTMParams``.
+        stack: ``StackParams``, ``[layer][direction]`` → ``LSTMParams``
+            (``VariantParams`` with a ``variant``).
         xs: ``(*batch, T, D)``, batch-first.
         carries: initial carries nested as ``stack``; zeros when ``None``.
         seq_lengths: optional ``(*batch,)`` integers, honoured by every layer
@@ -184,20 +234,47 @@ def stacked_lstm(
         reverse: for one-direction stacks, every layer reads backward
             (outputs aligned with the inputs); not allowed with two directions.
         gradient, gate_fn, activation_fn: as ``jaxlstm.lstm``.
+        variant: a ``jaxlstm.LSTMVariant`` that every cell is (projection,
+            peepholes, layer norm, ...; see ``jaxlstm.lstm_variant``);
+            ``None`` or a variant with every option off: the plain LSTM.
+        deterministic: ``None`` (default): dropout (and the variant's
+            dropout and zoneout draws) happen exactly when ``dropout_key`` is
+            given. ``True``: none, even with a key (zoneout then uses its
+            expectation); ``False``: a ``dropout_key`` is required.
 
     Returns:
         ``(final_carries, hs)``: final carries nested as ``stack``, each
         ``(*batch, H)``; ``hs`` the last layer's merged outputs ``(*batch, T, F)``
         with F = 2H for bidirectional "concat", else H. Padded steps are zeros.
+        With a projection, ``h`` and the outputs have P = ``proj_size``
+        features instead of H (F = 2P or P); ``c`` keeps H.
     """
-    num_layers, num_directions = _check_stack(stack)
+    if variant is not None:
+        if not isinstance(variant, LSTMVariant):
+            raise TypeError(f"variant must be None or a jaxlstm.LSTMVariant, got {type(variant).__name__}")
+        if variant.is_plain:  # every option off: the plain LSTM's own path
+            _check_stack(stack, variant)
+            stack = tuple(tuple(LSTMParams(*params[:3]) for params in directions) for directions in stack)
+            variant = None
+    num_layers, num_directions = _check_stack(stack, variant)
+    if variant is not None:
+        stack = tuple(tuple(as_variant_params(params) for params in directions) for directions in stack)
     _checks.one_of(merge, MERGE_MODES, "merge")
     dropout = _checks.rate(dropout, "dropout")
     if reverse and num_directions == 2:
         raise ValueError("reverse=True is for one-direction stacks; a bidirectional stack already reads backward")
     batch_shape, hidden_size = tuple(xs.shape[:-2]), stack[0][0].hidden_size
-    check_stack_carry(carries, num_layers, num_directions, batch_shape, hidden_size, "carries")
-    check_stack_carry(reset_carries, num_layers, num_directions, batch_shape, hidden_size, "reset_carries")
+    recurrent_size = None if variant is None else stack[0][0].recurrent_size
+    for name, given in (("carries", carries), ("reset_carries", reset_carries)):
+        check_stack_carry(given, num_layers, num_directions, batch_shape, hidden_size, name, recurrent_size)
+    if deterministic is False and dropout_key is None:
+        if (dropout > 0.0 and num_layers > 1) or (variant is not None and variant.regularizes):
+            raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
+    training = dropout_key is not None and deterministic is not True
+    cell_keys = None
+    if variant is not None and training and variant.regularizes:
+        dropout_key, cells_key = jax.random.split(dropout_key)
+        cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
     options = dict(
         seq_lengths=seq_lengths,
         mask=mask,
@@ -211,20 +288,29 @@ def stacked_lstm(
     final_carries = []
     hs = xs
     for layer, directions in enumerate(stack):
-        if layer > 0 and dropout > 0.0 and dropout_key is not None:
+        if layer > 0 and dropout > 0.0 and training:
             dropout_key, layer_key = jax.random.split(dropout_key)
             keep = jax.random.bernoulli(layer_key, 1.0 - dropout, hs.shape)
             hs = jnp.where(keep, hs / (1.0 - dropout), jnp.zeros_like(hs))
         outputs, layer_carries = [], []
         for direction, params in enumerate(directions):
-            final, out = lstm(
-                params,
-                hs,
-                None if carries is None else carries[layer][direction],
-                reset_carry=None if reset_carries is None else reset_carries[layer][direction],
-                reverse=reverse or direction == 1,
-                **options,
-            )
+            carry = None if carries is None else carries[layer][direction]
+            reset_carry = None if reset_carries is None else reset_carries[layer][direction]
+            backward = reverse or direction == 1
+            if variant is None:
+                final, out = lstm(params, hs, carry, reset_carry=reset_carry, reverse=backward, **options)
+            else:
+                final, out = lstm_variant(
+                    params,
+                    hs,
+                    carry,
+                    variant=variant,
+                    reset_carry=reset_carry,
+                    reverse=backward,
+                    dropout_key=None if cell_keys is None else cell_keys[layer, direction],
+                    deterministic=cell_keys is None,
+                    **options,
+                )
             outputs.append(out)
             layer_carries.append(final)
         hs = outputs[0] if num_directions == 1 else merge_directions(*outputs, merge)

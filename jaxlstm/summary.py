@@ -46,7 +46,9 @@ class SummaryRow:
             (e.g. ``LSTMCarry(h=(4, 32), c=(4, 32))``).
         output_shape: the shape tree of what the call returned.
         carry_shape: for recurrent layers, the shape of one cell's ``h`` (and
-            ``c``): (batch, H); ``None`` for other layers.
+            ``c``): (batch, H) — (batch, P) for a layer with ``proj_size`` P,
+            whose ``c`` stays (batch, H) (see ``carry_shapes``); ``None`` for
+            other layers.
         carry_shapes: for ``jl.LSTM`` / ``jl.nnx.LSTM``, every carry nested
             ``[layer][direction]`` → ``LSTMCarry(h=(B, H), c=(B, H))``, as the
             layer returns with ``return_carry=True``; ``None`` otherwise.
@@ -186,12 +188,13 @@ def _size(tree) -> int:
 
 def _carry(module, args, stack: bool):
     """(carry_shape, carry_shapes) of a jaxlstm layer or any RNN cell; (None, None) otherwise."""
-    if stack:  # jl.LSTM / jl.nnx.LSTM: x is (*batch, T, D)
+    if stack:  # jl.LSTM / jl.nnx.LSTM: x is (*batch, T, D); h has proj_size features with a projection
         batch = tuple(args[0].shape[:-2])
         shape = Shape((*batch, module.features))
+        h_shape = Shape((*batch, getattr(module, "recurrent_size", module.features)))
         directions = 2 if module.bidirectional else 1
-        one = LSTMCarry(shape, shape)
-        return shape, tuple((one,) * directions for _ in range(module.num_layers))
+        one = LSTMCarry(h_shape, shape)
+        return h_shape, tuple((one,) * directions for _ in range(module.num_layers))
     if len(args) >= 2:  # an RNN cell, called as cell(carry, x)
         carry = _shapes(args[0])
         if isinstance(carry, LSTMCarry):
@@ -392,6 +395,9 @@ def _carry_text(row: SummaryRow) -> str:
         return ""
     text = f"h, c {tuple(row.carry_shape)}"
     if row.carry_shapes is not None:
+        first = row.carry_shapes[0][0]
+        if first.h != first.c:  # a projection: h (batch, P), c (batch, H)
+            text = f"h {tuple(first.h)}, c {tuple(first.c)}"
         layers, directions = len(row.carry_shapes), len(row.carry_shapes[0])
         if layers * directions > 1:
             text += f" x {layers}x{directions}"
@@ -426,4 +432,6 @@ def _table(s: Summary) -> str:
             "per layer and direction (x layers x directions), nested [layer][direction]. See "
             f"{_checks.GUIDE}#carry"
         )
+    if any(row.carry_shapes is not None and row.carry_shapes[0][0].h != row.carry_shapes[0][0].c for row in s.rows):
+        out.append("With proj_size P, h is (batch, P) and c stays (batch, H); see docs/variants.md#projection")
     return "\n".join(out)

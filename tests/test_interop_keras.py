@@ -1,6 +1,7 @@
 """jaxlstm.interop.keras: exact conversion to and from Keras 3 LSTM and Bidirectional(LSTM) layers."""
 
 import contextlib
+import dataclasses
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -14,6 +15,7 @@ keras = pytest.importorskip("keras")
 
 import jaxlstm as jl  # noqa: E402
 from jaxlstm.interop import KerasLSTM, from_keras, to_keras  # noqa: E402
+from jaxlstm.interop.keras import KERAS_ACTIVATIONS  # noqa: E402
 
 B, T, D, H = 3, 5, 4, 6
 LENGTHS = np.array([5, 2, 4])
@@ -50,9 +52,15 @@ def built(layer, seed=0):
     return layer
 
 
-def apply(module, variables, x, lengths=None):
+def apply(module, variables, x, lengths=None, mask=None):
     seq_lengths = None if lengths is None else jnp.asarray(lengths)
-    return jax.jit(module.apply)(variables, jnp.asarray(x), seq_lengths=seq_lengths)
+    mask = None if mask is None else jnp.asarray(mask)
+    return jax.jit(module.apply)(variables, jnp.asarray(x), seq_lengths=seq_lengths, mask=mask)
+
+
+def lstm_of(module):
+    """The jl.LSTM inside a from_keras module."""
+    return module.lstm if isinstance(module, KerasLSTM) else module
 
 
 def max_abs(a, b):
@@ -119,31 +127,132 @@ def test_bidirectional_parity(merge_mode, return_sequences, return_state):
     assert_outputs_match(apply(module, variables, x), keras_call(layer, x))
 
 
-def test_masks_match_seq_lengths():
+def test_masks_match_everywhere():
+    """Keras' mask and jaxlstm's: equal at every step, masked ones included, and in the final states."""
     x = inputs()
     mask = np.arange(T)[None, :] < LENGTHS[:, None]
-    valid = mask[..., None]
+    mask[1, 0] = False  # a row that begins masked, then right padding
 
     bidirectional = built(keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True, return_state=True)))
     module, variables = from_keras(bidirectional)
-    # Bidirectional (with Keras' default scan) zeroes the masked steps, as jaxlstm does: equal everywhere.
-    assert_outputs_match(apply(module, variables, x, LENGTHS), keras_call(bidirectional, x, mask=mask))
+    assert module.lstm.masked_output == "zeros"  # Bidirectional (with Keras' default scan) zeroes the masked steps
+    assert_outputs_match(apply(module, variables, x, mask=mask), keras_call(bidirectional, x, mask=mask))
 
-    # A plain LSTM (and Keras' unrolled loop) repeats the last output at masked steps:
-    # equal at the valid steps and in the final states.
+    # a plain LSTM repeats the previous output at masked steps; so does any layer with unroll=True
     for go_backwards in (False, True):
         layer = built(keras.layers.LSTM(H, return_sequences=True, return_state=True, go_backwards=go_backwards, **FAST))
         module, variables = from_keras(layer)
-        (ours, *our_states), (theirs, *their_states) = (
-            apply(module, variables, x, LENGTHS),
-            keras_call(layer, x, mask=mask),
-        )
-        if go_backwards:  # reversed time order: the valid steps are the last ones
-            valid_here = valid[:, ::-1]
-        else:
-            valid_here = valid
-        assert max_abs(np.where(valid_here, ours, 0.0), np.where(valid_here, theirs, 0.0)) <= ATOL
-        assert_outputs_match(tuple(our_states), their_states)
+        assert module.lstm.masked_output == "previous"
+        assert_outputs_match(apply(module, variables, x, mask=mask), keras_call(layer, x, mask=mask))
+    # seq_lengths is the right-padded mask
+    module, variables = from_keras(layer)
+    right_padded = np.arange(T)[None, :] < LENGTHS[:, None]
+    assert_outputs_match(apply(module, variables, x, LENGTHS), keras_call(layer, x, mask=right_padded))
+
+
+@pytest.mark.parametrize(
+    "factory, expected",
+    [
+        (lambda: keras.layers.LSTM(H), "previous"),
+        (lambda: keras.layers.LSTM(H, return_sequences=True, zero_output_for_mask=True), "zeros"),
+        (lambda: keras.layers.LSTM(H, return_sequences=True, zero_output_for_mask=True, unroll=True), "previous"),
+        (lambda: keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True)), "zeros"),
+        (lambda: keras.layers.Bidirectional(keras.layers.LSTM(H)), "zeros"),
+        (lambda: keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True, unroll=True)), "previous"),
+    ],
+    ids=["lstm", "zero_output_for_mask", "unrolled", "bidirectional", "bidirectional-last", "bidirectional-unrolled"],
+)
+def test_masked_output_follows_the_keras_layer(factory, expected):
+    module, _ = from_keras(built(factory()))
+    assert lstm_of(module).masked_output == expected
+
+
+def test_keras_mask_corners_that_are_not_copied():
+    """Two Keras behaviours the converted module does not reproduce (documented in from_keras)."""
+    x = inputs()
+    mask = np.array([[False, True, True, False, True], [False] * T, [True, True, True, True, False]])
+    rng = np.random.default_rng(3)
+    h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+
+    # 1. unroll=True with an initial state: zeros, not the initial h, before a row's first counted step
+    layer = built(keras.layers.LSTM(H, return_sequences=True, return_state=True, unroll=True))
+    module, variables = from_keras(layer)
+    carry = ((jl.LSTMCarry(jnp.asarray(h0), jnp.asarray(c0)),),)
+    (ours, our_h, our_c) = jax.jit(module.apply)(variables, jnp.asarray(x), mask=jnp.asarray(mask), initial_carry=carry)
+    theirs, their_h, their_c = keras_call(layer, x, mask=mask, initial_state=[h0, c0])
+    before_first = np.cumsum(mask, axis=1) == 0
+    assert max_abs(np.where(before_first[..., None], 0.0, ours), theirs) <= ATOL
+    np.testing.assert_array_equal(np.asarray(theirs)[before_first], 0.0)
+    assert max_abs(np.asarray(ours)[1], np.broadcast_to(h0[1], (T, H))) == 0.0
+    assert max_abs(our_h, their_h) <= ATOL and max_abs(our_c, their_c) <= ATOL
+    # Keras' scan path (unroll=False) outputs the initial h there, as the module does
+    scan = built(keras.layers.LSTM(H, return_sequences=True))
+    module, variables = from_keras(scan)
+    ours = jax.jit(module.apply)(variables, jnp.asarray(x), mask=jnp.asarray(mask), initial_carry=carry)
+    assert max_abs(ours, keras_call(scan, x, mask=mask, initial_state=[h0, c0])) <= ATOL
+
+    # 2. zero_output_for_mask=True, return_sequences=False: zeros for a row whose last step is masked
+    layer = built(keras.layers.LSTM(H, zero_output_for_mask=True, return_state=True))
+    module, variables = from_keras(layer)
+    ours, our_h, _ = apply(module, variables, x, mask=mask)
+    theirs, their_h, _ = keras_call(layer, x, mask=mask)
+    assert max_abs(ours, our_h) == 0.0 and max_abs(our_h, their_h) <= ATOL  # the final states agree
+    np.testing.assert_array_equal(np.asarray(theirs)[2], 0.0)  # row 2's last step is masked
+    assert max_abs(np.asarray(ours)[:2], np.asarray(theirs)[:2]) <= ATOL
+
+
+def test_activations_convert_by_name_exactly():
+    """Every converted activation computes what Keras 3 computes, on both sides of its kinks and tails."""
+    z = np.linspace(-8.0, 8.0, 161, dtype=np.float32)
+    z = np.concatenate([z, np.array([-3.0, 3.0, 0.0, -1e-7, 1e-7, 30.0, -30.0], np.float32)])
+    for name, fn in KERAS_ACTIVATIONS.items():
+        with keras_numerics():
+            expected = np.asarray(keras.activations.get(name)(jnp.asarray(z)))
+            op = getattr(keras.ops, name, None)
+            via_op = None if op is None else np.asarray(op(jnp.asarray(z)))
+        np.testing.assert_allclose(np.asarray(fn(jnp.asarray(z))), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+        if via_op is not None and name != "gelu":  # keras.ops.gelu is the tanh approximation
+            np.testing.assert_allclose(via_op, expected, rtol=1e-6, atol=1e-7, err_msg=f"keras.ops.{name}")
+    assert KERAS_ACTIVATIONS["hard_sigmoid"] is jax.nn.hard_sigmoid
+    np.testing.assert_array_equal(jax.nn.hard_sigmoid(jnp.array([-3.0, 0.0, 1.5, 3.0])), [0.0, 0.5, 0.75, 1.0])
+
+
+@pytest.mark.parametrize(
+    "options, gate_fn, activation_fn",
+    [
+        (dict(recurrent_activation="hard_sigmoid", activation="relu"), jax.nn.hard_sigmoid, jax.nn.relu),
+        (dict(recurrent_activation=keras.ops.sigmoid, activation="linear"), jax.nn.sigmoid, None),
+        (dict(recurrent_activation="sigmoid", activation=jnp.tanh), jax.nn.sigmoid, jnp.tanh),
+    ],
+    ids=["names", "keras.ops-and-linear", "jax-function"],
+)
+def test_activations_parity_and_round_trip(options, gate_fn, activation_fn):
+    layer = built(keras.layers.LSTM(H, return_sequences=True, **options, **FAST))
+    module, variables = from_keras(layer)
+    assert module.gate_fn is gate_fn
+    assert activation_fn is None or module.activation_fn is activation_fn
+    assert max_abs(apply(module, variables, inputs()), keras_call(layer, inputs())) <= ATOL
+    back = to_keras(module, variables)
+    assert module == from_keras(back)[0]
+    assert max_abs(keras_call(back, inputs()), keras_call(layer, inputs())) <= ATOL
+
+
+def test_stateful_layer_streams_on_from_its_states():
+    layer = keras.layers.LSTM(H, stateful=True, return_sequences=True, **FAST)
+    with keras_numerics():
+        layer.build((B, T, D))
+        rng = np.random.default_rng(0)
+        layer.set_weights([(0.5 * rng.standard_normal(w.shape)).astype(np.float32) for w in layer.get_weights()])
+    first, second = inputs(1), inputs(2)
+    keras_call(layer, first)  # Keras now holds the carry after `first`
+    module, variables = from_keras(layer)
+    assert module.stateful and variables["carry"]["state"][0][0].h.shape == (B, H)
+    ours, state = module.apply(variables, jnp.asarray(second), mutable=["carry"])
+    assert max_abs(ours, keras_call(layer, second)) <= ATOL  # the next chunk, on both sides
+    assert max_abs(state["carry"]["state"][0][0].c, layer.states[1].value) <= ATOL
+    layer.reset_state()
+    fresh, _ = module.apply({"params": variables["params"]}, jnp.asarray(first), mutable=["carry"])
+    assert max_abs(fresh, keras_call(layer, first)) <= ATOL
 
 
 def test_use_bias_false_is_a_zero_bias():
@@ -164,12 +273,30 @@ def test_dropout_is_refused_unless_ignored():
 
 def test_unsupported_options_raise():
     # options are checked before the weights: these layers need not be built
-    with pytest.raises(ValueError, match="activation='relu'"):
-        from_keras(keras.layers.LSTM(H, activation="relu", **FAST))
-    with pytest.raises(ValueError, match="recurrent_activation='hard_sigmoid'"):
-        from_keras(keras.layers.LSTM(H, recurrent_activation="hard_sigmoid", **FAST))
-    with pytest.raises(NotImplementedError, match="stateful=True"):
-        from_keras(keras.layers.LSTM(H, stateful=True, **FAST))
+    with pytest.raises(ValueError, match="activation='softmax', which is not one of the elementwise"):
+        from_keras(keras.layers.LSTM(H, activation="softmax", **FAST))
+    with pytest.raises(ValueError, match="recurrent_activation='my_gate'.*gate_fn=.*activation_fn="):
+
+        def my_gate(x):
+            return keras.ops.sigmoid(2.0 * x)
+
+        from_keras(keras.layers.LSTM(H, recurrent_activation=my_gate, **FAST))
+    with pytest.raises(ValueError, match="different activations"):
+        from_keras(
+            keras.layers.Bidirectional(
+                keras.layers.LSTM(H, **FAST), backward_layer=keras.layers.LSTM(H, activation="relu", go_backwards=True)
+            )
+        )
+    with pytest.raises(NotImplementedError, match="treat masked steps differently"):
+        from_keras(
+            keras.layers.Bidirectional(
+                keras.layers.LSTM(H, **FAST), backward_layer=keras.layers.LSTM(H, go_backwards=True, unroll=False)
+            )
+        )
+    with pytest.raises(NotImplementedError, match="stateful=True with go_backwards=True"):
+        from_keras(keras.layers.LSTM(H, stateful=True, go_backwards=True, **FAST))
+    with pytest.raises(NotImplementedError, match="stateful Bidirectional"):
+        from_keras(keras.layers.Bidirectional(keras.layers.LSTM(H, stateful=True, **FAST)))
     with pytest.raises(NotImplementedError, match="merge_mode=None"):
         from_keras(keras.layers.Bidirectional(keras.layers.LSTM(H, **FAST), merge_mode=None))
     with pytest.raises(NotImplementedError, match="go_backwards=True"):
@@ -185,7 +312,7 @@ def test_unsupported_options_raise():
             )
         )
     with pytest.raises(ValueError, match="not built"):
-        from_keras(keras.layers.LSTM(H, **FAST))
+        from_keras(keras.layers.LSTM(H, recurrent_activation="hard_sigmoid", activation="relu", **FAST))
     with pytest.raises(TypeError, match="GRU"):
         from_keras(keras.layers.GRU(H))
     with pytest.raises(TypeError, match="GRU"):
@@ -234,3 +361,36 @@ def test_to_keras_from_a_jaxlstm_module():
     assert (
         max_abs(keras_call(to_keras(reverse_last, forward), inputs()), apply(reverse_last, forward, inputs())) <= ATOL
     )
+
+
+def test_to_keras_carries_masked_output_and_activations():
+    stack = jl.init_stack(jax.random.key(0), D, H, bidirectional=True, scheme="torch")
+    forward = {"params": {"layer_0": stack[0][0]._asdict()}}
+    both = {"params": {"layer_0": stack[0][0]._asdict(), "layer_0_reverse": stack[0][1]._asdict()}}
+    # one direction: zero_output_for_mask says which
+    assert to_keras(jl.LSTM(H), forward).zero_output_for_mask is True
+    assert to_keras(jl.LSTM(H, masked_output="previous"), forward).zero_output_for_mask is False
+    assert to_keras(jl.LSTM(H, return_sequences=False), forward).zero_output_for_mask is False  # see from_keras
+    # Bidirectional always writes zeros with its scan: "previous" takes Keras' unrolled loop
+    zeros = to_keras(jl.LSTM(H, bidirectional=True), both)
+    previous = to_keras(jl.LSTM(H, bidirectional=True, masked_output="previous"), both)
+    assert not zeros.forward_layer.unroll and previous.forward_layer.unroll and previous.backward_layer.unroll
+    mask = np.array([[True, False, True, True, False], [False] * T, [False, True, True, True, True]])
+    for masked_output, layer in (("zeros", zeros), ("previous", previous)):
+        module = jl.LSTM(H, bidirectional=True, masked_output=masked_output)
+        assert max_abs(keras_call(layer, inputs(), mask=mask), apply(module, both, inputs(), mask=mask)) <= ATOL
+    # activations by name
+    layer = to_keras(jl.LSTM(H, gate_fn=jax.nn.hard_sigmoid, activation_fn=jax.nn.silu), forward)
+    assert (layer.get_config()["recurrent_activation"], layer.get_config()["activation"]) == ("hard_sigmoid", "silu")
+
+    with pytest.raises(ValueError, match="activation_fn='gelu' is not one of the functions Keras has"):
+        to_keras(jl.LSTM(H, activation_fn=jax.nn.gelu), forward)  # the tanh approximation; Keras' gelu is exact
+    with pytest.raises(ValueError, match="learn_initial_carry=True"):
+        to_keras(jl.LSTM(H, learn_initial_carry=True), forward)
+    with pytest.raises(ValueError, match="stateful=True"):
+        to_keras(jl.LSTM(H, stateful=True), forward)
+    options = {f.name for f in dataclasses.fields(jl.LSTM)}
+    for option, value in (("cell_clip", 3.0), ("forget_bias", 1.0)):  # options without weights of their own
+        if option in options:
+            with pytest.raises(ValueError, match=f"{option}={value} has no keras.layers.LSTM equivalent"):
+                to_keras(jl.LSTM(H, **{option: value}), forward)

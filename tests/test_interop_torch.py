@@ -198,8 +198,6 @@ def test_to_torch_rejects_what_torch_cannot_express():
 
 
 def test_from_torch_rejects_unsupported_options():
-    with pytest.raises(NotImplementedError, match="proj_size=2"):
-        from_torch(torch.nn.LSTM(D, H, proj_size=2))
     with pytest.raises(TypeError, match="LSTMCell"):
         from_torch(torch.nn.LSTMCell(D, H))
     with pytest.raises(TypeError, match="GRU"):
@@ -294,8 +292,15 @@ def test_load_torch_malformed_files(tmp_path):
         load_torch(_save(tmp_path, torch.zeros(3)))
     with pytest.raises(ValueError, match="not the state dict of a torch.nn.LSTM"):
         load_torch(_save(tmp_path, torch.nn.Linear(2, 3).state_dict()))
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        load_torch(_save(tmp_path, torch.nn.LSTM(D, H, proj_size=2).state_dict()))
+    projected = torch.nn.LSTM(D, H, proj_size=2).state_dict()
+    misshaped_hr = dict(projected)
+    misshaped_hr["weight_hr_l0"] = torch.zeros(H, 2)
+    with pytest.raises(ValueError, match=r"'weight_hr_l0' has shape \(6, 2\), expected \(proj_size, hidden_size\)"):
+        load_torch(_save(tmp_path, misshaped_hr))
+    bad_hh = dict(projected)
+    bad_hh["weight_hh_l0"] = torch.zeros(4 * H, H)
+    with pytest.raises(ValueError, match=r"'weight_hh_l0' has shape \(24, 6\), expected \(24, 2\)"):
+        load_torch(_save(tmp_path, bad_hh))
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00definitely not a torch file\xff" * 10)
@@ -326,3 +331,75 @@ def test_float64_without_x64_warns():
     with pytest.warns(UserWarning, match="jax_enable_x64"):
         module, variables = from_torch(make_torch().double())
     assert variables["params"]["layer_0"]["w_ih"].dtype == jnp.float32
+
+
+# --- LSTMs with projections (proj_size) ----------------------------------------------------------
+
+P = 2
+# torch's CPU kernel notes that it runs projections without oneDNN; nothing to act on.
+no_onednn_warning = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+@no_onednn_warning
+@pytest.mark.parametrize(
+    "num_layers, bidirectional, packed",
+    [(2, True, True), (3, False, True), (1, True, False)],
+)
+def test_from_torch_parity_with_projections(num_layers, bidirectional, packed):
+    lstm = make_torch(num_layers, bidirectional, proj_size=P)
+    x = inputs()
+    lengths = LENGTHS if packed else None
+    out, h_n, c_n = torch_run(lstm, x, lengths)
+    assert out.shape[-1] == (2 * P if bidirectional else P) and h_n.shape[-1] == P and c_n.shape[-1] == H
+
+    module, variables = from_torch(lstm)
+    assert (module.features, module.proj_size, module.num_layers) == (H, P, num_layers)
+    assert variables["params"]["layer_0"]["w_hr"].shape == (H, P)
+    carries, hs = apply(module.clone(return_carry=True), variables, x, lengths)
+    assert max_abs(hs, out) <= ATOL
+    num_directions = 2 if bidirectional else 1
+    for layer in range(num_layers):
+        for direction in range(num_directions):
+            k = layer * num_directions + direction
+            assert max_abs(carries[layer][direction].h, h_n[k]) <= ATOL
+            assert max_abs(carries[layer][direction].c, c_n[k]) <= ATOL
+
+
+@no_onednn_warning
+def test_projection_round_trips_are_bitwise():
+    lstm = make_torch(num_layers=2, bidirectional=True, bias=False, proj_size=P)
+    module, variables = from_torch(lstm)
+    back = to_torch(module, variables, bias=False)
+    assert back.proj_size == P
+    _assert_state_dicts_equal(back.state_dict(), lstm.state_dict())
+
+    module = jl.LSTM(H, num_layers=2, bidirectional=True, proj_size=P)
+    variables = jax.tree.map(
+        lambda a: jnp.asarray(np.random.default_rng(5).standard_normal(a.shape), a.dtype),
+        jax.eval_shape(module.init, KEY, jnp.ones((B, T, D))),
+    )
+    lstm = to_torch(module, variables)
+    module2, variables2 = from_torch(lstm)
+    assert module2.proj_size == P
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(variables2), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    x = inputs()
+    assert max_abs(apply(module, variables, x, LENGTHS), torch_run(lstm, x, LENGTHS)[0]) <= ATOL
+
+
+def test_load_torch_with_projections(tmp_path):
+    lstm = make_torch(num_layers=2, proj_size=P)
+    module, variables = load_torch(_save(tmp_path, lstm.state_dict(), "projected.pt"))
+    assert (module.proj_size, module.num_layers) == (P, 2)
+    assert variables["params"]["layer_1"]["w_ih"].shape == (P, 4 * H)
+
+
+def test_to_torch_rejects_variants_torch_lacks():
+    variables = jax.eval_shape(jl.LSTM(H, peepholes=True).init, KEY, jnp.ones((B, T, D)))
+    with pytest.raises(ValueError, match="torch.nn.LSTM has no peepholes=True, cell_clip=1.0; .* proj_size only"):
+        to_torch(jl.LSTM(H, peepholes=True, cell_clip=1.0), variables)
+    with pytest.raises(ValueError, match="torch.nn.LSTM has no zoneout_h=0.1"):
+        to_torch(jl.LSTM(H, proj_size=P, zoneout_h=0.1), variables)
+    plain = random_variables(1, False)
+    with pytest.raises(ValueError, match=r"params\['layer_0'\]\['w_hr'\] is missing"):
+        to_torch(jl.LSTM(H, proj_size=P), plain)

@@ -5,9 +5,9 @@ import itertools
 import jax
 import jax.numpy as jnp
 import pytest
+from reference import assert_close
 
 import jaxlstm as jl
-from reference import assert_close
 
 B, T, D, H = 2, 10, 3, 4
 

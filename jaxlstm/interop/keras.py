@@ -16,6 +16,12 @@ returns a ``KerasLSTM`` wrapper (same variables) when they apply:
   ``[output, h_fw, c_fw, h_bw, c_bw]``), ``jl.LSTM(return_carry=True)``
   returns ``(carries, output)``.
 
+Masks: what Keras outputs at a masked step depends on the layer, and
+``from_keras`` sets ``masked_output`` to match (see ``from_keras``).
+Activations: Keras' elementwise activations convert to the JAX functions
+computing them (``keras.activations.hard_sigmoid`` → ``jax.nn.hard_sigmoid``,
+``relu6(x + 3) / 6``), set as the module's ``gate_fn`` / ``activation_fn``.
+
 ``keras`` is imported inside the functions only: ``jaxlstm.interop``
 imports without it (``pip install jaxlstm[keras]`` adds it; set
 ``KERAS_BACKEND`` before importing keras, as Keras requires).
@@ -23,12 +29,15 @@ imports without it (``pip install jaxlstm[keras]`` adds it; set
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
+from ..cell import LSTMCarry
 from ..linen import LSTM, cell_name
 from ._common import floating, lstm_module, read_stack, require, warn_if_x64_disabled
 
@@ -51,8 +60,8 @@ class KerasLSTM(nn.Module):
             ``(output, h_fw, c_fw, h_bw, c_bw)`` for ``Bidirectional`` (the
             last layer's final states), as Keras' ``return_state=True``.
 
-    Called like ``jl.LSTM``: ``x`` (B, T, D), optional ``seq_lengths`` (B,)
-    (Keras' mask ``mask.sum(-1)`` for right-padded sequences),
+    Called like ``jl.LSTM``: ``x`` (B, T, D), optional ``seq_lengths`` (B,),
+    ``mask`` (B, T) bools (Keras' ``mask``), ``resets`` (B, T) bools,
     ``initial_carry`` and ``deterministic``.
     """
 
@@ -68,6 +77,8 @@ class KerasLSTM(nn.Module):
         x: Float[Array, "*batch time input"],
         *,
         seq_lengths: Int[Array, "*batch"] | None = None,
+        mask: Bool[Array, "*batch time"] | None = None,
+        resets: Bool[Array, "*batch time"] | None = None,
         initial_carry=None,
         deterministic: bool = True,
     ):
@@ -75,7 +86,14 @@ class KerasLSTM(nn.Module):
             raise ValueError("KerasLSTM(return_state=True) needs lstm.return_carry=True")
         if self.flip_outputs and not self.lstm.return_sequences:
             raise ValueError("KerasLSTM(flip_outputs=True) needs lstm.return_sequences=True")
-        out = self.lstm(x, seq_lengths=seq_lengths, initial_carry=initial_carry, deterministic=deterministic)
+        out = self.lstm(
+            x,
+            seq_lengths=seq_lengths,
+            mask=mask,
+            resets=resets,
+            initial_carry=initial_carry,
+            deterministic=deterministic,
+        )
         carries, y = out if self.lstm.return_carry else (None, out)
         if self.flip_outputs:
             y = jnp.flip(y, axis=-2)
@@ -101,26 +119,63 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         ``merge`` as the layer (``reverse`` for ``go_backwards``), or a
         ``KerasLSTM`` holding one when the layer has ``return_state=True`` or
         ``go_backwards=True, return_sequences=True`` (see ``KerasLSTM``).
-        ``module.apply(variables, x)`` equals ``layer(x)``.
+        ``module.apply(variables, x)`` equals ``layer(x)``, and
+        ``module.apply(variables, x, mask=mask)`` equals
+        ``layer(x, mask=mask)`` for any boolean mask (B, T), masks that begin
+        with ``False`` and all-``False`` rows included.
 
-    Masks: ``module.apply(variables, x, seq_lengths=mask.sum(-1))`` equals
-    ``layer(x, mask=mask)`` for right-padded masks at the valid steps and in
-    the final states / ``return_sequences=False`` output. At masked steps
-    jaxlstm outputs zeros; Keras outputs zeros (``Bidirectional``, or
-    ``zero_output_for_mask=True``) or repeats the previous output (a plain
-    ``LSTM``; any layer with ``unroll=True``), so compare valid steps only.
+    Masks: Keras skips a masked step (the states stay as they were) and, at
+    that step, outputs
+
+    * the previous output (its ``h`` state) in a plain ``LSTM``:
+      ``masked_output="previous"``;
+    * zeros inside ``Bidirectional`` (which forces ``zero_output_for_mask``
+      when it returns sequences) or with ``zero_output_for_mask=True``:
+      ``masked_output="zeros"``;
+    * the previous output with ``unroll=True`` whatever ``zero_output_for_mask``
+      says (Keras' unrolled loop ignores it): ``masked_output="previous"``.
+
+    Two Keras corners that the module does not reproduce:
+
+    * ``unroll=True`` with a non-zero ``initial_state``: before a row's first
+      unmasked step (or in an all-masked row) Keras' unrolled loop outputs
+      zeros where its scan, and the module, output the initial ``h``.
+      Without an initial state (or with ``unroll=False``) they agree.
+    * ``zero_output_for_mask=True`` with ``return_sequences=False`` (a plain
+      ``LSTM``; ``Bidirectional`` does not set it then): Keras returns its
+      last output, zeros for a row whose last step (first step with
+      ``go_backwards``) is masked; the module returns the last unmasked
+      step's ``h`` (the final state Keras returns with ``return_state``).
+
+    Activations: ``activation`` and ``recurrent_activation`` may be any
+    elementwise Keras activation in ``KERAS_ACTIVATIONS`` (by name, as
+    ``keras.activations.get(name)`` returns it, or the ``keras.ops`` function
+    of that name); they become the module's ``activation_fn`` and
+    ``gate_fn``, JAX functions computing exactly what Keras computes with
+    its default arguments (``hard_sigmoid`` is ``relu6(x + 3) / 6``,
+    ``gelu`` the exact erf form, ``leaky_relu`` slope 0.2). Other callables
+    are refused: pass your own ``gate_fn``/``activation_fn`` to ``jl.LSTM``.
 
     Raises:
         TypeError: not an LSTM or Bidirectional(LSTM) layer.
-        ValueError: the layer is not built, or uses an activation other than
-            tanh / a recurrent activation other than sigmoid, or dropout
-            (see ``ignore_dropout``).
-        NotImplementedError: ``stateful=True``, ``Bidirectional`` with
-            ``merge_mode=None`` or over a ``go_backwards=True`` layer.
+        ValueError: the layer is not built, or uses an activation that is not
+            an elementwise Keras activation (or differs between the two
+            directions of a ``Bidirectional``), or dropout (see
+            ``ignore_dropout``).
+        NotImplementedError: ``stateful=True`` with ``go_backwards=True`` or
+            in a ``Bidirectional``; ``Bidirectional`` with ``merge_mode=None``
+            or over a ``go_backwards=True`` layer, or whose two layers treat
+            masked steps differently.
+
+    ``stateful=True`` converts to ``jl.LSTM(stateful=True)``, and the layer's
+    current states to the ``"carry"`` collection of ``variables``, so
+    ``y, state = module.apply(variables, chunk, mutable=["carry"])`` (then
+    ``variables = {**variables, **state}``) continues where the Keras layer
+    stands; Keras' ``layer.reset_state()`` is dropping that collection.
 
     ``use_bias=False`` converts to a zero bias; ``unroll``, ``use_cudnn``,
     initializers, regularizers and constraints do not change the function
-    and are not carried over.
+    and are not carried over (``unroll`` only through ``masked_output``).
     """
     keras = require("keras", "keras", "from_keras")
 
@@ -135,6 +190,11 @@ def from_keras(layer, *, ignore_dropout: bool = False):
             raise NotImplementedError(
                 "from_keras: Bidirectional(merge_mode=None) returns the two directions separately; "
                 "jaxlstm merges them — use merge_mode 'concat', 'sum', 'mul' or 'ave'"
+            )
+        if layer.stateful:
+            raise NotImplementedError(
+                "from_keras: a stateful Bidirectional layer is not supported; jaxlstm streams forward only "
+                "(a backward direction needs the whole sequence)"
             )
         if forward.go_backwards:
             raise NotImplementedError(
@@ -155,6 +215,8 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         )
     for sub in layers:
         _check_supported(keras, sub, ignore_dropout)
+    gate_fn, activation_fn = _activations(keras, layers)
+    masked_output = _masked_output(layers, bidirectional=len(layers) == 2)
     if not layer.built or any(getattr(sub.cell, "kernel", None) is None for sub in layers):
         raise ValueError(
             f"from_keras: layer {layer.name!r} is not built, so it has no weights yet; "
@@ -194,33 +256,144 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         init_scheme="keras",
         param_dtype=variable_dtype,
         dtype=None if compute_dtype == variable_dtype else compute_dtype,
+        masked_output=masked_output,
+        gate_fn=gate_fn,
+        activation_fn=activation_fn,
+        stateful=bool(first.stateful),
     )
     module._check_config()
     flip = go_backwards and return_sequences
     if flip or return_state:
         module = KerasLSTM(module, flip_outputs=flip, return_state=return_state)
-    return module, {"params": params}
+    variables = {"params": params}
+    if first.stateful and first.states is not None:
+        h, c = (jnp.asarray(_numpy(keras, state)) for state in first.states)
+        variables["carry"] = {"state": ((LSTMCarry(h, c),),)}
+    return module, variables
+
+
+def _linear(x):
+    """``keras.activations.linear``: the identity."""
+    return x
+
+
+def _gelu(x):
+    """``keras.activations.gelu`` with its default ``approximate=False`` (the erf form)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _leaky_relu(x):
+    """``keras.activations.leaky_relu`` with its default ``negative_slope=0.2``."""
+    return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
+KERAS_ACTIVATIONS = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "hard_sigmoid": jax.nn.hard_sigmoid,
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "linear": _linear,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "celu": jax.nn.celu,
+    "gelu": _gelu,
+    "leaky_relu": _leaky_relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "hard_silu": jax.nn.hard_silu,
+    "hard_swish": jax.nn.hard_silu,
+    "softplus": jax.nn.softplus,
+    "softsign": jax.nn.soft_sign,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "hard_tanh": jax.nn.hard_tanh,
+    "exponential": jnp.exp,
+    "mish": jax.nn.mish,
+    "sparse_plus": jax.nn.sparse_plus,
+    "squareplus": jax.nn.squareplus,
+    "sparse_sigmoid": jax.nn.sparse_sigmoid,
+}
+"""Keras 3 activation name → the JAX function computing ``keras.activations.get(name)`` (default arguments).
+
+All elementwise, so they can serve as ``gate_fn`` / ``activation_fn``;
+``softmax``, ``log_softmax``, ``glu`` and ``sparsemax`` are not (they mix a
+vector's entries) and ``threshold`` has no defaults, so those are refused.
+"""
+
+
+def _activation_table(keras) -> dict:
+    """Every accepted callable → its JAX function: Keras' activations, the
+    ``keras.ops`` functions of the same name (``ops.gelu`` is the tanh
+    approximation) and the JAX functions themselves."""
+    table = {}
+    for name, fn in KERAS_ACTIVATIONS.items():
+        table[fn] = fn
+        table[keras.activations.get(name)] = fn
+        op = getattr(keras.ops, name, None)
+        if callable(op):
+            table[op] = jax.nn.gelu if name == "gelu" else fn
+    table[jax.nn.gelu] = jax.nn.gelu
+    return table
+
+
+def _keras_name(fn) -> str | None:
+    """The Keras activation name of a JAX function (``to_keras``), or ``None``."""
+    if fn is jax.nn.gelu:
+        return None  # Keras' "gelu" is the exact form
+    return next((name for name, known in KERAS_ACTIVATIONS.items() if known is fn), None)
+
+
+def _activations(keras, layers) -> tuple:
+    """``(gate_fn, activation_fn)`` for the layers' ``recurrent_activation`` and ``activation``."""
+    table = _activation_table(keras)
+    converted = []
+    for option in ("recurrent_activation", "activation"):
+        fns = []
+        for sub in layers:
+            fn = getattr(sub.cell, option)
+            try:
+                fns.append(table[fn])
+            except (KeyError, TypeError):  # TypeError: an unhashable callable
+                raise ValueError(
+                    f"from_keras: {sub.name!r} has {option}={_name(keras.activations, fn)!r}, which is not one "
+                    f"of the elementwise Keras activations jaxlstm converts ({', '.join(KERAS_ACTIVATIONS)}); "
+                    "build jl.LSTM(..., gate_fn=..., activation_fn=...) with the JAX function yourself"
+                ) from None
+        if len(set(fns)) > 1:
+            raise ValueError(
+                f"from_keras: the forward and backward layers have different {option}s "
+                f"({', '.join(repr(_name(keras.activations, getattr(sub.cell, option))) for sub in layers)}); "
+                "a jaxlstm.LSTM uses one for both directions"
+            )
+        converted.append(fns[0])
+    return tuple(converted)
+
+
+def _masked_output(layers, *, bidirectional: bool) -> str:
+    """What Keras writes at a masked step, as ``masked_output``.
+
+    Keras' scan (``unroll=False``) writes zeros when ``zero_output_for_mask``
+    (which ``Bidirectional`` forces on when it returns sequences; when it
+    doesn't, masked outputs are never returned) and else the ``h`` state, the
+    previous output. Its unrolled loop always writes the previous output.
+    """
+    modes = {
+        "previous" if sub.unroll else ("zeros" if bidirectional or sub.zero_output_for_mask else "previous")
+        for sub in layers
+    }
+    if len(modes) > 1:
+        raise NotImplementedError(
+            "from_keras: the forward and backward layers treat masked steps differently "
+            "(one has unroll=True, the other not); a jaxlstm.LSTM uses one masked_output for both"
+        )
+    return modes.pop()
 
 
 def _check_supported(keras, layer, ignore_dropout: bool) -> None:
-    activations = keras.activations
-    tanh = {activations.tanh, keras.ops.tanh, jnp.tanh}
-    sigmoid = {activations.sigmoid, keras.ops.sigmoid}
     cell = layer.cell
-    if cell.activation not in tanh:
-        raise ValueError(
-            f"from_keras: {layer.name!r} has activation={_name(activations, cell.activation)!r}; "
-            "jaxlstm's cell uses tanh"
-        )
-    if cell.recurrent_activation not in sigmoid:
-        raise ValueError(
-            f"from_keras: {layer.name!r} has recurrent_activation={_name(activations, cell.recurrent_activation)!r}; "
-            "jaxlstm's cell uses sigmoid"
-        )
-    if layer.stateful:
+    if layer.stateful and layer.go_backwards:
         raise NotImplementedError(
-            f"from_keras: {layer.name!r} has stateful=True; jaxlstm modules keep no state between calls "
-            "(pass initial_carry and use return_carry=True instead)"
+            f"from_keras: {layer.name!r} has stateful=True with go_backwards=True; jaxlstm streams forward only"
         )
     for option in ("dropout", "recurrent_dropout"):
         rate = getattr(cell, option)
@@ -238,9 +411,11 @@ def _numpy(keras, variable) -> np.ndarray:
 
 def _name(activations, fn) -> str:
     try:
-        return activations.serialize(fn)
+        name = activations.serialize(fn)
     except Exception:  # an arbitrary callable
-        return getattr(fn, "__name__", repr(fn))
+        name = None
+    # Keras serializes a function it does not know as a dict: name it by its __name__ instead
+    return name if isinstance(name, str) else getattr(fn, "__name__", repr(fn))
 
 
 def to_keras(module, variables):
@@ -256,14 +431,24 @@ def to_keras(module, variables):
         the module's weights, ``units=features``, ``return_sequences``,
         ``return_state`` (from ``return_carry``; Keras then returns
         ``[output, h, c]``), ``go_backwards`` (from ``reverse``), in the
-        parameter dtype.
+        parameter dtype; ``activation`` and ``recurrent_activation`` named
+        after ``activation_fn`` and ``gate_fn`` (see ``KERAS_ACTIVATIONS``).
+        Masked steps as ``masked_output``: a one-direction layer gets
+        ``zero_output_for_mask=True`` for ``"zeros"`` (when it returns
+        sequences); a ``Bidirectional`` one always writes zeros there
+        (Keras forces it), so ``"previous"`` with ``return_sequences`` builds
+        its layers with ``unroll=True``, the Keras loop that repeats the
+        previous output (it needs a fixed number of time steps).
 
     Raises:
         ValueError: ``num_layers > 1`` (one Keras layer is one layer: convert
-            each), or ``reverse=True`` with ``return_sequences=True`` on a
+            each), ``reverse=True`` with ``return_sequences=True`` on a
             bare ``jl.LSTM`` (Keras' ``go_backwards`` returns the sequence in
             reversed time order; wrap it as
-            ``KerasLSTM(lstm, flip_outputs=True)`` to accept that).
+            ``KerasLSTM(lstm, flip_outputs=True)`` to accept that), an
+            activation Keras has no name for, ``learn_initial_carry=True``
+            (Keras has no learnable initial state), ``stateful=True``, or
+            any other option Keras' LSTM lacks (e.g. an LSTM variant's).
     """
     keras = require("keras", "keras", "to_keras")
 
@@ -281,14 +466,50 @@ def to_keras(module, variables):
             "jaxlstm's reverse=True keeps it aligned with the inputs; pass KerasLSTM(module, flip_outputs=True) "
             "to convert to the Keras behaviour"
         )
+    # Options to_keras carries over (or that change nothing in one layer); any other option set away from its
+    # default (an LSTM variant, say) has no keras.layers.LSTM equivalent and must not be dropped silently.
+    handled = {
+        "features", "num_layers", "bidirectional", "merge", "return_sequences", "return_carry", "dropout", "dtype",
+        "param_dtype", "init_scheme", "unroll", "reverse", "masked_output", "gradient", "gate_fn", "activation_fn",
+        "learn_initial_carry", "stateful", "parent", "name",
+    }  # fmt: skip
+    default = LSTM(module.features)
+    for field in dataclasses.fields(module):
+        if field.name not in handled and getattr(module, field.name) != getattr(default, field.name):
+            raise ValueError(
+                f"to_keras: {field.name}={getattr(module, field.name)!r} has no keras.layers.LSTM equivalent"
+            )
+    if module.learn_initial_carry:
+        raise ValueError(
+            "to_keras: Keras' LSTM has no learnable initial state; a module with learn_initial_carry=True "
+            "does not convert (pass its h0, c0 to the Keras layer as initial_state yourself)"
+        )
+    if module.stateful:
+        raise ValueError(
+            "to_keras: stateful=True does not convert (a stateful Keras layer needs a fixed batch size); "
+            "convert the module with stateful=False and pass initial_state to the Keras layer"
+        )
+    names = {}
+    for option, fn in (("activation_fn", module.activation_fn), ("gate_fn", module.gate_fn)):
+        names[option] = _keras_name(fn)
+        if names[option] is None:
+            raise ValueError(
+                f"to_keras: {option}={getattr(fn, '__name__', fn)!r} is not one of the functions Keras has an "
+                f"activation for ({', '.join(KERAS_ACTIVATIONS)}; see jaxlstm.interop.keras.KERAS_ACTIVATIONS)"
+            )
     stack = read_stack(module, variables)
     input_size = stack[0][0][0].shape[0]
     dtype = np.dtype(stack[0][0][0].dtype).name
+    zeros_at_masked = module.masked_output == "zeros" and module.return_sequences
     lstm = keras.layers.LSTM(
         module.features,
+        activation=names["activation_fn"],
+        recurrent_activation=names["gate_fn"],
         return_sequences=module.return_sequences,
         return_state=bool(module.return_carry if return_state is None else return_state),
         go_backwards=bool(module.reverse),
+        zero_output_for_mask=zeros_at_masked,
+        unroll=module.bidirectional and module.return_sequences and not zeros_at_masked,
         dtype=dtype,
     )
     layer = keras.layers.Bidirectional(lstm, merge_mode=module.merge, dtype=dtype) if module.bidirectional else lstm

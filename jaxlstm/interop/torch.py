@@ -8,6 +8,11 @@ since both biases are only ever added together, jaxlstm's single
 ``b = bias_ih + bias_hh``. The parameter names already match:
 ``params["layer_{k}"]`` and ``params["layer_{k}_reverse"]``.
 
+An LSTM with projections (``proj_size=P > 0``) adds ``weight_hr_l{k}``
+(P, H), jaxlstm's ``w_hr = weight_hr.T`` (H, P); its ``weight_hh_l{k}`` is
+(4H, P), and layers after the first read P (2P bidirectional) features. It
+becomes a ``jl.LSTM(H, proj_size=P)``.
+
 ``torch`` is imported inside the functions only: ``jaxlstm.interop`` imports
 without it (``pip install jaxlstm[torch]`` adds it).
 """
@@ -21,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._common import floating, lstm_module, read_stack, require, warn_if_x64_disabled
+from ._common import floating, lstm_module, params_tree, read_stack, require, warn_if_x64_disabled
 
 __all__ = ["from_torch", "from_torch_state_dict", "load_torch", "to_torch"]
 
@@ -39,7 +44,8 @@ def from_torch(lstm):
         ``(module, variables)``: ``module`` a ``jaxlstm.LSTM`` (linen) with
         ``features=hidden_size``, the same ``num_layers``, ``bidirectional``
         and ``dropout``, ``init_scheme="torch"``; ``variables`` a
-        ``{"params": ...}`` dict. For a batch-first input ``x`` (B, T, D) and
+        ``{"params": ...}`` dict; with ``proj_size > 0`` also ``proj_size``
+        (each cell then has ``w_hr``). For a batch-first input ``x`` (B, T, D) and
         lengths ``lengths`` (B,)::
 
             module.apply(variables, x, seq_lengths=lengths)
@@ -64,7 +70,6 @@ def from_torch(lstm):
 
     Raises:
         TypeError: ``lstm`` is not a ``torch.nn.LSTM``.
-        NotImplementedError: ``proj_size > 0`` (LSTM with projections).
     """
     torch = require("torch", "torch", "from_torch")
 
@@ -76,11 +81,6 @@ def from_torch(lstm):
                 if isinstance(lstm, torch.nn.LSTMCell)
                 else ""
             )
-        )
-    if getattr(lstm, "proj_size", 0):
-        raise NotImplementedError(
-            f"torch.nn.LSTM with proj_size={lstm.proj_size} (an LSTM with projections) is not supported: "
-            "jaxlstm has no projection variant yet"
         )
     return from_torch_state_dict(lstm.state_dict(), prefix="", dropout=float(lstm.dropout), source="lstm")
 
@@ -97,9 +97,10 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         dropout: the module's ``dropout`` (a state dict does not record it).
         source: how error messages name the state dict (e.g. its file).
 
-    ``num_layers``, ``bidirectional``, ``hidden_size``, ``input_size`` and
-    ``bias`` are read from the keys and shapes; every expected key must be
-    present with the expected shape, or a ValueError names it.
+    ``num_layers``, ``bidirectional``, ``hidden_size``, ``input_size``,
+    ``bias`` and ``proj_size`` (from ``weight_hr_l0``) are read from the keys
+    and shapes; every expected key must be present with the expected shape,
+    or a ValueError names it.
 
     Returns:
         ``(module, variables)`` as ``from_torch``.
@@ -135,11 +136,8 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
                 raise ValueError(f"{source}: unexpected key {key!r} for a torch.nn.LSTM state dict")
             continue  # belongs to another submodule
         kind, which, layer, reverse = match.groups()
-        if which == "hr":
-            raise NotImplementedError(
-                f"{source}: key {key!r} belongs to an nn.LSTM with proj_size > 0 (an LSTM with projections), "
-                "which jaxlstm does not support yet"
-            )
+        if which == "hr" and kind == "bias":
+            raise ValueError(f"{source}: unexpected key {key!r}: torch.nn.LSTM's projection has no bias")
         entries[(kind, which, int(layer), reverse is not None)] = key
     if not entries:
         raise ValueError(f"{source}: no nn.LSTM weights under prefix {prefix!r}")
@@ -147,6 +145,7 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
     num_layers = 1 + max(layer for _, _, layer, _ in entries)
     bidirectional = any(reverse for *_, reverse in entries)
     bias = any(kind == "bias" for kind, *_ in entries)
+    projected = any(which == "hr" for _, which, _, _ in entries)
     num_directions = 2 if bidirectional else 1
 
     def tensor(kind: str, which: str, layer: int, direction: int) -> tuple[str, np.ndarray]:
@@ -168,9 +167,25 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
             raise ValueError(f"{source}: {name!r} has shape {tuple(array.shape)}, expected {shape} ({what})")
 
     name, w_hh0 = tensor("weight", "hh", 0, 0)
-    if w_hh0.ndim != 2 or w_hh0.shape[0] != 4 * w_hh0.shape[1]:
+    proj_size = None
+    if projected:  # weight_hr_l0 (proj_size, hidden_size) fixes both sizes
+        hr_name, w_hr0 = tensor("weight", "hr", 0, 0)
+        if w_hr0.ndim != 2 or not 0 < w_hr0.shape[0] < w_hr0.shape[1]:
+            raise ValueError(
+                f"{source}: {hr_name!r} has shape {tuple(w_hr0.shape)}, expected (proj_size, hidden_size) "
+                "with proj_size < hidden_size"
+            )
+        proj_size, hidden = w_hr0.shape
+        if w_hh0.shape != (4 * hidden, proj_size):
+            raise ValueError(
+                f"{source}: {name!r} has shape {tuple(w_hh0.shape)}, expected ({4 * hidden}, {proj_size}) "
+                f"(4 * hidden_size, proj_size) for {hr_name!r} of shape {tuple(w_hr0.shape)}"
+            )
+    elif w_hh0.ndim != 2 or w_hh0.shape[0] != 4 * w_hh0.shape[1]:
         raise ValueError(f"{source}: {name!r} has shape {tuple(w_hh0.shape)}, expected (4 * hidden_size, hidden_size)")
-    hidden = w_hh0.shape[1]
+    else:
+        hidden = w_hh0.shape[1]
+    recurrent = hidden if proj_size is None else proj_size
     gates = 4 * hidden
     name, w_ih0 = tensor("weight", "ih", 0, 0)
     if w_ih0.ndim != 2 or w_ih0.shape[0] != gates:
@@ -183,18 +198,19 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
     warn_if_x64_disabled(dtype, source)
 
     params = {}
+    h_name = "hidden_size" if proj_size is None else "proj_size"
     for layer in range(num_layers):
-        layer_input = input_size if layer == 0 else num_directions * hidden
+        layer_input = input_size if layer == 0 else num_directions * recurrent
         for direction in range(num_directions):
             name, w_ih = tensor("weight", "ih", layer, direction)
             check_shape(
                 name,
                 w_ih,
                 (gates, layer_input),
-                f"4 * hidden_size, {'input_size' if layer == 0 else 'num_directions * hidden_size'}",
+                f"4 * hidden_size, {'input_size' if layer == 0 else 'num_directions * ' + h_name}",
             )
             name, w_hh = tensor("weight", "hh", layer, direction)
-            check_shape(name, w_hh, (gates, hidden), "4 * hidden_size, hidden_size")
+            check_shape(name, w_hh, (gates, recurrent), f"4 * hidden_size, {h_name}")
             if bias:
                 name, b_ih = tensor("bias", "ih", layer, direction)
                 check_shape(name, b_ih, (gates,), "4 * hidden_size")
@@ -206,11 +222,12 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
                 b = b_ih if not b_hh.any() else b_hh if not b_ih.any() else b_ih + b_hh
             else:
                 b = np.zeros((gates,), dtype)
-            params[cell_name(layer, direction)] = {
-                "w_ih": _jax(w_ih.astype(dtype).T),
-                "w_hh": _jax(w_hh.astype(dtype).T),
-                "b": _jax(b),
-            }
+            cell = {"w_ih": _jax(w_ih.astype(dtype).T), "w_hh": _jax(w_hh.astype(dtype).T), "b": _jax(b)}
+            if proj_size is not None:
+                name, w_hr = tensor("weight", "hr", layer, direction)
+                check_shape(name, w_hr, (proj_size, hidden), "proj_size, hidden_size")
+                cell["w_hr"] = _jax(w_hr.astype(dtype).T)
+            params[cell_name(layer, direction)] = cell
     module = LSTM(
         features=hidden,
         num_layers=num_layers,
@@ -218,6 +235,7 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         dropout=float(dropout),
         init_scheme="torch",
         param_dtype=params["layer_0"]["w_ih"].dtype,
+        proj_size=proj_size,
     )
     module._check_config()
     return module, {"params": params}
@@ -278,7 +296,8 @@ def to_torch(module, variables, *, bias: bool = True):
     Args:
         module: a ``jaxlstm.LSTM`` (linen); bidirectional modules must use
             ``merge="concat"`` (torch's only merge) and ``reverse=True`` has
-            no torch counterpart.
+            no torch counterpart. Of the LSTM variants, torch has
+            ``proj_size`` only (it becomes torch's ``proj_size``).
         variables: its variables, ``{"params": ...}``.
         bias: ``False`` makes a ``bias=False`` torch module, allowed only when
             every ``b`` is exactly zero.
@@ -286,7 +305,7 @@ def to_torch(module, variables, *, bias: bool = True):
     Returns:
         A new ``torch.nn.LSTM`` on the CPU with ``input_size`` from the
         variables, ``hidden_size=features``, the same ``num_layers``,
-        ``bidirectional`` and ``dropout``, in the parameter dtype, in torch's
+        ``bidirectional``, ``dropout`` and ``proj_size``, in the parameter dtype, in torch's
         default (training) mode — call ``.eval()`` for inference when
         ``dropout > 0``.
 
@@ -309,12 +328,20 @@ def to_torch(module, variables, *, bias: bool = True):
             "to_torch: torch.nn.LSTM has no single backward direction; "
             "a module with reverse=True has no torch equivalent"
         )
-    stack = read_stack(module, variables)
+    variant = module.variant
+    unsupported = {k: v for k, v in variant.options.items() if k not in ("proj_size", "layer_norm_epsilon")}
+    if unsupported:
+        options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+        raise ValueError(
+            f"to_torch: torch.nn.LSTM has no {options}; of jaxlstm's LSTM variants it has proj_size only "
+            "(see docs/variants.md)"
+        )
+    stack = read_stack(module, variables) if variant.proj_size is None else _read_projected_stack(module, variables)
     input_size = stack[0][0][0].shape[0]
     dtype = stack[0][0][0].dtype
     if not bias:
         nonzero = [
-            f"{_cell(layer, d)}.b" for layer, dirs in enumerate(stack) for d, (_, _, b) in enumerate(dirs) if b.any()
+            f"{_cell(layer, d)}.b" for layer, dirs in enumerate(stack) for d, cell in enumerate(dirs) if cell[2].any()
         ]
         if nonzero:
             raise ValueError(
@@ -333,19 +360,72 @@ def to_torch(module, variables, *, bias: bool = True):
             batch_first=True,
             dropout=float(module.dropout),
             bidirectional=module.bidirectional,
+            proj_size=variant.proj_size or 0,
             dtype=torch_dtype,
         )
     state = {}
     for layer, directions in enumerate(stack):
-        for direction, (w_ih, w_hh, b) in enumerate(directions):
+        for direction, (w_ih, w_hh, b, *w_hr) in enumerate(directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
             state["weight_ih" + suffix] = _torch_tensor(torch, w_ih.T, torch_dtype)
             state["weight_hh" + suffix] = _torch_tensor(torch, w_hh.T, torch_dtype)
             if bias:
                 state["bias_ih" + suffix] = _torch_tensor(torch, b, torch_dtype)
                 state["bias_hh" + suffix] = torch.zeros(b.shape, dtype=torch_dtype)
+            if w_hr:
+                state["weight_hr" + suffix] = _torch_tensor(torch, w_hr[0].T, torch_dtype)
     lstm.load_state_dict(state, strict=True)
     return lstm
+
+
+def _read_projected_stack(module, variables) -> list[list[tuple[np.ndarray, ...]]]:
+    """``[layer][direction]`` → NumPy ``(w_ih, w_hh, b, w_hr)`` of a ``jl.LSTM(H, proj_size=P)``'s variables.
+
+    As ``read_stack``, with the projection's shapes: ``w_hh`` (P, 4H), ``w_hr``
+    (H, P), and layers after the first reading P (2P bidirectional) features.
+    """
+    from ..linen import cell_name
+
+    params = params_tree(variables)
+    hidden, proj = module.features, module.proj_size
+    fields = ("w_ih", "w_hh", "b", "w_hr")
+    names = [cell_name(layer, d) for layer in range(module.num_layers) for d in range(module.num_directions)]
+    extra = sorted(set(params) - set(names))
+    if extra:
+        raise ValueError(
+            f"params has entries {extra} that a jaxlstm.LSTM with num_layers={module.num_layers}, "
+            f"bidirectional={module.bidirectional} does not have (it has {names})"
+        )
+    stack, input_size = [], None
+    for layer in range(module.num_layers):
+        directions = []
+        for direction in range(module.num_directions):
+            name = cell_name(layer, direction)
+            cell = params.get(name)
+            if not isinstance(cell, Mapping):
+                raise ValueError(f"params[{name!r}] is missing; expected {names}, got {sorted(params)}")
+            unexpected = sorted(set(cell) - set(fields))
+            if unexpected:
+                raise ValueError(f"params[{name!r}] has unexpected entries {unexpected}; expected {', '.join(fields)}")
+            arrays = {}
+            for field in fields:
+                if field not in cell:
+                    raise ValueError(f"params[{name!r}][{field!r}] is missing; got {sorted(cell)}")
+                arrays[field] = np.asarray(cell[field])
+            if input_size is None:
+                input_size = arrays["w_ih"].shape[0] if arrays["w_ih"].ndim == 2 else -1
+            layer_input = input_size if layer == 0 else module.output_size
+            shapes = {"w_ih": (layer_input, 4 * hidden), "w_hh": (proj, 4 * hidden), "b": (4 * hidden,)}
+            shapes["w_hr"] = (hidden, proj)
+            for field, shape in shapes.items():
+                if arrays[field].shape != shape:
+                    raise ValueError(
+                        f"params[{name!r}][{field!r}] has shape {arrays[field].shape}, expected {shape} "
+                        f"for features={hidden}, proj_size={proj}"
+                    )
+            directions.append(tuple(arrays[field] for field in fields))
+        stack.append(directions)
+    return stack
 
 
 def _cell(layer: int, direction: int) -> str:
