@@ -62,6 +62,36 @@ def fresh_carries(
     )
 
 
+def start_carries(
+    *,
+    learned,
+    initial_carry,
+    stored,
+    num_layers: int,
+    num_directions: int,
+    batch_shape: tuple[int, ...],
+    hidden_size: int,
+    dtype,
+    recurrent_size: int | None,
+) -> tuple[StackCarry, StackCarry]:
+    """``(start, fresh)``: the carries a call starts from, and those a reset restarts from.
+
+    Start: a given ``initial_carry``, else the carry a stateful layer kept
+    (``stored``), else the learned or zero one. Resets restart from the given
+    ``initial_carry``, else from the learned or zero one.
+    """
+    fresh = fresh_carries(learned, num_layers, num_directions, batch_shape, hidden_size, dtype, recurrent_size)
+    if initial_carry is not None:
+        check_stack_carry(
+            initial_carry, num_layers, num_directions, batch_shape, hidden_size, "initial_carry", recurrent_size
+        )
+        return initial_carry, initial_carry
+    if stored is not None:
+        check_stateful_carry(stored, batch_shape)
+        return stored, fresh
+    return fresh, fresh
+
+
 def check_stateful_carry(state: StackCarry, batch_shape: tuple[int, ...]) -> None:
     stored = tuple(state[0][0].h.shape[:-1])
     if stored != tuple(batch_shape):
@@ -423,26 +453,18 @@ class LSTM(nn.Module):
         learned = (
             tuple(tuple(cell.learned_carry() for cell in row) for row in cells) if self.learn_initial_carry else None
         )
-        fresh = fresh_carries(
-            learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype, recurrent_size
+        stored = self.get_variable("carry", "state") if self.stateful and self.has_variable("carry", "state") else None
+        start, fresh = start_carries(
+            learned=learned,
+            initial_carry=initial_carry,
+            stored=stored,
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            batch_shape=batch_shape,
+            hidden_size=self.features,
+            dtype=xs.dtype,
+            recurrent_size=recurrent_size,
         )
-        if initial_carry is not None:
-            check_stack_carry(
-                initial_carry,
-                self.num_layers,
-                self.num_directions,
-                batch_shape,
-                self.features,
-                "initial_carry",
-                recurrent_size,
-            )
-            fresh = initial_carry
-        start = fresh
-        if self.stateful and self.has_variable("carry", "state"):
-            stored = self.get_variable("carry", "state")
-            check_stateful_carry(stored, batch_shape)
-            if initial_carry is None:
-                start = stored
         use_dropout = not deterministic and (self.dropout > 0.0 and self.num_layers > 1 or variant.regularizes)
         carries, hs = stacked_lstm(
             stack,

@@ -20,9 +20,9 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initializers, lstm_cell, state_dtype
-from .linen import _cast, cell_name, check_stateful_carry, fresh_carries
+from .linen import _cast, cell_name, start_carries
 from .scan import GRADIENTS, MASKED_OUTPUTS
-from .stack import MERGE_MODES, StackCarry, check_stack_carry, last_output, merged_size, stacked_lstm
+from .stack import MERGE_MODES, StackCarry, last_output, merged_size, stacked_lstm
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
 
 __all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry"]
@@ -325,25 +325,17 @@ class LSTM(nnx.Module):
                 for layer in range(self.num_layers)
             )
         recurrent_size = None if self.variant.is_plain else self.recurrent_size
-        fresh = fresh_carries(
-            learned, self.num_layers, self.num_directions, batch_shape, self.features, xs.dtype, recurrent_size
+        start, fresh = start_carries(
+            learned=learned,
+            initial_carry=initial_carry,
+            stored=self.carry.get_value() if self.stateful else None,
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            batch_shape=batch_shape,
+            hidden_size=self.features,
+            dtype=xs.dtype,
+            recurrent_size=recurrent_size,
         )
-        if initial_carry is not None:
-            check_stack_carry(
-                initial_carry,
-                self.num_layers,
-                self.num_directions,
-                batch_shape,
-                self.features,
-                "initial_carry",
-                recurrent_size,
-            )
-            fresh = initial_carry
-        start = fresh
-        stored = self.carry.get_value()
-        if self.stateful and initial_carry is None and stored is not None:
-            check_stateful_carry(stored, batch_shape)
-            start = stored
         dropout_key = None
         if ((self.dropout > 0.0 and self.num_layers > 1) or self.variant.regularizes) and not deterministic:
             if rngs is None:
