@@ -1,0 +1,166 @@
+"""The training examples (examples/adding.py, digits.py, sunspots.py) in their --smoke mode.
+
+Each runs in-process through its ``main(argv)`` (so under the suite's strict promotion rules) and must
+write metrics.json, its plot and a checkpoint; an interrupted run resumed from its checkpoint must end
+with exactly (bitwise) the state of an uninterrupted one; data parallelism over 4 (forced CPU) devices
+must give the loss of 1 device; bad options and corrupt checkpoints must end in a one-line error.
+Compiled train steps are cached per configuration inside each example, so repeated runs are cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.serialization
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+NAMES = ("adding", "digits", "sunspots")
+PLOTS = {"adding": "loss.png", "digits": "confusion.png", "sunspots": "forecast.png"}
+METRIC = {"adding": "test_mse", "digits": "test_accuracy", "sunspots": "test_rmse"}
+
+
+def load(name: str):
+    """examples/NAME.py as a module (they import their shared helpers as ``_common``)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    module_name = f"jaxlstm_example_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # before running it: its dataclasses (linen modules) look it up
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def smoke(name: str, out: pathlib.Path, *argv: str) -> dict:
+    return load(name).main(["--smoke", "--out", str(out), *argv])
+
+
+def saved(out: pathlib.Path) -> dict:
+    """The checkpoint in ``out`` as plain nested dicts of NumPy arrays."""
+    return flax.serialization.msgpack_restore((out / "checkpoint.msgpack").read_bytes())
+
+
+def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}/{key}").items()}
+    return {prefix: tree}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_run_writes_metrics_plot_and_checkpoint(name, tmp_path):
+    metrics = smoke(name, tmp_path / "run")
+
+    out = tmp_path / "run"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / PLOTS[name]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "checkpoint.msgpack").stat().st_size > 0
+    assert math.isfinite(metrics[METRIC[name]]) and math.isfinite(metrics["final_loss"])
+    assert metrics["wall_time_s"] > 0 and metrics["steps"] == 6 and metrics["seed"] == 0
+    if name == "sunspots":  # the classical baselines on the fixed split (1700-1950 / 1951-2008)
+        assert metrics["baselines"]["persistence"] == pytest.approx(32.79, abs=0.01)
+        assert metrics["baselines"]["autoreg9"] == pytest.approx(18.67, abs=0.01)
+        assert metrics["baselines"]["autoreg9_sqrt"] == pytest.approx(16.29, abs=0.01)
+        assert metrics["test_years"] == [1951, 2008]
+    elif name == "digits":
+        assert metrics["test_images"] == 450
+        assert set(metrics["baselines"]) == {"logistic_regression", "svm_rbf"}
+    else:
+        assert 0.1 < metrics["baselines"]["always_1"] < 0.25
+
+
+@pytest.mark.parametrize("name", ["adding", "sunspots"])
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(name, tmp_path, capsys):
+    whole = smoke(name, tmp_path / "whole", "--checkpoint-every", "2")
+
+    stopped = smoke(name, tmp_path / "parts", "--checkpoint-every", "2", "--stop-after", "3")
+    assert stopped == {"stopped_at": 3}
+    assert not (tmp_path / "parts" / "metrics.json").exists()
+    assert int(saved(tmp_path / "parts")["state"]["step"]) == 3
+    capsys.readouterr()
+    resumed = smoke(name, tmp_path / "parts", "--checkpoint-every", "2", "--resume")
+    assert "resuming from step 3" in capsys.readouterr().out
+
+    a, b = flat(saved(tmp_path / "whole")), flat(saved(tmp_path / "parts"))
+    assert a.keys() == b.keys() and any("/state/params/" in k for k in a)
+    for key in a:  # parameters, optimizer state, step, losses: bit for bit
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == {
+        k: v for k, v in whole.items() if k != "wall_time_s"
+    }
+
+
+def test_four_devices_give_the_loss_of_one(tmp_path):
+    """Data parallel: the batch split over 4 forced CPU devices, the parameters replicated."""
+    one = smoke("adding", tmp_path / "one")
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_NUMPY_RANK_PROMOTION": "raise",
+        "JAX_NUMPY_DTYPE_PROMOTION": "strict",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, str(EXAMPLES / "adding.py"), "--smoke", "--out", str(tmp_path / "four")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    four = json.loads((tmp_path / "four" / "metrics.json").read_text())
+
+    assert four["devices"] == 4
+    assert four["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)
+    assert four["test_mse"] == pytest.approx(one["test_mse"], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load(name).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        smoke("digits", path)
+    assert isinstance(exit_info.value.code, str)  # printed as one line; exit status 1
+    assert "not a folder" in exit_info.value.code and "\n" not in exit_info.value.code
+
+    # The real command line: exit status 1, one line on stderr, no traceback.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(EXAMPLES / "sunspots.py"), "--smoke", "--out", str(path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: --out {path} exists and is not a folder"]
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.msgpack").write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(SystemExit) as exit_info:
+        smoke("adding", out, "--resume")
+    assert isinstance(exit_info.value.code, str) and "\n" not in exit_info.value.code
+    assert "corrupt" in exit_info.value.code
+
+    (out / "checkpoint.msgpack").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        smoke("adding", out, "--resume")
+    assert "corrupt" in exit_info.value.code
+
+
+def test_checkpoint_from_other_options_is_refused(tmp_path):
+    smoke("adding", tmp_path, "--stop-after", "2", "--seed", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        smoke("adding", tmp_path, "--resume", "--seed", "2")
+    assert "other options" in exit_info.value.code
