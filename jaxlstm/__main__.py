@@ -143,6 +143,8 @@ def _print(text: str) -> None:
     except UnicodeEncodeError:
         encoding = getattr(sys.stdout, "encoding", None) or "ascii"
         print(text.replace("·", "*").replace("…", "...").encode(encoding, "replace").decode(encoding))
+    except BrokenPipeError:  # `jaxlstm explain ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
