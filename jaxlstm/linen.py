@@ -275,6 +275,9 @@ class LSTM(nn.Module):
             sequence chunk by chunk: ``y, state = layer.apply(variables, chunk,
             mutable=["carry"])``, then ``variables = {**variables, **state}``.
             ``resets[:, 0] = True`` restarts a row's stream. Forward only.
+        checkpoint_every: for very long sequences, keep only every K-th carry
+            of each layer for the backward pass and recompute the rest (see
+            ``jaxlstm.lstm``); values and gradients do not change.
 
     The LSTM variants (equations and references in ``jaxlstm.LSTMVariant``
     and docs/variants.md); with every one off (the default) the layer is the
@@ -335,6 +338,7 @@ class LSTM(nn.Module):
     activation_fn: Activation = jnp.tanh
     learn_initial_carry: bool = False
     stateful: bool = False
+    checkpoint_every: int | None = None
     proj_size: int | None = None
     peepholes: bool = False
     layer_norm: bool = False
@@ -484,6 +488,7 @@ class LSTM(nn.Module):
             gate_fn=self.gate_fn,
             activation_fn=self.activation_fn,
             variant=None if variant.is_plain else variant,
+            checkpoint_every=self.checkpoint_every,
         )
         if self.stateful and not self.is_initializing() and self.is_mutable_collection("carry"):
             self.put_variable("carry", "state", carries)

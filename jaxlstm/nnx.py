@@ -159,6 +159,8 @@ class LSTM(nnx.Module):
             ``jaxlstm.nnx.Carry`` variable) and start the next call from it,
             to feed a long sequence chunk by chunk; ``model.reset_carry()``
             starts afresh, ``resets[:, 0] = True`` restarts one row.
+        checkpoint_every: as ``jaxlstm.LSTM``: keep only every K-th carry for
+            the backward pass of very long sequences.
         deterministic: default for the call's ``deterministic``; ``False``
             (dropout active, when ``dropout > 0``) as ``nnx.Dropout``, and set
             by ``model.eval()`` / ``model.train()``. Also switches the
@@ -201,6 +203,7 @@ class LSTM(nnx.Module):
         activation_fn: Activation = jnp.tanh,
         learn_initial_carry: bool = False,
         stateful: bool = False,
+        checkpoint_every: int | None = None,
         deterministic: bool = False,
         proj_size: int | None = None,
         peepholes: bool = False,
@@ -234,6 +237,9 @@ class LSTM(nnx.Module):
                 f"bidirectional={bidirectional} or reverse={reverse}, which need the whole sequence"
             )
         self.stateful, self.learn_initial_carry = bool(stateful), bool(learn_initial_carry)
+        if checkpoint_every is not None:
+            _checks.positive_int(checkpoint_every, "checkpoint_every")
+        self.checkpoint_every = checkpoint_every
         self.gate_fn, self.activation_fn = gate_fn, activation_fn
         self.carry = Carry(None)
         self.masked_output = _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
@@ -364,6 +370,7 @@ class LSTM(nnx.Module):
             gate_fn=self.gate_fn,
             activation_fn=self.activation_fn,
             variant=None if self.variant.is_plain else self.variant,
+            checkpoint_every=self.checkpoint_every,
         )
         if self.stateful:
             self.carry.set_value(carries)

@@ -210,6 +210,7 @@ def stacked_lstm(
     activation_fn: Activation = jnp.tanh,
     variant: LSTMVariant | None = None,
     deterministic: bool | None = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[StackCarry, Float[Array, "*batch time features"]]:
     """Runs a stack of LSTM layers, each one or two directions, over sequences.
 
@@ -241,6 +242,9 @@ def stacked_lstm(
             dropout and zoneout draws) happen exactly when ``dropout_key`` is
             given. ``True``: none, even with a key (zoneout then uses its
             expectation); ``False``: a ``dropout_key`` is required.
+
+        checkpoint_every: as ``jaxlstm.lstm``: keep only every K-th carry of
+            each layer for the backward pass (plain LSTM only).
 
     Returns:
         ``(final_carries, hs)``: final carries nested as ``stack``, each
@@ -275,6 +279,11 @@ def stacked_lstm(
     if variant is not None and training and variant.regularizes:
         dropout_key, cells_key = jax.random.split(dropout_key)
         cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
+    if checkpoint_every is not None and variant is not None:
+        raise NotImplementedError(
+            "checkpoint_every is not available for the LSTM variants yet (proj_size, peepholes, layer_norm, ...); "
+            "use it with the plain LSTM"
+        )
     options = dict(
         seq_lengths=seq_lengths,
         mask=mask,
@@ -298,7 +307,15 @@ def stacked_lstm(
             reset_carry = None if reset_carries is None else reset_carries[layer][direction]
             backward = reverse or direction == 1
             if variant is None:
-                final, out = lstm(params, hs, carry, reset_carry=reset_carry, reverse=backward, **options)
+                final, out = lstm(
+                    params,
+                    hs,
+                    carry,
+                    reset_carry=reset_carry,
+                    reverse=backward,
+                    checkpoint_every=checkpoint_every,
+                    **options,
+                )
             else:
                 final, out = lstm_variant(
                     params,

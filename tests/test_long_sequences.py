@@ -66,3 +66,31 @@ def test_bad_checkpoint_every(bad, error):
     params = jl.init_params(jax.random.key(0), D, H)
     with pytest.raises(error, match="checkpoint_every"):
         jl.lstm(params, jnp.ones((B, T, D)), checkpoint_every=bad)
+
+
+def test_modules_take_checkpoint_every_without_changing_values_or_gradients():
+    from flax import nnx
+
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    plain, chunked = jl.LSTM(H, num_layers=2, bidirectional=True), None
+    variables = plain.init(jax.random.key(0), xs)
+    chunked = plain.clone(checkpoint_every=3)
+
+    def loss(module, variables):
+        return jnp.sum(module.apply(variables, xs) ** 2)
+
+    assert_close(loss(chunked, variables), loss(plain, variables))
+    for expected, actual in zip(
+        jax.tree.leaves(jax.grad(lambda v: loss(plain, v))(variables)),
+        jax.tree.leaves(jax.grad(lambda v: loss(chunked, v))(variables)),
+        strict=True,
+    ):
+        assert_close(actual, expected)
+
+    nnx_plain = jl.nnx.LSTM(D, H, rngs=nnx.Rngs(0))
+    nnx_chunked = jl.nnx.LSTM(D, H, checkpoint_every=4, rngs=nnx.Rngs(0))
+    assert_close(nnx_chunked(xs), nnx_plain(xs))
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        jl.nnx.LSTM(D, H, checkpoint_every=0, rngs=nnx.Rngs(0))
+    with pytest.raises(NotImplementedError, match="checkpoint_every"):
+        jl.LSTM(H, peepholes=True, checkpoint_every=3).init(jax.random.key(0), xs)
