@@ -12,6 +12,8 @@ them: ``w_hr``, ``w_peep``, ``ln_ih_scale``, ... (see ``jaxlstm.VariantParams``)
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -358,19 +360,7 @@ class LSTM(nn.Module):
     @property
     def variant(self) -> LSTMVariant:
         """The variant options as a ``jaxlstm.LSTMVariant`` (``.is_plain`` when all are off)."""
-        return LSTMVariant(
-            proj_size=self.proj_size,
-            peepholes=self.peepholes,
-            layer_norm=self.layer_norm,
-            cifg=self.cifg,
-            forget_bias=self.forget_bias,
-            cell_clip=self.cell_clip,
-            input_dropout=self.input_dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            zoneout_h=self.zoneout_h,
-            zoneout_c=self.zoneout_c,
-            layer_norm_epsilon=self.layer_norm_epsilon,
-        )
+        return LSTMVariant(**{field.name: getattr(self, field.name) for field in dataclasses.fields(LSTMVariant)})
 
     @property
     def recurrent_size(self) -> int:
@@ -416,36 +406,18 @@ class LSTM(nn.Module):
         _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)")
         batch_shape = tuple(x.shape[:-2])
         variant = self.variant
+        # One weights module per layer and direction: the plain cell, or one holding a variant's extra weights.
         if variant.is_plain:
-            cells = [
-                [
-                    LSTMCell(
-                        self.features,
-                        self.init_scheme,
-                        self.dtype,
-                        self.param_dtype,
-                        learn_initial_carry=self.learn_initial_carry,
-                        name=cell_name(layer, direction),
-                    )
-                    for direction in range(self.num_directions)
-                ]
-                for layer in range(self.num_layers)
-            ]
+            make_cell = functools.partial(LSTMCell, self.features, self.init_scheme, self.dtype, self.param_dtype)
         else:
-            cells = [
-                [
-                    VariantWeights(
-                        self.features,
-                        variant,
-                        self.init_scheme,
-                        self.param_dtype,
-                        learn_initial_carry=self.learn_initial_carry,
-                        name=cell_name(layer, direction),
-                    )
-                    for direction in range(self.num_directions)
-                ]
-                for layer in range(self.num_layers)
+            make_cell = functools.partial(VariantWeights, self.features, variant, self.init_scheme, self.param_dtype)
+        cells = [
+            [
+                make_cell(learn_initial_carry=self.learn_initial_carry, name=cell_name(layer, direction))
+                for direction in range(self.num_directions)
             ]
+            for layer in range(self.num_layers)
+        ]
         recurrent_size = None if variant.is_plain else self.recurrent_size
         stack = tuple(
             tuple(
