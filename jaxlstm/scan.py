@@ -14,8 +14,10 @@ Two ways to differentiate the loop:
 * ``gradient="fused"`` (default): a ``jax.custom_vjp`` over the whole
   sequence. The forward scan saves the gate activations; the backward scan
   carries only the sequential (dh, dc) recurrence and emits the gate
-  pre-activation gradients dz (T, *batch, 4H); dW_ih = Xᵀ·dz, dW_hh = H_prevᵀ·dz,
-  db = Σ dz and dX = dz·W_ihᵀ then follow as single large matmuls.
+  pre-activation gradients dz (*batch, T, 4H); dW_ih = Xᵀ·dz, dW_hh = H_prevᵀ·dz,
+  db = Σ dz and dX = dz·W_ihᵀ then follow as single large matmuls. Both of its
+  loops read and write batch-first arrays in place, step by step, so no
+  time-major copy of the inputs, outputs or gradients is made.
 * ``gradient="autodiff"``: JAX differentiates the scan itself; the reference
   the fused path is tested against.
 
@@ -43,6 +45,29 @@ MASKED_OUTPUTS = ("zeros", "previous")
 # ----------------------------------------------------------------------------- the loop
 
 
+def _cell_step(params, carry, restart, x_t, valid_t, reset_t, masked_output, gate_fn, activation_fn):
+    """One step of the loop, shared by both loops: restart from ``restart`` where ``reset``;
+    compute the cell; keep the new carry only where ``valid``.
+
+    Returns ``(new_carry, output, gates_t, carry_in)``; ``carry_in`` is the carry the
+    cell started from (after any restart), which the fused backward pass needs.
+    """
+    if valid_t is not None:  # what padding holds, even NaN, must not reach the gradients
+        x_t = jnp.where(valid_t[..., None], x_t, jnp.zeros_like(x_t))
+    if reset_t is not None:
+        restarts = reset_t[..., None]
+        carry = LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
+    gates_t = gates(params, carry, x_t, gate_fn, activation_fn)
+    h, c = update(gates_t, carry.c, activation_fn)
+    output = h
+    if valid_t is not None:
+        keep = valid_t[..., None]
+        skipped = carry.h if masked_output == "previous" else jnp.zeros_like(h)
+        output = jnp.where(keep, h, skipped)
+        h, c = jnp.where(keep, h, carry.h), jnp.where(keep, c, carry.c)
+    return LSTMCarry(h, c), output, gates_t, carry
+
+
 def _loop(
     params: LSTMParams,
     xs_tm,
@@ -54,54 +79,75 @@ def _loop(
     reverse,
     unroll,
     masked_output,
-    save,
     gate_fn=jax.nn.sigmoid,
     activation_fn=jnp.tanh,
 ):
-    """The one loop over time (time-major, unchecked).
-
-    Per step: restart from ``restart`` where ``reset``; compute the cell; keep
-    the new carry only where ``valid``. With ``save`` it also emits what the
-    fused backward pass needs: the activated gates and the carry the step
-    started from.
-    """
+    """The loop over time-major inputs that JAX differentiates itself (``gradient="autodiff"``)."""
 
     def step(carry: LSTMCarry, inputs):
         x_t, valid_t, reset_t = inputs
-        if valid_t is not None:  # what padding holds, even NaN, must not reach the gradients
-            x_t = jnp.where(valid_t[..., None], x_t, jnp.zeros_like(x_t))
-        if reset_t is not None:
-            restarts = reset_t[..., None]
-            carry = LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
-        gates_t = gates(params, carry, x_t, gate_fn, activation_fn)
-        h, c = update(gates_t, carry.c, activation_fn)
-        output = h
-        if valid_t is not None:
-            keep = valid_t[..., None]
-            skipped = carry.h if masked_output == "previous" else jnp.zeros_like(h)
-            output = jnp.where(keep, h, skipped)
-            h, c = jnp.where(keep, h, carry.h), jnp.where(keep, c, carry.c)
-        saved = (gates_t, carry.h, carry.c) if save else ()
-        return LSTMCarry(h, c), (output, saved)
+        carry, output, _, _ = _cell_step(
+            params, carry, restart, x_t, valid_t, reset_t, masked_output, gate_fn, activation_fn
+        )
+        return carry, output
 
-    final, (hs, saved) = jax.lax.scan(step, carry, (xs_tm, valid_tm, reset_tm), reverse=reverse, unroll=unroll)
-    return final, hs, saved
+    return jax.lax.scan(step, carry, (xs_tm, valid_tm, reset_tm), reverse=reverse, unroll=unroll)
+
+
+def _at(array, t):
+    """Step ``t`` of a batch-first ``(N, T, ...)`` array: ``(N, ...)``."""
+    return jax.lax.dynamic_index_in_dim(array, t, axis=1, keepdims=False)
+
+
+def _put(array, value, t):
+    """Writes ``value`` ``(N, ...)`` as step ``t`` of a batch-first ``(N, T, ...)`` array."""
+    return jax.lax.dynamic_update_index_in_dim(array, value, t, axis=1)
+
+
+def _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, *, reverse, unroll, masked_output, save):
+    """The fused path's forward loop over batch-first ``xs`` ``(N, T, D)``.
+
+    It reads step t of ``xs`` and writes step t of every output in place, so
+    no time-major copy of the inputs or outputs is ever made. With ``save`` it
+    also writes what the backward pass needs: each activated gate as its own
+    ``(N, T, H)`` array (XLA:CPU's fusions read four separate operands several
+    times faster than four slices of one), and the carry each step started from.
+    """
+    n, time, _ = xs.shape
+    hidden = params.w_hh.shape[0]
+    dtypes = (xs.dtype,) * 6 + (carry.c.dtype,) if save else (xs.dtype,)  # hs, [i, f, g, o, h_prev, c_prev]
+    buffers = tuple(jnp.zeros((n, time, hidden), dtype) for dtype in dtypes)
+
+    def step(state, inputs):
+        carry, buffers = state
+        t, valid_t, reset_t = inputs
+        carry_out, output, gates_t, carry_in = _cell_step(
+            params, carry, restart, _at(xs, t), valid_t, reset_t, masked_output, jax.nn.sigmoid, jnp.tanh
+        )
+        values = (output, *jnp.split(gates_t, 4, axis=-1), carry_in.h, carry_in.c) if save else (output,)
+        return (carry_out, tuple(_put(b, v, t) for b, v in zip(buffers, values, strict=True))), None
+
+    steps = jnp.arange(time, dtype=jnp.int32)
+    (final, buffers), _ = jax.lax.scan(
+        step, (carry, buffers), (steps, valid_tm, reset_tm), reverse=reverse, unroll=unroll
+    )
+    return final, buffers[0], buffers[1:]
 
 
 # ----------------------------------------------------------------------------- the fused gradient
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _fused(params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
+def _fused(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
     options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=False)
-    final, hs, _ = _loop(params, xs_tm, carry, restart, valid_tm, reset_tm, **options)
+    final, hs, _ = _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, **options)
     return final, hs
 
 
-def _fused_forward(params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
+def _fused_forward(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
     options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=True)
-    final, hs, (gates_tm, h_prev, c_prev) = _loop(params, xs_tm, carry, restart, valid_tm, reset_tm, **options)
-    return (final, hs), (params, xs_tm, valid_tm, reset_tm, gates_tm, h_prev, c_prev)
+    final, hs, saved = _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, **options)
+    return (final, hs), (params, xs, valid_tm, reset_tm, saved)
 
 
 def _no_cotangent(flags):
@@ -109,16 +155,19 @@ def _no_cotangent(flags):
 
 
 def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
-    params, xs_tm, valid_tm, reset_tm, gates_tm, h_prev, c_prev = residuals
+    params, xs, valid_tm, reset_tm, (i_all, f_all, g_all, o_all, h_prev, c_prev) = residuals
     d_final, d_hs = cotangents
+    n, time, input_size = xs.shape
+    hidden_size = params.w_hh.shape[0]
     w_hh_t = params.w_hh.T
     zeros = jnp.zeros_like(d_final.h)
 
-    def step(carry, inputs):
-        # carry: cotangents of the carry after this step, and those collected for the initial carry.
-        (dh, dc), d_initial = carry
-        gates_t, c_prev_t, d_out, valid_t, reset_t = inputs
-        i, f, g, o = jnp.split(gates_t, 4, axis=-1)
+    def step(state, inputs):
+        # state: cotangents of the carry after this step, those collected for the initial carry, dz so far.
+        (dh, dc), d_initial, dz_all = state
+        t, valid_t, reset_t = inputs
+        i, f, g, o = _at(i_all, t), _at(f_all, t), _at(g_all, t), _at(o_all, t)
+        c_prev_t, d_out = _at(c_prev, t), _at(d_hs, t)
         tanh_c = jnp.tanh(f * c_prev_t + i * g)
         if valid_t is None:
             dh = dh + d_out
@@ -147,25 +196,23 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
                 d_initial.h + jnp.where(restart, dh_prev, zeros), d_initial.c + jnp.where(restart, dc_prev, zeros)
             )
             dh_prev, dc_prev = jnp.where(restart, zeros, dh_prev), jnp.where(restart, zeros, dc_prev)
-        return (LSTMCarry(dh_prev, dc_prev), d_initial), dz
+        return (LSTMCarry(dh_prev, dc_prev), d_initial, _put(dz_all, dz, t)), None
 
-    (d_carry, d_initial), dz = jax.lax.scan(
-        step,
-        (LSTMCarry(d_final.h, d_final.c), LSTMCarry(zeros, zeros)),
-        (gates_tm, c_prev, d_hs, valid_tm, reset_tm),
-        reverse=not reverse,
-        unroll=unroll,
+    steps = jnp.arange(time, dtype=jnp.int32)
+    start = (LSTMCarry(d_final.h, d_final.c), LSTMCarry(zeros, zeros), jnp.zeros((n, time, 4 * hidden_size), xs.dtype))
+    (d_carry, d_initial, dz), _ = jax.lax.scan(
+        step, start, (steps, valid_tm, reset_tm), reverse=not reverse, unroll=unroll
     )
-    input_size, hidden_size = params.w_ih.shape[0], params.w_hh.shape[0]
     if valid_tm is not None:  # as in the forward loop: steps that don't count read zeros
-        xs_tm = jnp.where(valid_tm[..., None], xs_tm, jnp.zeros_like(xs_tm))
+        xs = jnp.where(valid_tm.T[..., None], xs, jnp.zeros_like(xs))
+    # Everything is batch-first (N, T, ...), so rows line up without a transpose.
     dz_2d = dz.reshape(-1, 4 * hidden_size)
     d_params = LSTMParams(
-        xs_tm.reshape(-1, input_size).T @ dz_2d,
+        xs.reshape(-1, input_size).T @ dz_2d,
         h_prev.reshape(-1, hidden_size).T @ dz_2d,
         jnp.sum(dz_2d, axis=0),
     )
-    d_xs = dz @ params.w_ih.T
+    d_xs = (dz_2d @ params.w_ih.T).reshape(xs.shape)
     d_restart = None if reset_tm is None else d_initial
     return d_params, d_xs, d_carry, d_restart, _no_cotangent(valid_tm), _no_cotangent(reset_tm)
 
@@ -315,29 +362,54 @@ def lstm(
         fusable = gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh and carry.c.dtype == xs.dtype
 
         def run(carry, xs, valid_tm, reset_tm):
-            """The loop over a batch-first stretch of time; returns time-major outputs."""
-            xs_tm = jnp.moveaxis(xs, -2, 0)
+            """The loop over a batch-first stretch of time ``(*batch, t, D)``; outputs batch-first."""
             if gradient == "fused" and fusable:
-                return _fused(params, xs_tm, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output)
-            options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=False)
-            final_carry, hs_tm, _ = _loop(
+                return _fused_flat(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output)
+            final_carry, hs_tm = _loop(
                 params,
-                xs_tm,
+                jnp.moveaxis(xs, -2, 0),
                 carry,
                 restart,
                 valid_tm,
                 reset_tm,
+                reverse=reverse,
+                unroll=unroll,
+                masked_output=masked_output,
                 gate_fn=gate_fn,
                 activation_fn=activation_fn,
-                **options,
             )
-            return final_carry, hs_tm
+            return final_carry, jnp.moveaxis(hs_tm, 0, -2)
 
         if checkpoint_every is None or _checks.positive_int(checkpoint_every, "checkpoint_every") >= time:
-            final_carry, hs_tm = run(carry, xs, valid_tm, reset_tm)
-        else:
-            final_carry, hs_tm = _chunked(run, carry, xs, valid_tm, reset_tm, checkpoint_every, reverse)
-        return final_carry, jnp.moveaxis(hs_tm, 0, -2)
+            return run(carry, xs, valid_tm, reset_tm)
+        return _chunked(run, carry, xs, valid_tm, reset_tm, checkpoint_every, reverse)
+
+
+def _fused_flat(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
+    """``_fused`` over the batch dims flattened into one, N = prod(batch) (1 for one sequence)."""
+    batch_shape, (time, input_size) = xs.shape[:-2], xs.shape[-2:]
+    n = int(np.prod(batch_shape, dtype=int))
+
+    def flat(carry):
+        return None if carry is None else LSTMCarry(carry.h.reshape(n, -1), carry.c.reshape(n, -1))
+
+    def flat_flags(flags):
+        return None if flags is None else flags.reshape(time, n)
+
+    final, hs = _fused(
+        params,
+        xs.reshape(n, time, input_size),
+        flat(carry),
+        flat(restart),
+        flat_flags(valid_tm),
+        flat_flags(reset_tm),
+        reverse,
+        unroll,
+        masked_output,
+    )
+    hidden = hs.shape[-1]
+    final = LSTMCarry(final.h.reshape(*batch_shape, hidden), final.c.reshape(*batch_shape, hidden))
+    return final, hs.reshape(*batch_shape, time, hidden)
 
 
 def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
@@ -361,8 +433,9 @@ def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
         return run(carry, x_chunk, flags(valid_tm, start, chunk), flags(reset_tm, start, chunk))
 
     def whole_chunks(carry):
-        carry, hs = jax.lax.scan(body, carry, jnp.arange(num_chunks), reverse=reverse)
-        return carry, hs.reshape(covered, *hs.shape[2:])
+        carry, hs = jax.lax.scan(body, carry, jnp.arange(num_chunks), reverse=reverse)  # (chunks, *batch, chunk, H)
+        hs = jnp.moveaxis(hs, 0, -3)
+        return carry, hs.reshape(*hs.shape[:-3], covered, hs.shape[-1])
 
     @jax.checkpoint
     def rest(carry):
@@ -377,4 +450,4 @@ def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
     else:
         carry, hs_main = whole_chunks(carry)
         carry, hs_rest = rest(carry)
-    return carry, jnp.concatenate([hs_main, hs_rest], axis=0)
+    return carry, jnp.concatenate([hs_main, hs_rest], axis=-2)
