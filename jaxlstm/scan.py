@@ -205,13 +205,13 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
     )
     if valid_tm is not None:  # as in the forward loop: steps that don't count read zeros
         xs = jnp.where(valid_tm.T[..., None], xs, jnp.zeros_like(xs))
-    # Everything is batch-first (N, T, ...), so rows line up without a transpose.
+    # Everything is batch-first (N, T, ...), so rows line up without a transpose. XLA would
+    # fold Xᵀ into the dot as a transposed operand, which runs its slower GEMM path (measured
+    # 12.3 -> 10.6 ms at (32, 128, 128, 256), 93 -> 85 ms at (128, 64, 256, 512)); the
+    # barrier makes it write Xᵀ and H_prevᵀ out once and run plain GEMMs.
     dz_2d = dz.reshape(-1, 4 * hidden_size)
-    d_params = LSTMParams(
-        xs.reshape(-1, input_size).T @ dz_2d,
-        h_prev.reshape(-1, hidden_size).T @ dz_2d,
-        jnp.sum(dz_2d, axis=0),
-    )
+    xs_t, h_prev_t = jax.lax.optimization_barrier((xs.reshape(-1, input_size).T, h_prev.reshape(-1, hidden_size).T))
+    d_params = LSTMParams(xs_t @ dz_2d, h_prev_t @ dz_2d, jnp.sum(dz_2d, axis=0))
     d_xs = (dz_2d @ params.w_ih.T).reshape(xs.shape)
     d_restart = None if reset_tm is None else d_initial
     return d_params, d_xs, d_carry, d_restart, _no_cotangent(valid_tm), _no_cotangent(reset_tm)
