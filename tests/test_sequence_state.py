@@ -345,7 +345,12 @@ def test_masked_steps_are_ignored_whatever_they_hold(rng, masked_output):
     ],
     ids=["mask-resets-zeros", "mask-resets-previous-reverse", "mask-previous", "resets-reverse"],
 )
-def test_fused_gradient_equals_autodiff(rng, with_mask, with_resets, masked_output, reverse):
+# The fused backward pass runs time in chunks of ceil(rows / B) steps: with 12 rows, one whole
+# chunk of 4 steps and a remainder of 2, visited in either order.
+@pytest.mark.parametrize("chunk_rows", [None, 12], ids=["one-chunk", "chunks+remainder"])
+def test_fused_gradient_equals_autodiff(rng, monkeypatch, with_mask, with_resets, masked_output, reverse, chunk_rows):
+    if chunk_rows is not None:
+        monkeypatch.setattr(jl.scan, "_BACKWARD_CHUNK_ROWS", chunk_rows)
     weights, xs, (h0, c0), (rh, rc) = _data(rng, np.float64)
     w_hs, w_h, w_c = rng.standard_normal((B, T, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
     with jax.enable_x64(True):
