@@ -14,8 +14,11 @@ output ``(B, T, H)``. Two things are timed per shape:
 
 JAX functions are jitted (ahead-of-time ``lower().compile()``, whose time is reported separately),
 warmed up, and every call ends in ``jax.block_until_ready`` on all outputs. Calls are interleaved —
-``for rep: for impl: for mode: time one call``, with the order of implementations rotated each rep — so
-that drift on a shared machine hits every implementation alike. Reported figures are medians.
+``for rep: for impl: for mode: time one call``, with the implementations in a fresh (seeded) random
+order each rep — so that drift on a shared machine, and whatever one call leaves behind for the next
+(torch's OpenMP threads keep spinning for a while after a call), hits every implementation alike.
+A rotation is not enough: it keeps the same neighbours, so the same implementation would always run
+right after torch. Reported figures are medians.
 
 Each implementation is a small factory ``(shape, data) -> (fwd, fwdbwd)`` of zero-argument closures that
 run one synchronous call. Implementations whose optional package (haiku, equinox, torch) is missing are
@@ -32,6 +35,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -380,14 +384,14 @@ def bench_shape(shape: Shape, impls: list[str], *, reps: int, warmup: int, seed:
     samples: dict[str, dict[str, list[float]]] = {name: {mode: [] for mode in MODES} for name in closures}
     matmul_samples: list[float] = []
     names = list(closures)
+    order = random.Random(seed)
     gc_was_enabled = gc.isenabled()
     try:
         for rep in range(reps):
             gc.collect()
             gc.disable()
             matmul_samples.append(_time_one(matmul))
-            shift = rep % max(len(names), 1)
-            for name in names[shift:] + names[:shift]:
+            for name in order.sample(names, len(names)):
                 for mode in MODES:
                     samples[name][mode].append(_time_one(closures[name][mode]))
             if gc_was_enabled:
