@@ -171,6 +171,38 @@ def test_vmap_of_single_sequences_equals_batched_call(rng, reverse):
     assert_close(v_final.c, np.asarray(b_final.c))
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_per_example_gradients_under_vmap(rng, reverse):
+    """vmap of grad (per-example gradients) through the fused backward pass: each example's
+    gradient equals autodiff's, and their sum equals the gradient of the batched call."""
+    weights, xs, h0, c0 = _data(rng, dtype=np.float64)
+    w_out = rng.standard_normal((T, H))
+    with jax.enable_x64(True):
+        params, lengths = _params(weights), jnp.asarray(LENGTHS)
+
+        def loss(params, x, length, h, c, gradient="fused"):  # one sequence: x (T, D), h, c (H,)
+            final, hs = jl.lstm(params, x, jl.LSTMCarry(h, c), seq_lengths=length, reverse=reverse, gradient=gradient)
+            return jnp.sum(hs * w_out) + jnp.sum(final.c)
+
+        args = (jnp.asarray(xs), lengths, jnp.asarray(h0), jnp.asarray(c0))
+        per_example = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 3, 4)), in_axes=(None, 0, 0, 0, 0)))
+        fused = per_example(params, *args)
+        autodiff = jax.jit(
+            jax.vmap(jax.grad(functools.partial(loss, gradient="autodiff"), argnums=(0, 1, 3, 4)), (None, 0, 0, 0, 0))
+        )(params, *args)
+        for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(autodiff), strict=True):
+            assert a.shape[0] == B
+            assert_close(a, np.asarray(b))
+
+        def batched(params, xs, h, c):
+            final, hs = jl.lstm(params, xs, jl.LSTMCarry(h, c), seq_lengths=lengths, reverse=reverse)
+            return jnp.sum(hs * w_out[None]) + jnp.sum(final.c)
+
+        whole = jax.jit(jax.grad(batched))(params, args[0], args[2], args[3])
+        for a, b in zip(jax.tree.leaves(fused[0]), jax.tree.leaves(whole), strict=True):
+            assert_close(np.sum(np.asarray(a), axis=0), np.asarray(b))
+
+
 @pytest.mark.parametrize(
     "reverse, gradient", [(False, "fused"), (True, "fused"), (True, "autodiff")], ids=["forward", "reverse", "autodiff"]
 )
