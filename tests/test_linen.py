@@ -1,5 +1,6 @@
 """jaxlstm.linen: jl.LSTM and jl.LSTMCell, against the NumPy reference."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -170,10 +171,14 @@ def test_return_sequences_false_gives_each_sequences_last_valid_step(rng, key):
         variables = _randomize(module.init(key, x), rng)
         seqs = np.asarray(jax.jit(module.apply)(variables, x, seq_lengths=lengths))
         last = np.asarray(jax.jit(module.clone(return_sequences=False).apply)(variables, x, seq_lengths=lengths))
+        # Two separately compiled programs: XLA may fuse the last layer differently when its
+        # outputs are not needed (e.g. contract a multiply-add into an FMA), so the values agree to
+        # float32 rounding (a few ulp), not bit for bit; a wrong step would differ by far more.
+        close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
         for seq, length in enumerate(np.asarray(lengths)):
-            np.testing.assert_array_equal(last[seq, :H], seqs[seq, length - 1, :H])  # forward: step length-1
+            close(last[seq, :H], seqs[seq, length - 1, :H])  # forward: step length-1
             if bidirectional:
-                np.testing.assert_array_equal(last[seq, H:], seqs[seq, 0, H:])  # backward: step 0
+                close(last[seq, H:], seqs[seq, 0, H:])  # backward: step 0
 
 
 def test_initial_carry_single_layer(rng, key):
