@@ -424,8 +424,9 @@ def lstm(
             step 0. Outputs stay aligned with the inputs (``hs[..., t, :]``
             belongs to ``xs[..., t, :]``), as PyTorch's packed sequences and
             Keras' masked ``go_backwards`` give.
-        unroll: steps per iteration of the compiled loop (``lax.scan``'s
-            ``unroll``); a speed knob only, results do not change.
+        unroll: iterations of the compiled loop to unroll (``lax.scan``'s
+            ``unroll``); a speed knob only, results do not change. The fused
+            path's forward loop already runs 4 steps per iteration.
         gradient: ``"fused"`` (a hand-written backward pass over the whole
             sequence, faster) or ``"autodiff"`` (JAX differentiates the scan).
             Values and gradients agree to float rounding. With
