@@ -112,6 +112,28 @@ def _put(array, value, t):
     return jax.lax.dynamic_update_index_in_dim(array, value, t, axis=1)
 
 
+def _over_chunks(chunk, state, time: int, size: int, *, backward: bool, unroll: int = 1):
+    """Runs ``chunk(state, first, length)`` over steps [0, time) in chunks of ``size`` steps.
+
+    Whole chunks cover [0, num_chunks·size) and run in one ``lax.scan``; the
+    remaining steps form one shorter chunk at the end. Chunks run from the first
+    to the last, or from the last to the first when ``backward``.
+    """
+    num_chunks, remainder = divmod(time, size)
+    covered = num_chunks * size
+
+    def body(state, index):
+        return chunk(state, index * size, size), None
+
+    if remainder and backward:
+        state = chunk(state, jnp.int32(covered), remainder)
+    chunks = jnp.arange(num_chunks, dtype=jnp.int32)
+    state, _ = jax.lax.scan(body, state, chunks, reverse=backward, unroll=unroll)
+    if remainder and not backward:
+        state = chunk(state, jnp.int32(covered), remainder)
+    return state
+
+
 # Steps per chunk of the fused forward loop: each chunk projects its inputs with one GEMM and
 # runs its steps unrolled, reading the projection at static offsets.
 _FORWARD_CHUNK_STEPS = 4
@@ -176,22 +198,7 @@ def _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, *, reverse, unro
         return carry, buffers
 
     size = min(time, _FORWARD_CHUNK_STEPS)
-    num_chunks, remainder = divmod(time, size)
-
-    def whole_chunks(state):
-        def body(state, index):
-            return chunk(state, index * size, size), None
-
-        chunks = jnp.arange(num_chunks, dtype=jnp.int32)
-        return jax.lax.scan(body, state, chunks, reverse=reverse, unroll=unroll)[0]
-
-    # Whole chunks cover [0, covered); the remaining steps come last (first when reading backward).
-    state, covered = (carry, buffers), num_chunks * size
-    if remainder and reverse:
-        state = chunk(state, jnp.int32(covered), remainder)
-    state = whole_chunks(state)
-    if remainder and not reverse:
-        state = chunk(state, jnp.int32(covered), remainder)
+    state = _over_chunks(chunk, (carry, buffers), time, size, backward=reverse, unroll=unroll)
     final, buffers = state
     return final, buffers[0], buffers[1:]
 
@@ -303,8 +310,6 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
         d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_xs_chunk, first, axis=1)
         return d_carry, d_initial, d_w_ih + x_t @ dz_2d, d_w_hh + h_t @ dz_2d, d_b + jnp.sum(dz_2d, axis=0), d_xs
 
-    size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // n)))
-    num_chunks, remainder = divmod(time, size)
     state = (
         LSTMCarry(d_final.h, d_final.c),
         LSTMCarry(zeros, zeros),
@@ -313,20 +318,8 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
         jnp.zeros_like(params.b),
         jnp.zeros_like(xs),
     )
-
-    def whole_chunks(state):
-        def body(state, index):
-            return chunk(state, remainder + index * size, size), None
-
-        return jax.lax.scan(body, state, jnp.arange(num_chunks, dtype=jnp.int32), reverse=not reverse)[0]
-
-    # Time splits into [0, remainder) and whole chunks after it; the backward pass visits
-    # them in the opposite order to the forward loop.
-    if remainder and reverse:
-        state = chunk(state, jnp.int32(0), remainder)
-    state = whole_chunks(state)
-    if remainder and not reverse:
-        state = chunk(state, jnp.int32(0), remainder)
+    size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // n)))
+    state = _over_chunks(chunk, state, time, size, backward=not reverse)  # against the forward loop
     d_carry, d_initial, d_w_ih, d_w_hh, d_b, d_xs = state
     d_restart = None if reset_tm is None else d_initial
     d_params = LSTMParams(d_w_ih, d_w_hh, d_b)
