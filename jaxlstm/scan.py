@@ -127,8 +127,9 @@ def _over_chunks(chunk, state, time: int, size: int, *, backward: bool, unroll: 
 
     if remainder and backward:
         state = chunk(state, jnp.int32(covered), remainder)
-    chunks = jnp.arange(num_chunks, dtype=jnp.int32)
-    state, _ = jax.lax.scan(body, state, chunks, reverse=backward, unroll=unroll)
+    if num_chunks:  # none when time is 0
+        chunks = jnp.arange(num_chunks, dtype=jnp.int32)
+        state, _ = jax.lax.scan(body, state, chunks, reverse=backward, unroll=unroll)
     if remainder and not backward:
         state = chunk(state, jnp.int32(covered), remainder)
     return state
@@ -197,7 +198,7 @@ def _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, *, reverse, unro
         )
         return carry, buffers
 
-    size = min(time, _FORWARD_CHUNK_STEPS)
+    size = max(1, min(time, _FORWARD_CHUNK_STEPS))  # 1 when time is 0: no chunk runs
     state = _over_chunks(chunk, (carry, buffers), time, size, backward=reverse, unroll=unroll)
     final, buffers = state
     return final, buffers[0], buffers[1:]

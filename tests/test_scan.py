@@ -171,6 +171,28 @@ def test_vmap_of_single_sequences_equals_batched_call(rng, reverse):
     assert_close(v_final.c, np.asarray(b_final.c))
 
 
+@pytest.mark.parametrize("gradient", ["fused", "autodiff"])
+def test_zero_length_time_axis_returns_the_initial_carry(rng, gradient):
+    """T = 0: no step runs; outputs are (B, 0, H), the final carry is the initial one, and the
+    gradients are those of the initial carry alone."""
+    weights, _, h0, c0 = _data(rng)
+    params, carry = _params(weights), jl.LSTMCarry(jnp.asarray(h0), jnp.asarray(c0))
+    xs = jnp.zeros((B, 0, D))
+
+    def loss(params, carry):
+        final, hs = jl.lstm(params, xs, carry, gradient=gradient)
+        return jnp.sum(final.h * final.c) + jnp.sum(hs)
+
+    final, hs = jl.lstm(params, xs, carry, gradient=gradient)
+    assert hs.shape == (B, 0, H)
+    np.testing.assert_array_equal(final.h, h0)
+    np.testing.assert_array_equal(final.c, c0)
+    d_params, d_carry = jax.grad(loss, argnums=(0, 1))(params, carry)
+    assert all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(d_params))
+    assert_close(d_carry.h, c0)
+    assert_close(d_carry.c, h0)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_per_example_gradients_under_vmap(rng, reverse):
     """vmap of grad (per-example gradients) through the fused backward pass: each example's
