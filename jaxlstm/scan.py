@@ -319,7 +319,7 @@ def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
         jnp.zeros_like(params.b),
         jnp.zeros_like(xs),
     )
-    size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // n)))
+    size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1))))
     state = _over_chunks(chunk, state, time, size, backward=not reverse)  # against the forward loop
     d_carry, d_initial, d_w_ih, d_w_hh, d_b, d_xs = state
     d_restart = None if reset_tm is None else d_initial
@@ -502,7 +502,7 @@ def _fused_flat(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll,
     n = int(np.prod(batch_shape, dtype=int))
 
     def flat(carry):
-        return None if carry is None else LSTMCarry(carry.h.reshape(n, -1), carry.c.reshape(n, -1))
+        return None if carry is None else LSTMCarry(*(a.reshape(n, a.shape[-1]) for a in carry))
 
     def flat_flags(flags):
         return None if flags is None else flags.reshape(time, n)

@@ -193,6 +193,19 @@ def test_zero_length_time_axis_returns_the_initial_carry(rng, gradient):
     assert_close(d_carry.c, h0)
 
 
+@pytest.mark.parametrize("gradient", ["fused", "autodiff"])
+@pytest.mark.parametrize("batch_shape", [(0,), (2, 0)], ids=["empty-batch", "empty-inner-batch"])
+def test_empty_batch(rng, gradient, batch_shape):
+    """A batch with no sequences gives empty outputs and gradients of the right shapes."""
+    params = _params(random_weights(rng, D, H, np.float32))
+    xs = jnp.ones((*batch_shape, T, D))
+    final, hs = jl.lstm(params, xs, gradient=gradient)
+    assert hs.shape == (*batch_shape, T, H) and final.h.shape == final.c.shape == (*batch_shape, H)
+    d_params, d_xs = jax.grad(lambda p, x: jnp.sum(jl.lstm(p, x, gradient=gradient)[1]), argnums=(0, 1))(params, xs)
+    assert d_xs.shape == xs.shape
+    assert all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(d_params))
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_per_example_gradients_under_vmap(rng, reverse):
     """vmap of grad (per-example gradients) through the fused backward pass: each example's
