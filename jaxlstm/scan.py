@@ -46,6 +46,25 @@ MASKED_OUTPUTS = ("zeros", "previous")
 # ----------------------------------------------------------------------------- the loop
 
 
+def restart_where(carry: LSTMCarry, restart: LSTMCarry, reset_t) -> LSTMCarry:
+    """The carry a step starts from: ``restart`` where ``reset_t`` ``(N,)`` is set (unchecked)."""
+    if reset_t is None:
+        return carry
+    restarts = reset_t[..., None]
+    return LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
+
+
+def keep_valid(carry: LSTMCarry, new: LSTMCarry, valid_t, masked_output: str) -> tuple[LSTMCarry, Array]:
+    """``(next carry, output)`` of a step: where ``valid_t`` ``(N,)`` is unset the step doesn't
+    count, so the carry stays and the output is zeros or, with ``"previous"``, the carry's h."""
+    if valid_t is None:
+        return new, new.h
+    keep = valid_t[..., None]
+    skipped = carry.h if masked_output == "previous" else jnp.zeros_like(new.h)
+    kept = LSTMCarry(jnp.where(keep, new.h, carry.h), jnp.where(keep, new.c, carry.c))
+    return kept, jnp.where(keep, new.h, skipped)
+
+
 def _cell_step(
     params, carry, restart, x_t, valid_t, reset_t, masked_output, gate_fn, activation_fn, *, projected=False
 ):
@@ -59,21 +78,13 @@ def _cell_step(
     """
     if valid_t is not None and not projected:  # what padding holds, even NaN, must not reach the gradients
         x_t = jnp.where(valid_t[..., None], x_t, jnp.zeros_like(x_t))
-    if reset_t is not None:
-        restarts = reset_t[..., None]
-        carry = LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
+    carry = restart_where(carry, restart, reset_t)
     if projected:
         gates_t = activate_gates(x_t + carry.h @ params.w_hh, gate_fn, activation_fn)
     else:
         gates_t = gates(params, carry, x_t, gate_fn, activation_fn)
-    h, c = update(gates_t, carry.c, activation_fn)
-    output = h
-    if valid_t is not None:
-        keep = valid_t[..., None]
-        skipped = carry.h if masked_output == "previous" else jnp.zeros_like(h)
-        output = jnp.where(keep, h, skipped)
-        h, c = jnp.where(keep, h, carry.h), jnp.where(keep, c, carry.c)
-    return LSTMCarry(h, c), output, gates_t, carry
+    new_carry, output = keep_valid(carry, update(gates_t, carry.c, activation_fn), valid_t, masked_output)
+    return new_carry, output, gates_t, carry
 
 
 def _loop(

@@ -54,7 +54,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks
 from .cell import Activation, LSTMCarry, LSTMParams, initializers, promote, state_dtype
-from .scan import GRADIENTS, MASKED_OUTPUTS, lstm, reset_steps, valid_steps
+from .scan import GRADIENTS, MASKED_OUTPUTS, keep_valid, lstm, reset_steps, restart_where, valid_steps
 
 __all__ = [
     "LSTMVariant",
@@ -719,18 +719,10 @@ def _variant_loop(
 
     def step(carry: LSTMCarry, inputs):
         x_t, valid_t, reset_t, zone_h_t, zone_c_t = inputs
-        if reset_t is not None:
-            restarts = reset_t[..., None]
-            carry = LSTMCarry(jnp.where(restarts, restart.h, carry.h), jnp.where(restarts, restart.c, carry.c))
+        carry = restart_where(carry, restart, reset_t)
         new = _step(params, variant, carry, x_t, recurrent_keep, gate_fn, activation_fn)
-        h, c = _zoneout(variant, carry, new, zone_h_t, zone_c_t, training)
-        output = h
-        if valid_t is not None:
-            keep = valid_t[..., None]
-            skipped = carry.h if masked_output == "previous" else jnp.zeros_like(h)
-            output = jnp.where(keep, h, skipped)
-            h, c = jnp.where(keep, h, carry.h), jnp.where(keep, c, carry.c)
-        return LSTMCarry(h, c), output
+        new = _zoneout(variant, carry, new, zone_h_t, zone_c_t, training)
+        return keep_valid(carry, new, valid_t, masked_output)
 
     inputs = (xs_tm, valid_tm, reset_tm, zone_h_tm, zone_c_tm)
     return jax.lax.scan(step, carry, inputs, reverse=reverse, unroll=unroll)
