@@ -342,8 +342,17 @@ def test_masked_steps_are_ignored_whatever_they_hold(rng, masked_output):
         (True, True, "previous", True),
         (True, False, "previous", False),
         (False, True, "zeros", True),
+        (False, False, "zeros", False),
+        (False, False, "zeros", True),
     ],
-    ids=["mask-resets-zeros", "mask-resets-previous-reverse", "mask-previous", "resets-reverse"],
+    ids=[
+        "mask-resets-zeros",
+        "mask-resets-previous-reverse",
+        "mask-previous",
+        "resets-reverse",
+        "plain",
+        "plain-reverse",
+    ],
 )
 # The fused backward pass runs time in chunks of ceil(rows / B) steps: with 12 rows, one whole
 # chunk of 4 steps and a remainder of 2, visited in either order.
