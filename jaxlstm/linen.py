@@ -112,6 +112,17 @@ def _cast(params: LSTMParams, xs: Array, dtype) -> tuple[LSTMParams, Array]:
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), params), jnp.asarray(xs, dtype)
 
 
+def _check_trained_input_size(cell: nn.Module, input_size: int) -> None:
+    """Refuses an input whose feature count D differs from the cell's existing ``w_ih`` (D, 4H)."""
+    if cell.has_variable("params", "w_ih"):
+        shape = cell.get_variable("params", "w_ih").shape
+        if shape[0] != input_size:
+            raise ValueError(
+                f"{cell.name}: the input has {input_size} features but the params expect "
+                f"input_size={shape[0]} (params['{cell.name}']['w_ih'] has shape {shape})" + _checks._see("inputs")
+            )
+
+
 class LSTMCell(nn.RNNCellBase):
     """One LSTM step as a linen module; works inside ``flax.linen.RNN``.
 
@@ -149,14 +160,7 @@ class LSTMCell(nn.RNNCellBase):
     def weights(self, input_size: int) -> LSTMParams:
         """This cell's ``LSTMParams`` for ``input_size`` D, created on first use."""
         features = _checks.positive_int(self.features, "features")
-        if self.has_variable("params", "w_ih"):
-            trained_input_size = self.get_variable("params", "w_ih").shape[0]
-            if trained_input_size != input_size:
-                raise ValueError(
-                    f"{self.name}: the input has {input_size} features but the params expect "
-                    f"input_size={trained_input_size} (params['{self.name}']['w_ih'] has shape "
-                    f"{self.get_variable('params', 'w_ih').shape})" + _checks._see("inputs")
-                )
+        _check_trained_input_size(self, input_size)
         init_w_ih, init_w_hh, init_b = initializers(self.init_scheme, features, argument="init_scheme")
         gates = 4 * features
         if self.learn_initial_carry:
@@ -208,14 +212,7 @@ class VariantWeights(nn.Module):
     @nn.compact
     def weights(self, input_size: int) -> VariantParams:
         """This cell's ``VariantParams`` for ``input_size`` D, created on first use."""
-        if self.has_variable("params", "w_ih"):
-            trained_input_size = self.get_variable("params", "w_ih").shape[0]
-            if trained_input_size != input_size:
-                raise ValueError(
-                    f"{self.name}: the input has {input_size} features but the params expect "
-                    f"input_size={trained_input_size} (params['{self.name}']['w_ih'] has shape "
-                    f"{self.get_variable('params', 'w_ih').shape})" + _checks._see("inputs")
-                )
+        _check_trained_input_size(self, input_size)
         inits = variant_initializers(self.init_scheme, self.features, argument="init_scheme")
         if self.learn_initial_carry:
             self.param(
