@@ -302,3 +302,12 @@ def test_cell_in_flax_rnn_equals_lstm(rng, key, reverse):
     assert_close(carry.h, np.asarray(final.h))
     assert_close(carry.c, np.asarray(final.c))
     assert_close(hs, ref_lstm(p["w_ih"], p["w_hh"], p["b"], np.asarray(x), seq_lengths=lengths, reverse=reverse)[2])
+
+
+@pytest.mark.parametrize("options", [{}, {"peepholes": True}], ids=["plain", "variant"])
+def test_input_of_another_width_than_the_params_is_refused(key, options):
+    module = jl.LSTM(H, **options)
+    variables = module.init(key, jnp.ones((2, 5, 3)))
+    expected = r"layer_0: the input has 6 features but the params expect input_size=3 .*\(3, 16\)"
+    with pytest.raises(ValueError, match=expected):
+        module.apply(variables, jnp.ones((2, 5, 6)))
