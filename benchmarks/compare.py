@@ -238,6 +238,88 @@ def make_equinox(shape: Shape, data: Data):
     return _jax_closures(apply, params, data)
 
 
+# Steps per projection GEMM in the floor's forward, as in jaxlstm's fused forward loop.
+FLOOR_CHUNK_STEPS = 4
+
+
+def make_gemm_floor(shape: Shape, data: Data):
+    """The GEMMs alone: a lower bound on what any LSTM built from XLA:CPU dots can take at this shape.
+
+    Not an LSTM. ``fwd`` runs the forward's matmuls: x·W_ih for every step (one GEMM per chunk of
+    ``FLOOR_CHUNK_STEPS`` steps) and T dependent (B, H)·(H, 4H) products h·W_hh. ``fwd+bwd`` runs those
+    and the backward's: T dependent (B, 4H)·(4H, H) products dz·W_hhᵀ and the three whole-sequence
+    GEMMs dW_ih = Xᵀ·dZ, dW_hh = H_prevᵀ·dZ and dX = dZ·W_ihᵀ, with Xᵀ, H_prevᵀ and W_ihᵀ handed over
+    already transposed. No gate math, no saved activations, no transposes, no zero-filled buffers:
+    between two dependent products there is only a tanh of the (B, H) sum of the four gate blocks (so
+    XLA can neither drop nor narrow a product), and every product's result reaches the outputs.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    B, T, D, H = shape
+    rows, gates = B * T, 4 * H
+    rng = np.random.default_rng(data.seed)
+
+    def normal(*dims, scale=1.0):
+        return jnp.asarray(rng.standard_normal(dims, dtype=np.float32) * np.float32(scale))
+
+    w_ih, w_hh = normal(D, gates, scale=D**-0.5), normal(H, gates, scale=H**-0.5)
+    operands = {
+        "w_ih": w_ih,
+        "w_hh": w_hh,
+        "w_ih_t": w_ih.T.copy(),
+        "w_hh_t": w_hh.T.copy(),
+        "xs": jnp.asarray(data.xs),
+        "x_t": jnp.asarray(data.xs.reshape(rows, D).T.copy()),
+        "h_t": normal(H, rows),
+        "dz": normal(rows, gates),
+        "h0": normal(B, H),
+    }
+
+    def blocks_sum(z):  # (B, 4H) -> (B, H): needs every column of the product
+        return jnp.tanh(z[:, :H] + z[:, H : 2 * H] + z[:, 2 * H : 3 * H] + z[:, 3 * H :])
+
+    size = max(1, min(T, FLOOR_CHUNK_STEPS))
+    starts = jnp.arange(0, T - T % size, size, dtype=jnp.int32)
+
+    def forward(ops):
+        """Chunks of ``size`` steps as in jaxlstm's forward loop: one GEMM projects a chunk's inputs,
+        then its steps run unrolled, each adding h·W_hh to its block of the projection."""
+
+        def chunk(h, first, length):
+            x = jax.lax.dynamic_slice_in_dim(ops["xs"], first, length, axis=1)
+            projected = (x.reshape(-1, D) @ ops["w_ih"]).reshape(B, length, gates)
+            for j in range(length):
+                h = blocks_sum(projected[:, j] + h @ ops["w_hh"])
+            return h
+
+        h, _ = jax.lax.scan(lambda h, first: (chunk(h, first, size), None), ops["h0"], starts)
+        return chunk(h, jnp.int32(T - T % size), T % size) if T % size else h
+
+    def forward_backward(ops):
+        h = forward(ops)
+
+        def step(dh, _):  # dz (B, 4H) · W_hhᵀ (4H, H): the backward recurrence's product
+            return jnp.tanh(jnp.tile(dh, (1, 4)) @ ops["w_hh_t"]), None
+
+        dh, _ = jax.lax.scan(step, h, None, length=T)
+        return dh, ops["x_t"] @ ops["dz"], ops["h_t"] @ ops["dz"], ops["dz"] @ ops["w_ih_t"]
+
+    def compiled(fn):
+        start = time.perf_counter()
+        executable = jax.jit(fn).lower(operands).compile()
+        elapsed = time.perf_counter() - start
+
+        def call():
+            return jax.block_until_ready(executable(operands))
+
+        call.compile_s = elapsed
+        call.jaxpr = jax.make_jaxpr(fn)(operands)  # for tests: which matmuls it runs
+        return call
+
+    return compiled(forward), compiled(forward_backward)
+
+
 TORCH_THREADS = os.cpu_count() or 1  # --torch-threads
 
 
@@ -288,8 +370,14 @@ IMPLS: dict[str, Impl] = {
     ),
     "equinox": Impl(make_equinox, ("jax", "equinox"), "`vmap` over batch of `lax.scan` of `eqx.nn.LSTMCell`"),
     "torch": Impl(make_torch, ("torch",), "`torch.nn.LSTM(batch_first=True)`, forward in `inference_mode`"),
+    "xla.gemms": Impl(
+        make_gemm_floor,
+        ("jax",),
+        "not an LSTM: only the matmuls an LSTM's fwd / fwd+bwd must run, as XLA:CPU dots (`make_gemm_floor`)",
+    ),
 }
 JAX_ANCHORS = ("flax.OptimizedLSTMCell", "flax.LSTMCell", "haiku", "equinox")
+FLOOR = "xla.gemms"  # not an implementation: the matmuls alone
 
 
 def missing_modules(name: str) -> list[str]:
@@ -548,6 +636,25 @@ def tables(report: dict, markdown: bool) -> str:
                 row.append("—")
             rows.append(row)
         out.append(render(["(B, T, D, H)"] + others + ["fastest flax/haiku/equinox"], rows, markdown))
+
+    if any(FLOOR in s["impls"] for s in shapes):
+        others = [n for n in impls if n != FLOOR]
+        out.append(
+            f"\n{bold('Over the GEMM floor')} (median time / {FLOOR} median time, fwd / fwd+bwd; "
+            f"1 would be matmuls alone, at the rate XLA:CPU gives them)"
+        )
+        rows = []
+        for s in shapes:
+            floor = s["impls"].get(FLOOR)
+            row = [str(Shape(**s["shape"]))]
+            for n in others:
+                entry = s["impls"].get(n)
+                if floor is None or entry is None:
+                    row.append("—")
+                else:
+                    row.append(" / ".join(f"{entry[m]['median_ms'] / floor[m]['median_ms']:.2f}" for m in MODES))
+            rows.append(row)
+        out.append(render(["(B, T, D, H)"] + others, rows, markdown))
 
     out.append(
         f"\n{bold('Throughput')} (GFLOP/s achieved, fwd / fwd+bwd; fwd = 2·B·T·(D+H)·4H FLOPs, fwd+bwd = 3×; "

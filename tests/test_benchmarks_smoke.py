@@ -12,6 +12,7 @@ import json
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 COMPARE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
@@ -23,6 +24,7 @@ ALWAYS = {
     "jaxlstm.autodiff",
     "flax.OptimizedLSTMCell",
     "flax.LSTMCell",
+    "xla.gemms",
 }
 OPTIONAL = {"haiku": "haiku", "equinox": "equinox", "torch": "torch"}  # implementation -> package
 
@@ -100,3 +102,29 @@ def test_bad_arguments_are_rejected(compare):
         compare.main(["--impls", "jaxlstm,nonsense"])
     with pytest.raises(SystemExit):
         compare.main(["--shapes", "1,2,3"])
+
+
+def _matmul_flops(jaxpr) -> int:
+    """2·M·N·K summed over every dot_general in a (closed) jaxpr, a scan's body counted once per step."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs, out = eqn.invars[0].aval, eqn.outvars[0].aval
+            total += 2 * out.size * int(np.prod([lhs.shape[d] for d in lhs_contract]))
+        for name, sub in eqn.params.items():
+            if name in ("jaxpr", "call_jaxpr") and sub is not None:
+                inner = getattr(sub, "jaxpr", sub)
+                total += _matmul_flops(inner) * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+    return total
+
+
+@pytest.mark.parametrize("T", [8, 6])  # whole chunks of 4 steps, and a shorter last chunk
+def test_gemm_floor_runs_exactly_an_lstms_matmuls(compare, T):
+    """The floor is only a bound if it does the same matmul work as an LSTM: 2·B·T·(D+H)·4H FLOPs
+    forward and 3x that forward+backward."""
+    shape = compare.Shape(2, T, 3, 5)
+    fwd, fwdbwd = compare.make_gemm_floor(shape, compare.make_data(shape, 0))
+    assert _matmul_flops(fwd.jaxpr.jaxpr) == shape.fwd_flops()
+    assert _matmul_flops(fwdbwd.jaxpr.jaxpr) == 3 * shape.fwd_flops()
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(fwdbwd()))
