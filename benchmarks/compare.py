@@ -567,6 +567,10 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "versions": versions,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # The allocator decides whether every call's large buffers are fresh pages (see docs/performance.md).
+        "allocator_env": {
+            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")
+        },
     }
     with contextlib.suppress(ImportError):
         import torch
@@ -706,6 +710,10 @@ def tables(report: dict, markdown: bool) -> str:
     notes.append(
         f"machine: {m['cpu_model']}, {m['cpus_usable']} usable cores ({', '.join(m['simd'])}); "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    )
+    allocator = m.get("allocator_env") or {}
+    notes.append(
+        "allocator: " + (", ".join(f"{k}={v}" for k, v in sorted(allocator.items())) or "the C library's defaults")
     )
     out.append("\n" + "\n".join(("- " if markdown else "  ") + n for n in notes))
     return "\n".join(out)
