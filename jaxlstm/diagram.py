@@ -242,7 +242,7 @@ class _Drawing:
     def draw_row(self, layer, y, backward):
         """One row: the same cell at every shown step, plus the h/c arrows between them."""
         e = self.e
-        hc = _shape(e.carry_shape)
+        hs, cs = _shape(e.h_shape), _shape(e.c_shape)  # they differ under a projection
         style = BACKWARD if backward else FORWARD
         arrow_sign = "←" if backward else "→"
         for slot in self.slots:
@@ -251,15 +251,15 @@ class _Drawing:
             else:
                 self.box(slot, y, style, ("LSTM cell", f"layer {layer} {arrow_sign}   t = {slot.step}"))
         for left, right in zip(self.slots, self.slots[1:], strict=False):
-            self.hc_arrows(left.right, right.left, y, not backward, f"h {hc}", f"c {hc}")
+            self.hc_arrows(left.right, right.left, y, not backward, f"h {hs}", f"c {cs}")
         first, last = self.slots[0], self.slots[-1]
         start_x, end_x = first.left - self.gap + 0.12, last.right + self.gap - 0.12
         if backward:
-            self.hc_arrows(last.right, end_x, y, False, f"h = 0 {hc}", f"c = 0 {hc}")
-            self.hc_arrows(start_x, first.left, y, False, f"final h {hc}", f"final c {hc}")
+            self.hc_arrows(last.right, end_x, y, False, f"h = 0 {hs}", f"c = 0 {cs}")
+            self.hc_arrows(start_x, first.left, y, False, f"final h {hs}", f"final c {cs}")
         else:
-            self.hc_arrows(start_x, first.left, y, True, f"h = 0 {hc}", f"c = 0 {hc}")
-            self.hc_arrows(last.right, end_x, y, True, f"final h {hc}", f"final c {hc}")
+            self.hc_arrows(start_x, first.left, y, True, f"h = 0 {hs}", f"c = 0 {cs}")
+            self.hc_arrows(last.right, end_x, y, True, f"final h {hs}", f"final c {cs}")
 
         # row label: which cell, and its weights (the same at every step)
         cell = e.layers[layer].cells[1 if backward else 0]
@@ -275,10 +275,14 @@ class _Drawing:
             weight="bold",
             color=style["edge"],
         )
-        weights = (
-            f"one cell, {format_count(cell.num_params)} params:\n"
-            f"w_ih {_shape(shapes['w_ih'])}\nw_hh {_shape(shapes['w_hh'])}\nb {_shape(shapes['b'])}"
-        )
+        lines = [f"one cell, {format_count(cell.num_params)} params:"]
+        lines += [f"{name} {_shape(shapes[name])}" for name in ("w_ih", "w_hh", "b")]
+        extra = [name for name in shapes if name not in ("w_ih", "w_hh", "b") and not name.startswith("ln_")]
+        layer_norm = sum(name.startswith("ln_") for name in shapes)
+        extra += [f"{layer_norm} ln_*"] if layer_norm else []
+        if extra:  # a variant's weights, by name (their shapes are in the text walk-through)
+            lines.append("+ " + ", ".join(extra))
+        weights = "\n".join(lines)
         self.text(label_x, y + BOX_H - 0.22, weights, ha="right", va="top", size=FONT - 0.5, linespacing=1.25)
 
     def input_label(self, layer, step):
@@ -339,11 +343,11 @@ class _Drawing:
         if bi:
             label_x = self.label_w - 0.2
             if not rows["last_only"]:
-                words = {"concat": "[→h, ←h]: 2H", "sum": "→h + ←h: H", "mul": "→h · ←h: H", "ave": "(→h + ←h) / 2: H"}
+                how = {"concat": "[→h, ←h]", "sum": "→h + ←h", "mul": "→h · ←h", "ave": "(→h + ←h) / 2"}[e.merge]
                 self.text(
                     label_x,
                     rows["merge"],
-                    f"merge={e.merge!r}\n{words[e.merge]} = {e.output_size}",
+                    f"merge={e.merge!r}\n{how}: {e.output_size_symbol} = {e.output_size}",
                     ha="right",
                     size=FONT,
                     color=COLORS["merge"],
@@ -404,7 +408,7 @@ class _Drawing:
                     continue
                 self.arrow((slot.cx, top), (slot.cx, out_y), COLORS["out"])
                 self.vlabel(slot.cx, top, out_y, f"{self.step_name(slot.step, name)} {step_shape}", COLORS["out"])
-            words = f"output, every step:\n(B, T, {'2H' if f == 2 * e.units else 'H'}) = {_shape(e.output_shape)}"
+            words = f"output, every step:\n(B, T, {e.output_size_symbol}) = {_shape(e.output_shape)}"
         else:
             if e.bidirectional:
                 first = next(s for s in self.slots if s.step is not None)
@@ -416,7 +420,7 @@ class _Drawing:
                 label = f"output = {self.step_name(e.time - 1, 'h')} {step_shape}"
             self.arrow((cx, start), (cx, out_y), COLORS["out"])
             self.vlabel(cx, start, out_y, label, COLORS["out"])
-            words = f"output, last step only:\n(B, {'2H' if f == 2 * e.units else 'H'}) = {_shape(e.output_shape)}"
+            words = f"output, last step only:\n(B, {e.output_size_symbol}) = {_shape(e.output_shape)}"
         self.text(label_x, (top + out_y) / 2, words, ha="right", size=FONT + 0.5, color=COLORS["out"], weight="bold")
 
     def draw_titles(self):
@@ -431,11 +435,12 @@ class _Drawing:
             weight="bold",
         )
         cells = "1 cell" if len(e.cells) == 1 else f"{len(e.cells)} cells (one per layer and direction)"
+        projected = "" if e.proj_size is None else f" (c_t), h_t projected to P = {e.proj_size}"
         self.text(
             0.3,
             top - 0.7,
-            f"T = {e.time} step{'s' if e.time != 1 else ''}, H = {e.units} units: at every step "
-            f"{'the' if len(e.cells) == 1 else 'each'} cell turns x_t into ONE {e.units}-vector h_t "
+            f"T = {e.time} step{'s' if e.time != 1 else ''}, H = {e.units} units{projected}: at every step "
+            f"{'the' if len(e.cells) == 1 else 'each'} cell turns x_t into ONE {e.recurrent_size}-vector h_t "
             f"per sequence; nothing is combined.   {cells}, {format_count(e.total_params)} parameters in all.",
             ha="left",
             size=10.5,
@@ -446,21 +451,18 @@ class _Drawing:
     def notes(self) -> list[str]:
         """The explanatory lines under the picture."""
         e = self.e
-        module = f"jl.LSTM({e.units}" + (f", num_layers={e.num_layers}" if e.num_layers > 1 else "")
-        module += f", bidirectional=True, merge={e.merge!r}" if e.bidirectional else ""
-        module += (", return_sequences=False" if not e.return_sequences else "") + ")"
         dense = _shape(e.output_shape)
+        sizes = f"H = units = {e.units}" + ("" if e.proj_size is None else f",  P = proj_size = {e.proj_size}")
         notes = [
             "Boxes in one row are the SAME cell (same weights) drawn once per time step; "
             "the h and c arrows carry its state to the next step"
             + ("; backward rows read the sequence from T-1 down to 0." if e.bidirectional else "."),
-            f"{module}:  B = batch = {e.batch},  T = time = {e.time},  D = input size = {e.input_size},  "
-            f"H = units = {e.units}.   A following Dense layer receives {dense}.",
+            f"{e.module_call}:  B = batch = {e.batch},  T = time = {e.time},  D = input size = {e.input_size},  "
+            f"{sizes}.   A following Dense layer receives {dense}.",
         ]
         if e.bidirectional and (e.return_sequences or e.num_layers > 1):  # y_t is drawn
-            width = "2H" if e.output_size == 2 * e.units else "H"
             notes.append(
-                f"y_t = the forward and backward h_t merged ({e.merge}): (B, {width}) = "
+                f"y_t = the forward and backward h_t merged ({e.merge}): (B, {e.output_size_symbol}) = "
                 f"{_shape((e.batch, e.output_size))}, what the next layer (or the output) gets at step t."
             )
         if len(self.slots) < e.time:

@@ -234,6 +234,27 @@ class Explanation:
         return merged_size(self.recurrent_size, self.num_directions, self.merge)
 
     @property
+    def output_size_symbol(self) -> str:
+        """F in symbols: "H" ("P" with a projection), doubled for a bidirectional "concat"."""
+        r = "P" if self.proj_size is not None else "H"
+        return "2" + r if self.num_directions == 2 and self.merge == "concat" else r
+
+    @property
+    def module_call(self) -> str:
+        """The module this configuration is, e.g. ``jl.LSTM(32, proj_size=16)``."""
+        options = []
+        if self.num_layers != 1:
+            options.append(f"num_layers={self.num_layers}")
+        if self.bidirectional:
+            options.append("bidirectional=True")
+            if self.merge != "concat":
+                options.append(f"merge={self.merge!r}")
+        if not self.return_sequences:
+            options.append("return_sequences=False")
+        options += [f"{name}={value!r}" for name, value in self.variant.options.items()]
+        return f"jl.LSTM({', '.join([str(self.units), *options])})"
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.batch, self.time, self.input_size)
 
@@ -449,20 +470,10 @@ def _lines(e: Explanation) -> list[str]:
     r, proj = e.recurrent_size, e.proj_size is not None
     r_name = "P" if proj else "H"  # the size of h: P with a projection
     s = _shape
-    options = []
-    if n_layers != 1:
-        options.append(f"num_layers={n_layers}")
-    if bi:
-        options.append("bidirectional=True")
-        if e.merge != "concat":
-            options.append(f"merge={e.merge!r}")
-    if not e.return_sequences:
-        options.append("return_sequences=False")
-    options += [f"{name}={value!r}" for name, value in e.variant.options.items()]
-    module = f"jl.LSTM({', '.join([str(h), *options])})"
+    module = e.module_call
     title = f"{module} on x of shape (batch, time, input) = {s(e.input_shape)}"
     n_cells = n_layers * e.num_directions
-    f_name = "2" + r_name if bi and e.merge == "concat" else r_name
+    f_name = e.output_size_symbol
 
     out = [title, "=" * len(title), f"B = batch = {b}, T = time = {t}, D = input_size = {d}, H = units = {h}"]
     if proj:

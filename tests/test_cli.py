@@ -167,3 +167,23 @@ def test_python_dash_m_subprocess():
     assert result.returncode == 0, result.stderr
     assert "jl.LSTM(32, num_layers=2)" in result.stdout
     assert "13,568" in result.stdout
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_draw_labels_a_projection_with_p_and_c_with_h(bidirectional):
+    """Under proj_size, h and the output are P wide while c stays H wide; the picture must say so."""
+    from jaxlstm.diagram import draw
+    from jaxlstm.explain import explain
+
+    e = explain(2, 3, 4, 6, proj_size=5, bidirectional=bidirectional)
+    texts = [t.get_text() for t in draw(e).axes[0].texts]
+    assert "h (2, 5)" in texts and "c (2, 6)" in texts
+    assert "c (2, 5)" not in texts
+    width = "2P" if bidirectional else "P"
+    assert f"output, every step:\n(B, T, {width}) = {e.output_shape}" in texts
+    assert any("ONE 5-vector h_t" in text for text in texts)
+    call = next(text for text in texts if text.startswith("jl.LSTM(6, "))
+    assert "proj_size=5" in call and "P = proj_size = 5" in call
+    assert any(text.endswith("+ w_hr") for text in texts)  # the projection's weights are listed
+    if bidirectional:
+        assert "merge='concat'\n[→h, ←h]: 2P = 10" in texts
