@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from ._types import LSTMCarry, LSTMParams
+
 GUIDE = "docs/shapes.md"
 
 
@@ -70,8 +72,6 @@ def _array_like(value, name: str):
 
 def params(p) -> None:
     """Checks that ``p`` is an LSTMParams with consistent (D, 4H), (H, 4H), (4H,) shapes."""
-    from .cell import LSTMParams
-
     if not isinstance(p, LSTMParams):
         raise TypeError(
             f"params must be a jaxlstm.LSTMParams (w_ih, w_hh, b), got {type(p).__name__}" + _see("parameters")
@@ -119,8 +119,6 @@ def inputs(xs, input_size: int | None, name: str, *, min_rank: int, layout: str 
 
 def carry(c, batch_shape: tuple[int, ...], hidden_size: int, name: str) -> None:
     """Checks an LSTMCarry whose h and c must be (*batch_shape, hidden_size)."""
-    from .cell import LSTMCarry
-
     if not isinstance(c, LSTMCarry):
         if isinstance(c, tuple) and len(c) == 2:
             raise TypeError(

@@ -25,13 +25,14 @@ their weights convert by a transpose, not a shuffle.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks
+from ._types import LSTMCarry as LSTMCarry
+from ._types import LSTMParams as LSTMParams
 
 __all__ = ["LSTMParams", "LSTMCarry", "init_params", "zeros_carry", "lstm_cell", "INIT_SCHEMES"]
 
@@ -39,45 +40,6 @@ INIT_SCHEMES = ("keras", "torch")
 
 Activation = Callable[[Array], Array]
 """An elementwise function, e.g. ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.hard_sigmoid``."""
-
-
-class LSTMParams(NamedTuple):
-    """The weights of one LSTM cell (one layer, one direction).
-
-    Attributes:
-        w_ih: input kernel, shape ``(input_size, 4 * hidden_size)``.
-        w_hh: recurrent kernel, shape ``(hidden_size, 4 * hidden_size)``.
-        b: bias, shape ``(4 * hidden_size,)``.
-
-    The 4H axis holds the gates in the order input, forget, cell candidate
-    (g), output. A pytree, so it passes through ``jit``, ``grad`` and optax.
-    """
-
-    w_ih: Float[Array, "input gates"]
-    w_hh: Float[Array, "hidden gates"]
-    b: Float[Array, " gates"]
-
-    @property
-    def input_size(self) -> int:
-        """D, the size of one step's input vector."""
-        return self.w_ih.shape[-2]
-
-    @property
-    def hidden_size(self) -> int:
-        """H, the size of the state vector (``units``, ``features``)."""
-        return self.w_hh.shape[-2]
-
-
-class LSTMCarry(NamedTuple):
-    """The state an LSTM carries from one time step to the next.
-
-    Attributes:
-        h: hidden state (the step's output), shape ``(*batch, hidden_size)``.
-        c: cell state, shape ``(*batch, hidden_size)``.
-    """
-
-    h: Float[Array, "*batch hidden"]
-    c: Float[Array, "*batch hidden"]
 
 
 def initializers(scheme: str, hidden_size: int, *, argument: str = "scheme"):
