@@ -14,8 +14,12 @@ only through its object API with the Agg canvas: no pyplot, no global state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .explain import Explanation, format_count
+from ._text import format_count, format_shape
+
+if TYPE_CHECKING:  # annotations only: explain imports this module (Explanation.diagram)
+    from .explain import Explanation
 
 __all__ = ["draw", "shown_steps"]
 
@@ -50,10 +54,6 @@ def shown_steps(time: int, max_shown: int = MAX_STEPS_SHOWN) -> list[int | None]
     if time <= max_shown:
         return list(range(time))
     return [0, 1, 2, None, time - 1]
-
-
-def _shape(shape) -> str:
-    return str(tuple(shape))
 
 
 @dataclass
@@ -122,7 +122,7 @@ class _Drawing:
         self.e = e
         self.label_w = LABEL_W + left_pad
         b, h = e.batch, e.units
-        longest = max(len(f"h = 0 {_shape((b, h))}"), len(f"final c {_shape((b, h))}"))
+        longest = max(len(f"h = 0 {format_shape((b, h))}"), len(f"final c {format_shape((b, h))}"))
         self.gap = max(1.5, 0.072 * longest + 0.75)
         x = self.label_w + self.gap
         self.slots = []
@@ -242,7 +242,7 @@ class _Drawing:
     def draw_row(self, layer, y, backward):
         """One row: the same cell at every shown step, plus the h/c arrows between them."""
         e = self.e
-        hs, cs = _shape(e.h_shape), _shape(e.c_shape)  # they differ under a projection
+        hs, cs = format_shape(e.h_shape), format_shape(e.c_shape)  # they differ under a projection
         style = BACKWARD if backward else FORWARD
         arrow_sign = "←" if backward else "→"
         for slot in self.slots:
@@ -276,7 +276,7 @@ class _Drawing:
             color=style["edge"],
         )
         lines = [f"one cell, {format_count(cell.num_params)} params:"]
-        lines += [f"{name} {_shape(shapes[name])}" for name in ("w_ih", "w_hh", "b")]
+        lines += [f"{name} {format_shape(shapes[name])}" for name in ("w_ih", "w_hh", "b")]
         extra = [name for name in shapes if name not in ("w_ih", "w_hh", "b") and not name.startswith("ln_")]
         layer_norm = sum(name.startswith("ln_") for name in shapes)
         extra += [f"{layer_norm} ln_*"] if layer_norm else []
@@ -288,14 +288,14 @@ class _Drawing:
     def input_label(self, layer, step):
         e = self.e
         if layer == 0:
-            return f"{self.step_name(step, 'x')} {_shape(e.step_input_shape)}"
+            return f"{self.step_name(step, 'x')} {format_shape(e.step_input_shape)}"
         prev = "h" if not e.bidirectional else "y"
-        return f"{self.step_name(step, prev)} {_shape((e.batch, e.output_size))}"
+        return f"{self.step_name(step, prev)} {format_shape((e.batch, e.output_size))}"
 
     def draw_layer(self, layer, rows):
         e = self.e
         bi = e.bidirectional
-        hshape = _shape(e.step_output_shape)
+        hshape = format_shape(e.step_output_shape)
         self.draw_row(layer, rows["fwd"], backward=False)
         if bi:
             self.draw_row(layer, rows["bwd"], backward=True)
@@ -359,7 +359,7 @@ class _Drawing:
     def draw_last_only_merge(self, rows):
         """Bidirectional, last step only: forward h after step T-1 merged with backward h after step 0."""
         e = self.e
-        hshape = _shape(e.step_output_shape)
+        hshape = format_shape(e.step_output_shape)
         first = next(s for s in self.slots if s.step is not None)
         last = self.slots[-1]
         fwd, bwd, merge = rows["fwd"], rows["bwd"], rows["merge"]
@@ -390,7 +390,7 @@ class _Drawing:
         self.text(
             label_x,
             self.input_y + STEM / 2,
-            f"input x\n(B, T, D) = {_shape(e.input_shape)}",
+            f"input x\n(B, T, D) = {format_shape(e.input_shape)}",
             ha="right",
             size=FONT + 0.5,
             color=COLORS["x"],
@@ -399,7 +399,7 @@ class _Drawing:
         top = self.layers[-1]["top"]
         out_y = self.output_y
         f = e.output_size
-        step_shape = _shape((e.batch, f))
+        step_shape = format_shape((e.batch, f))
         name = "y" if e.bidirectional else "h"
         if e.return_sequences:
             for slot in self.slots:
@@ -408,7 +408,7 @@ class _Drawing:
                     continue
                 self.arrow((slot.cx, top), (slot.cx, out_y), COLORS["out"])
                 self.vlabel(slot.cx, top, out_y, f"{self.step_name(slot.step, name)} {step_shape}", COLORS["out"])
-            words = f"output, every step:\n(B, T, {e.output_size_symbol}) = {_shape(e.output_shape)}"
+            words = f"output, every step:\n(B, T, {e.output_size_symbol}) = {format_shape(e.output_shape)}"
         else:
             if e.bidirectional:
                 first = next(s for s in self.slots if s.step is not None)
@@ -420,7 +420,7 @@ class _Drawing:
                 label = f"output = {self.step_name(e.time - 1, 'h')} {step_shape}"
             self.arrow((cx, start), (cx, out_y), COLORS["out"])
             self.vlabel(cx, start, out_y, label, COLORS["out"])
-            words = f"output, last step only:\n(B, {e.output_size_symbol}) = {_shape(e.output_shape)}"
+            words = f"output, last step only:\n(B, {e.output_size_symbol}) = {format_shape(e.output_shape)}"
         self.text(label_x, (top + out_y) / 2, words, ha="right", size=FONT + 0.5, color=COLORS["out"], weight="bold")
 
     def draw_titles(self):
@@ -451,7 +451,7 @@ class _Drawing:
     def notes(self) -> list[str]:
         """The explanatory lines under the picture."""
         e = self.e
-        dense = _shape(e.output_shape)
+        dense = format_shape(e.output_shape)
         sizes = f"H = units = {e.units}" + ("" if e.proj_size is None else f",  P = proj_size = {e.proj_size}")
         notes = [
             "Boxes in one row are the SAME cell (same weights) drawn once per time step; "
@@ -463,7 +463,7 @@ class _Drawing:
         if e.bidirectional and (e.return_sequences or e.num_layers > 1):  # y_t is drawn
             notes.append(
                 f"y_t = the forward and backward h_t merged ({e.merge}): (B, {e.output_size_symbol}) = "
-                f"{_shape((e.batch, e.output_size))}, what the next layer (or the output) gets at step t."
+                f"{format_shape((e.batch, e.output_size))}, what the next layer (or the output) gets at step t."
             )
         if len(self.slots) < e.time:
             notes.append(f'"…" stands for steps 3 to {e.time - 2}: the same cell, the same arrows.')

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import _checks
+from ._text import format_count, format_shape
 from .cell import LSTMCarry
 from .stack import MERGE_MODES, merged_size
 from .variants import LSTMVariant, variant_param_shapes
@@ -43,11 +44,6 @@ _MERGE_WORDS = {
     "mul": "multiplied element-wise: h_forward * h_backward, {r} = {f} features",
     "ave": "averaged element-wise: (h_forward + h_backward) / 2, {r} = {f} features",
 }
-
-
-def format_count(n: int) -> str:
-    """``5248`` → ``"5,248"``."""
-    return f"{n:,}"
 
 
 def cell_params(
@@ -91,11 +87,6 @@ def _formula_terms(d, h, r, proj: bool, peepholes: bool, layer_norm: bool) -> st
     if layer_norm:
         text += f" + 10·{h}"
     return text
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    """``(4, 32)`` → ``"(4, 32)"``; ``(128,)`` → ``"(128,)"``."""
-    return str(tuple(shape))
 
 
 @dataclass(frozen=True)
@@ -469,7 +460,7 @@ def _lines(e: Explanation) -> list[str]:
     bi, n_layers = e.bidirectional, e.num_layers
     r, proj = e.recurrent_size, e.proj_size is not None
     r_name = "P" if proj else "H"  # the size of h: P with a projection
-    s = _shape
+    s = format_shape
     module = e.module_call
     title = f"{module} on x of shape (batch, time, input) = {s(e.input_shape)}"
     n_cells = n_layers * e.num_directions

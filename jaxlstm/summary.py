@@ -19,7 +19,7 @@ import jax
 
 from . import _checks
 from .cell import LSTMCarry
-from .explain import format_count
+from ._text import format_count
 
 __all__ = ["summary", "Summary", "SummaryRow"]
 
