@@ -456,25 +456,45 @@ def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
 
 
 def _lines(e: Explanation) -> list[str]:
-    b, t, d, h, f = e.batch, e.time, e.input_size, e.units, e.output_size
-    bi, n_layers = e.bidirectional, e.num_layers
-    r, proj = e.recurrent_size, e.proj_size is not None
-    r_name = "P" if proj else "H"  # the size of h: P with a projection
-    s = format_shape
-    module = e.module_call
-    title = f"{module} on x of shape (batch, time, input) = {s(e.input_shape)}"
-    n_cells = n_layers * e.num_directions
-    f_name = e.output_size_symbol
+    """The walk-through, section by section (``str(e)``)."""
+    out = _title_lines(e)
+    out += _heading("The question") + _question_lines(e)
+    out += _heading("Step by step") + _table(_step_rows(e)) + _carry_note(e)
+    if e.bidirectional:
+        out += _heading(f"Bidirectional, merge={e.merge!r}") + _bidirectional_lines(e)
+    if e.num_layers > 1:
+        out += _heading(f"Stacking {e.num_layers} layers") + _stacking_lines(e)
+    out += _heading("What a following Dense layer receives") + _dense_lines(e)
+    if not e.variant.is_plain:
+        out += _heading("Variant") + _variant_lines(e)
+    out += _heading("Parameters (one cell per layer and direction, shared by all steps)") + _parameter_lines(e)
+    out += ["", f"More: {GUIDE}#units-cells-and-time-steps"]
+    if not e.variant.is_plain:
+        out.append(f"Variants: {VARIANTS_GUIDE}")
+    return out
 
-    out = [title, "=" * len(title), f"B = batch = {b}, T = time = {t}, D = input_size = {d}, H = units = {h}"]
-    if proj:
-        out[-1] += f", P = proj_size = {r}"
-    if bi or n_layers > 1:
-        out[-1] += f", F = layer output size = {f}"
-    out[-1] += "."
 
-    out += _heading("The question")
-    out += [
+def _h_symbol(e: Explanation) -> str:
+    """The size of h in symbols: "P" with a projection, else "H"."""
+    return "P" if e.proj_size is not None else "H"
+
+
+def _title_lines(e: Explanation) -> list[str]:
+    """The module call and the input shape, underlined, then what each letter stands for."""
+    title = f"{e.module_call} on x of shape (batch, time, input) = {format_shape(e.input_shape)}"
+    sizes = f"B = batch = {e.batch}, T = time = {e.time}, D = input_size = {e.input_size}, H = units = {e.units}"
+    if e.proj_size is not None:
+        sizes += f", P = proj_size = {e.recurrent_size}"
+    if e.bidirectional or e.num_layers > 1:
+        sizes += f", F = layer output size = {e.output_size}"
+    return [title, "=" * len(title), sizes + "."]
+
+
+def _question_lines(e: Explanation) -> list[str]:
+    """Why an LSTM of H units makes one H-vector per step, not H vectors."""
+    b, t, d, h, r = e.batch, e.time, e.input_size, e.units, e.recurrent_size
+    n_cells = e.num_layers * e.num_directions
+    out = [
         f'"This LSTM has {h} units and each unit outputs a vector - how are the {h} vectors',
         ' combined into one for the next Dense layer?"',
         "",
@@ -484,19 +504,24 @@ def _lines(e: Explanation) -> list[str]:
         f"one input vector x_t ({d} numbers) into ONE output vector h_t ({r} numbers), for each of",
         f"the {b} sequences in the batch. {h} units = one {r}-vector per step, not {h} vectors.",
         "The layer's output is these vectors stacked along time"
-        + (" (merged across the two directions)." if bi else "."),
+        + (" (merged across the two directions)." if e.bidirectional else "."),
     ]
-    if proj:
+    if e.proj_size is not None:
         out.append(
             f"With proj_size={r} the cell keeps its state c at H = {h} numbers but projects its output h_t to P = {r}."
         )
     if n_cells > 1:
         out.append(
-            f"This configuration has {n_cells} such cells: {_plural(n_layers, 'layer')} x "
+            f"This configuration has {n_cells} such cells: {_plural(e.num_layers, 'layer')} x "
             f"{_plural(e.num_directions, 'direction')}."
         )
+    return out
 
-    out += _heading("Step by step")
+
+def _step_rows(e: Explanation) -> list[tuple[str, ...]]:
+    """The table of one step's computation, then what the steps and layers make of it."""
+    b, t, d, r, f = e.batch, e.time, e.input_size, e.recurrent_size, e.output_size
+    s, r_name, f_name = format_shape, _h_symbol(e), e.output_size_symbol
     gates = "z = LN(x_t @ w_ih) + LN(h @ w_hh) + b" if e.layer_norm else "z = x_t @ w_ih + h @ w_hh + b"
     rows = [
         ("1. input", "x", "(B, T, D)", f"= {s(e.input_shape)}", f"{b} sequences x {t} steps x {d} features"),
@@ -511,7 +536,7 @@ def _lines(e: Explanation) -> list[str]:
     if e.peepholes:
         rows.append(("", "o += p_o*c", "(B, H)", f"= {s(e.gate_shape)}", "peephole (new c)"))
     cell_output = "sig(o)*tanh(LN(c))" if e.layer_norm else "sig(o)*tanh(c)"
-    if proj:
+    if e.proj_size is not None:
         rows.append(("", f"m = {cell_output}", "(B, H)", f"= {s(e.c_shape)}", ""))
         rows.append(("", "h = m @ w_hr", "(B, P)", f"= {s(e.h_shape)}", "= this step's output h_t (projected)"))
     else:
@@ -521,137 +546,133 @@ def _lines(e: Explanation) -> list[str]:
         ("6. layer output", "every h_t, stacked", f"(B, T, {r_name})", f"= {s((b, t, r))}", "return_sequences=True"),
         ("", "or the last h only", f"(B, {r_name})", f"= {s((b, r))}", "return_sequences=False"),
     ]
-    step = 7
-    if bi:
-        rows.append(
-            (
-                f"{step}. bidirectional",
-                f"merge={e.merge!r}",
-                f"(B, T, {f_name})",
-                f"= {s((b, t, f))}",
-                "forward and backward h_t",
-            )
-        )
-        step += 1
-    if n_layers > 1:
-        rows.append(
-            (
-                f"{step}. next layer",
-                "reads all steps",
-                f"(B, T, {f_name})",
-                f"= {s((b, t, f))}",
-                f"its input size is {f}, not D",
-            )
-        )
-        step += 1
-    rows.append(
+    later = []  # numbered from 7 on, as they apply
+    sequence = (f"(B, T, {f_name})", f"= {s((b, t, f))}")
+    if e.bidirectional:
+        later.append(("bidirectional", f"merge={e.merge!r}", *sequence, "forward and backward h_t"))
+    if e.num_layers > 1:
+        later.append(("next layer", "reads all steps", *sequence, f"its input size is {f}, not D"))
+    later.append(
         (
-            f"{step}. model output",
+            "model output",
             "returned",
             f"(B, T, {f_name})" if e.return_sequences else f"(B, {f_name})",
             f"= {s(e.output_shape)}",
             "every step" if e.return_sequences else "last step only",
         )
     )
-    out += _table(rows)
-    if proj:
+    rows += [(f"{step}. {what}", *rest) for step, (what, *rest) in enumerate(later, start=7)]
+    return rows
+
+
+def _carry_note(e: Explanation) -> list[str]:
+    """The carry's shapes, under the step table."""
+    s, n_cells = format_shape, e.num_layers * e.num_directions
+    if e.proj_size is not None:
         carry_words = f"h is (B, P) = {s(e.h_shape)} and c is (B, H) = {s(e.c_shape)}"
     else:
         carry_words = f"h and c, is (B, H) = {s(e.carry_shape)}"
-    out += [
+    return [
         f"  (sig = sigmoid{', LN = layer norm' if e.layer_norm else ''}. The carry of every cell, {carry_words}"
         + (f"; {n_cells} cells, nested [layer][direction].)" if n_cells > 1 else ".)"),
     ]
 
-    if bi:
-        out += _heading(f"Bidirectional, merge={e.merge!r}")
-        out += [
-            "  Every layer has a second cell that reads each sequence backward, from step T-1 to 0.",
-            f"  Each direction gives (B, T, {r_name}) = {s((b, t, r))}; at every step the two h_t are",
-            f"  {_MERGE_WORDS[e.merge].format(f=f, r=r_name)}.",
-        ]
-        if not e.return_sequences:
-            out.append(f"  Last step only: the forward h after step {t - 1} merged with the backward h after step 0")
-            out.append(f"  (the backward cell ends at step 0): (B, F) = {s((b, f))}.")
 
-    if n_layers > 1:
-        out += _heading(f"Stacking {n_layers} layers")
-        out += [
-            f"  Layer 0 reads x ({d} features per step). Every later layer reads the previous layer's",
-            f"  whole output sequence (B, T, F) = {s((b, t, f))}: its input size is F = {f}.",
-            "  Only the last layer's output is returned"
-            + ("." if e.return_sequences else f", its last step only: {s((b, f))}."),
-        ]
+def _bidirectional_lines(e: Explanation) -> list[str]:
+    """How the two directions' h_t merge."""
+    b, t, f, r, s = e.batch, e.time, e.output_size, e.recurrent_size, format_shape
+    out = [
+        "  Every layer has a second cell that reads each sequence backward, from step T-1 to 0.",
+        f"  Each direction gives (B, T, {_h_symbol(e)}) = {s((b, t, r))}; at every step the two h_t are",
+        f"  {_MERGE_WORDS[e.merge].format(f=f, r=_h_symbol(e))}.",
+    ]
+    if not e.return_sequences:
+        out.append(f"  Last step only: the forward h after step {t - 1} merged with the backward h after step 0")
+        out.append(f"  (the backward cell ends at step 0): (B, F) = {s((b, f))}.")
+    return out
 
-    out += _heading("What a following Dense layer receives")
+
+def _stacking_lines(e: Explanation) -> list[str]:
+    """What each layer after the first reads."""
+    b, t, f, s = e.batch, e.time, e.output_size, format_shape
+    return [
+        f"  Layer 0 reads x ({e.input_size} features per step). Every later layer reads the previous layer's",
+        f"  whole output sequence (B, T, F) = {s((b, t, f))}: its input size is F = {f}.",
+        "  Only the last layer's output is returned"
+        + ("." if e.return_sequences else f", its last step only: {s((b, f))}."),
+    ]
+
+
+def _dense_lines(e: Explanation) -> list[str]:
+    """The shape a following Dense layer receives, and its kernel."""
+    b, t, f, s = e.batch, e.time, e.output_size, format_shape
     if e.return_sequences:
-        out += [
+        return [
             f"  {s(e.output_shape)}. Dense(n) acts on the last axis only, at every step separately:",
             f"  kernel ({f}, n), output ({b}, {t}, n). For ONE prediction per sequence use",
             f"  return_sequences=False: ({b}, {f}), and Dense(n) gives ({b}, n).",
         ]
-    else:
-        out += [
-            f"  {s(e.output_shape)}: one {f}-vector per sequence. Dense(n) has kernel ({f}, n) and bias (n,)",
-            f"  and gives ({b}, n). Nothing needs flattening or combining.",
-        ]
+    return [
+        f"  {s(e.output_shape)}: one {f}-vector per sequence. Dense(n) has kernel ({f}, n) and bias (n,)",
+        f"  and gives ({b}, n). Nothing needs flattening or combining.",
+    ]
 
-    if not e.variant.is_plain:
-        out += _heading("Variant")
-        out += _variant_lines(e)
 
-    out += _heading("Parameters (one cell per layer and direction, shared by all steps)")
-    rows = []
-    extra_symbols = {
-        "w_hr": "(H, P)",
-        "w_peep": "(3, H)",
-        "ln_ih_scale": "(4H,)",
-        "ln_hh_scale": "(4H,)",
-        "ln_c_scale": "(H,)",
-        "ln_c_bias": "(H,)",
-    }
-    for cell in e.cells:
-        dl = "D" if cell.layer == 0 else "F"
-        shapes = cell.param_shapes
-        rows.append(
-            (
-                f"{cell.name} ({cell.direction})",
-                "w_ih",
-                f"({dl}, 4H)",
-                f"= {s(shapes['w_ih'])}",
-                format_count(_size(shapes["w_ih"])),
-            )
-        )
-        rows.append(("", "w_hh", f"({r_name}, 4H)", f"= {s(shapes['w_hh'])}", format_count(_size(shapes["w_hh"]))))
-        rows.append(("", "b", "(4H,)", f"= {s(shapes['b'])}", format_count(_size(shapes["b"]))))
-        for name, symbol in extra_symbols.items():
-            if name in shapes:
-                rows.append(("", name, symbol, f"= {s(shapes[name])}", format_count(_size(shapes[name]))))
-        terms = (proj, e.peepholes, e.layer_norm)
-        rows.append(
-            (
-                "",
-                "",
-                _formula_terms(dl, "H", r_name, *terms),
-                f"= {_formula_terms(cell.input_size, h, r, *terms)}",
-                format_count(cell.num_params),
-            )
-        )
+# The variants' weights, in symbols, in the order the parameter table lists them.
+_VARIANT_WEIGHT_SYMBOLS = {
+    "w_hr": "(H, P)",
+    "w_peep": "(3, H)",
+    "ln_ih_scale": "(4H,)",
+    "ln_hh_scale": "(4H,)",
+    "ln_c_scale": "(H,)",
+    "ln_c_bias": "(H,)",
+}
+
+
+def _parameter_lines(e: Explanation) -> list[str]:
+    """Every cell's weights with their shapes and counts, the total, and the conventions."""
+    rows = [row for cell in e.cells for row in _cell_rows(e, cell)]
     total = "total"
-    if n_cells > 1:
-        total += f" ({_plural(n_layers, 'layer')} x {_plural(e.num_directions, 'direction')})"
+    if e.num_layers * e.num_directions > 1:
+        total += f" ({_plural(e.num_layers, 'layer')} x {_plural(e.num_directions, 'direction')})"
     rows.append((total, "", "", "", format_count(e.total_params)))
-    out += _table(rows)
+    out = _table(rows)
     out += [
         "  One bias b per cell (PyTorch keeps two, b_ih and b_hh: 4H more per cell).",
         "  Gate order along the 4H axis: i, f, g, o (as PyTorch and Keras).",
     ]
     if e.cifg:
-        out.append(f"  cifg: the forget gate's H = {h} columns of w_ih, w_hh and b are kept (4H layout) but unused.")
-    out += ["", f"More: {GUIDE}#units-cells-and-time-steps"]
-    if not e.variant.is_plain:
-        out.append(f"Variants: {VARIANTS_GUIDE}")
+        out.append(
+            f"  cifg: the forget gate's H = {e.units} columns of w_ih, w_hh and b are kept (4H layout) but unused."
+        )
     return out
+
+
+def _cell_rows(e: Explanation, cell: CellInfo) -> list[tuple[str, ...]]:
+    """One cell's rows of the parameter table: each weight, then the count's formula."""
+    s, shapes, r_name = format_shape, cell.param_shapes, _h_symbol(e)
+    dl = "D" if cell.layer == 0 else "F"
+
+    def weight(label: str, name: str, symbol: str) -> tuple[str, ...]:
+        return (label, name, symbol, f"= {s(shapes[name])}", format_count(_size(shapes[name])))
+
+    rows = [
+        weight(f"{cell.name} ({cell.direction})", "w_ih", f"({dl}, 4H)"),
+        weight("", "w_hh", f"({r_name}, 4H)"),
+        weight("", "b", "(4H,)"),
+    ]
+    rows += [weight("", name, symbol) for name, symbol in _VARIANT_WEIGHT_SYMBOLS.items() if name in shapes]
+    terms = (e.proj_size is not None, e.peepholes, e.layer_norm)
+    rows.append(
+        (
+            "",
+            "",
+            _formula_terms(dl, "H", r_name, *terms),
+            f"= {_formula_terms(cell.input_size, e.units, e.recurrent_size, *terms)}",
+            format_count(cell.num_params),
+        )
+    )
+    return rows
 
 
 def _variant_lines(e: Explanation) -> list[str]:
