@@ -23,6 +23,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -114,18 +115,48 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         )
     keys = [k for k in state_dict if isinstance(k, str)]
     if prefix is None:
-        prefixes = sorted({k[: -len("weight_ih_l0")] for k in keys if k.endswith("weight_ih_l0")})
-        if not prefixes:
-            shown = ", ".join(map(repr, keys[:8])) + (", ..." if len(keys) > 8 else "")
-            raise ValueError(
-                f"{source}: no 'weight_ih_l0' key, so not the state dict of a torch.nn.LSTM (keys: {shown or 'none'})"
-            )
-        if len(prefixes) > 1:
-            raise ValueError(
-                f"{source}: holds {len(prefixes)} LSTMs (key prefixes {prefixes}); pick one with prefix=..."
-            )
-        prefix = prefixes[0]
-    entries: dict[tuple[str, str, int, bool], str] = {}
+        prefix = _find_prefix(keys, source)
+    weights = _StateDictLSTM(state_dict, prefix, _weight_keys(keys, prefix, source), source)
+    sizes = _read_sizes(weights)
+    warn_if_x64_disabled(sizes.dtype, source)
+    params = {
+        cell_name(layer, direction): _read_cell(weights, sizes, layer, direction)
+        for layer in range(weights.num_layers)
+        for direction in range(weights.num_directions)
+    }
+    module = LSTM(
+        features=sizes.hidden,
+        num_layers=weights.num_layers,
+        bidirectional=weights.bidirectional,
+        dropout=float(dropout),
+        init_scheme="torch",
+        param_dtype=params["layer_0"]["w_ih"].dtype,
+        proj_size=sizes.proj_size,
+    )
+    module._check_config()
+    return module, {"params": params}
+
+
+def _find_prefix(keys: list[str], source: str) -> str:
+    """The one key prefix before a ``weight_ih_l0`` key, e.g. ``"encoder.lstm."``."""
+    prefixes = sorted({k[: -len("weight_ih_l0")] for k in keys if k.endswith("weight_ih_l0")})
+    if not prefixes:
+        shown = ", ".join(map(repr, keys[:8])) + (", ..." if len(keys) > 8 else "")
+        raise ValueError(
+            f"{source}: no 'weight_ih_l0' key, so not the state dict of a torch.nn.LSTM (keys: {shown or 'none'})"
+        )
+    if len(prefixes) > 1:
+        raise ValueError(f"{source}: holds {len(prefixes)} LSTMs (key prefixes {prefixes}); pick one with prefix=...")
+    return prefixes[0]
+
+
+def _weight_keys(keys: list[str], prefix: str, source: str) -> dict[tuple[str, str, int, bool], str]:
+    """``(kind, which, layer, reverse)`` → key, e.g. ``("weight", "ih", 0, False)`` → ``"lstm.weight_ih_l0"``.
+
+    Keys of other submodules under ``prefix`` (with a ``.``) are skipped; any
+    other direct entry is an error.
+    """
+    entries = {}
     for key in keys:
         if not key.startswith(prefix):
             continue
@@ -141,35 +172,64 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         entries[(kind, which, int(layer), reverse is not None)] = key
     if not entries:
         raise ValueError(f"{source}: no nn.LSTM weights under prefix {prefix!r}")
+    return entries
 
-    num_layers = 1 + max(layer for _, _, layer, _ in entries)
-    bidirectional = any(reverse for *_, reverse in entries)
-    bias = any(kind == "bias" for kind, *_ in entries)
-    projected = any(which == "hr" for _, which, _, _ in entries)
-    num_directions = 2 if bidirectional else 1
 
-    def tensor(kind: str, which: str, layer: int, direction: int) -> tuple[str, np.ndarray]:
-        name = f"{prefix}{kind}_{which}_l{layer}" + ("_reverse" if direction else "")
-        if (kind, which, layer, bool(direction)) not in entries:
+class _StateDictLSTM:
+    """The ``nn.LSTM`` weights of a state dict under one prefix: the configuration their keys
+    imply, and each tensor as a NumPy array, checked, with errors that name its key."""
+
+    def __init__(self, state_dict: Mapping, prefix: str, entries: dict[tuple[str, str, int, bool], str], source: str):
+        self.state_dict, self.prefix, self.entries, self.source = state_dict, prefix, entries, source
+        self.num_layers = 1 + max(layer for _, _, layer, _ in entries)
+        self.bidirectional = any(reverse for *_, reverse in entries)
+        self.bias = any(kind == "bias" for kind, *_ in entries)
+        self.projected = any(which == "hr" for _, which, _, _ in entries)
+        self.num_directions = 2 if self.bidirectional else 1
+
+    def tensor(self, kind: str, which: str, layer: int, direction: int) -> tuple[str, np.ndarray]:
+        """The key and the floating NumPy array of e.g. ``weight_ih_l0_reverse``."""
+        source = self.source
+        name = f"{self.prefix}{kind}_{which}_l{layer}" + ("_reverse" if direction else "")
+        if (kind, which, layer, bool(direction)) not in self.entries:
             raise ValueError(
-                f"{source}: missing key {name!r} (the state dict has keys for num_layers={num_layers}, "
-                f"bidirectional={bidirectional}, bias={bias})"
+                f"{source}: missing key {name!r} (the state dict has keys for num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, bias={self.bias})"
             )
-        value = state_dict[name]
+        value = self.state_dict[name]
         try:
             array = _to_numpy(value)
         except TypeError as error:
             raise ValueError(f"{source}: {name!r} is a {type(value).__name__}, not a tensor") from error
         return name, floating(array, f"{source}: {name!r}")
 
-    def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    def shaped(self, kind: str, which: str, layer: int, direction: int, shape: tuple[int, ...], what: str):
+        """``tensor(...)``'s array, which must have ``shape`` (``what`` names its axes in the error)."""
+        name, array = self.tensor(kind, which, layer, direction)
         if array.shape != shape:
-            raise ValueError(f"{source}: {name!r} has shape {tuple(array.shape)}, expected {shape} ({what})")
+            raise ValueError(f"{self.source}: {name!r} has shape {tuple(array.shape)}, expected {shape} ({what})")
+        return array
 
-    name, w_hh0 = tensor("weight", "hh", 0, 0)
+
+class _Sizes(NamedTuple):
+    hidden: int
+    proj_size: int | None  # None: no projection
+    input_size: int
+    dtype: np.dtype  # layer 0's w_ih's, the parameters' dtype
+
+    @property
+    def recurrent(self) -> int:
+        """The size of h: proj_size with a projection, else hidden."""
+        return self.hidden if self.proj_size is None else self.proj_size
+
+
+def _read_sizes(weights: _StateDictLSTM) -> _Sizes:
+    """hidden_size, proj_size, input_size and the dtype, from layer 0's weight_hh, weight_hr and weight_ih."""
+    source = weights.source
+    name, w_hh0 = weights.tensor("weight", "hh", 0, 0)
     proj_size = None
-    if projected:  # weight_hr_l0 (proj_size, hidden_size) fixes both sizes
-        hr_name, w_hr0 = tensor("weight", "hr", 0, 0)
+    if weights.projected:  # weight_hr_l0 (proj_size, hidden_size) fixes both sizes
+        hr_name, w_hr0 = weights.tensor("weight", "hr", 0, 0)
         if w_hr0.ndim != 2 or not 0 < w_hr0.shape[0] < w_hr0.shape[1]:
             raise ValueError(
                 f"{source}: {hr_name!r} has shape {tuple(w_hr0.shape)}, expected (proj_size, hidden_size) "
@@ -185,60 +245,39 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         raise ValueError(f"{source}: {name!r} has shape {tuple(w_hh0.shape)}, expected (4 * hidden_size, hidden_size)")
     else:
         hidden = w_hh0.shape[1]
-    recurrent = hidden if proj_size is None else proj_size
     gates = 4 * hidden
-    name, w_ih0 = tensor("weight", "ih", 0, 0)
+    name, w_ih0 = weights.tensor("weight", "ih", 0, 0)
     if w_ih0.ndim != 2 or w_ih0.shape[0] != gates:
         raise ValueError(
             f"{source}: {name!r} has shape {tuple(w_ih0.shape)}, expected ({gates}, input_size) "
             f"for hidden_size={hidden}"
         )
-    input_size = w_ih0.shape[1]
-    dtype = w_ih0.dtype
-    warn_if_x64_disabled(dtype, source)
+    return _Sizes(hidden, proj_size, w_ih0.shape[1], w_ih0.dtype)
 
-    params = {}
-    h_name = "hidden_size" if proj_size is None else "proj_size"
-    for layer in range(num_layers):
-        layer_input = input_size if layer == 0 else num_directions * recurrent
-        for direction in range(num_directions):
-            name, w_ih = tensor("weight", "ih", layer, direction)
-            check_shape(
-                name,
-                w_ih,
-                (gates, layer_input),
-                f"4 * hidden_size, {'input_size' if layer == 0 else 'num_directions * ' + h_name}",
-            )
-            name, w_hh = tensor("weight", "hh", layer, direction)
-            check_shape(name, w_hh, (gates, recurrent), f"4 * hidden_size, {h_name}")
-            if bias:
-                name, b_ih = tensor("bias", "ih", layer, direction)
-                check_shape(name, b_ih, (gates,), "4 * hidden_size")
-                name, b_hh = tensor("bias", "hh", layer, direction)
-                check_shape(name, b_hh, (gates,), "4 * hidden_size")
-                b_ih, b_hh = b_ih.astype(dtype), b_hh.astype(dtype)
-                # One rounding of the sum; a zero bias (e.g. written by to_torch) adds nothing,
-                # so converting back and forth keeps every bit (-0.0 included).
-                b = b_ih if not b_hh.any() else b_hh if not b_ih.any() else b_ih + b_hh
-            else:
-                b = np.zeros((gates,), dtype)
-            cell = {"w_ih": _jax(w_ih.astype(dtype).T), "w_hh": _jax(w_hh.astype(dtype).T), "b": _jax(b)}
-            if proj_size is not None:
-                name, w_hr = tensor("weight", "hr", layer, direction)
-                check_shape(name, w_hr, (proj_size, hidden), "proj_size, hidden_size")
-                cell["w_hr"] = _jax(w_hr.astype(dtype).T)
-            params[cell_name(layer, direction)] = cell
-    module = LSTM(
-        features=hidden,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        dropout=float(dropout),
-        init_scheme="torch",
-        param_dtype=params["layer_0"]["w_ih"].dtype,
-        proj_size=proj_size,
-    )
-    module._check_config()
-    return module, {"params": params}
+
+def _read_cell(weights: _StateDictLSTM, sizes: _Sizes, layer: int, direction: int) -> dict:
+    """One cell's jaxlstm params ``{"w_ih", "w_hh", "b"[, "w_hr"]}``: transposed, the two biases summed."""
+    dtype, gates = sizes.dtype, 4 * sizes.hidden
+    h_name = "hidden_size" if sizes.proj_size is None else "proj_size"
+    cell_input = "input_size" if layer == 0 else "num_directions * " + h_name
+    layer_input = sizes.input_size if layer == 0 else weights.num_directions * sizes.recurrent
+    w_ih = weights.shaped("weight", "ih", layer, direction, (gates, layer_input), f"4 * hidden_size, {cell_input}")
+    w_hh = weights.shaped("weight", "hh", layer, direction, (gates, sizes.recurrent), f"4 * hidden_size, {h_name}")
+    if weights.bias:
+        b_ih = weights.shaped("bias", "ih", layer, direction, (gates,), "4 * hidden_size")
+        b_hh = weights.shaped("bias", "hh", layer, direction, (gates,), "4 * hidden_size")
+        b_ih, b_hh = b_ih.astype(dtype), b_hh.astype(dtype)
+        # One rounding of the sum; a zero bias (e.g. written by to_torch) adds nothing,
+        # so converting back and forth keeps every bit (-0.0 included).
+        b = b_ih if not b_hh.any() else b_hh if not b_ih.any() else b_ih + b_hh
+    else:
+        b = np.zeros((gates,), dtype)
+    cell = {"w_ih": _jax(w_ih.astype(dtype).T), "w_hh": _jax(w_hh.astype(dtype).T), "b": _jax(b)}
+    if sizes.proj_size is not None:
+        shape = (sizes.proj_size, sizes.hidden)
+        w_hr = weights.shaped("weight", "hr", layer, direction, shape, "proj_size, hidden_size")
+        cell["w_hr"] = _jax(w_hr.astype(dtype).T)
+    return cell
 
 
 def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0):
