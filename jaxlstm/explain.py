@@ -232,7 +232,7 @@ class Explanation:
 
     @property
     def module_call(self) -> str:
-        """The module this configuration is, e.g. ``jl.LSTM(32, proj_size=16)``."""
+        """The module this configuration is, e.g. ``jl.LSTM(32, variant=jl.LSTMVariant(proj_size=16))``."""
         options = []
         if self.num_layers != 1:
             options.append(f"num_layers={self.num_layers}")
@@ -242,7 +242,9 @@ class Explanation:
                 options.append(f"merge={self.merge!r}")
         if not self.return_sequences:
             options.append("return_sequences=False")
-        options += [f"{name}={value!r}" for name, value in self.variant.options.items()]
+        if not self.variant.is_plain:
+            variant_options = ", ".join(f"{name}={value!r}" for name, value in self.variant.options.items())
+            options.append(f"variant=jl.LSTMVariant({variant_options})")
         return f"jl.LSTM({', '.join([str(self.units), *options])})"
 
     @property

@@ -190,7 +190,6 @@ def test_dynamic_imports_only_in_the_lazy_loader():
         assert f"{PACKAGE}.{module or name}" in files, (name, module)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 3: module core in progress")
 def test_nnx_does_not_import_linen():
     """``import jaxlstm.nnx`` loads neither ``jaxlstm.linen`` nor more of ``flax.linen`` than ``flax.nnx`` does.
 

@@ -353,7 +353,7 @@ def test_from_torch_parity_with_projections(num_layers, bidirectional, packed):
     assert out.shape[-1] == (2 * P if bidirectional else P) and h_n.shape[-1] == P and c_n.shape[-1] == H
 
     module, variables = from_torch(lstm)
-    assert (module.features, module.proj_size, module.num_layers) == (H, P, num_layers)
+    assert (module.features, module.variant, module.num_layers) == (H, jl.LSTMVariant(proj_size=P), num_layers)
     assert variables["params"]["layer_0"]["w_hr"].shape == (H, P)
     carries, hs = apply(module.clone(return_carry=True), variables, x, lengths)
     assert max_abs(hs, out) <= ATOL
@@ -373,14 +373,14 @@ def test_projection_round_trips_are_bitwise():
     assert back.proj_size == P
     _assert_state_dicts_equal(back.state_dict(), lstm.state_dict())
 
-    module = jl.LSTM(H, num_layers=2, bidirectional=True, proj_size=P)
+    module = jl.LSTM(H, num_layers=2, bidirectional=True, variant=jl.LSTMVariant(proj_size=P))
     variables = jax.tree.map(
         lambda a: jnp.asarray(np.random.default_rng(5).standard_normal(a.shape), a.dtype),
         jax.eval_shape(module.init, KEY, jnp.ones((B, T, D))),
     )
     lstm = to_torch(module, variables)
     module2, variables2 = from_torch(lstm)
-    assert module2.proj_size == P
+    assert module2.variant.proj_size == P
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(variables2), strict=True):
         assert a.dtype == b.dtype and np.array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
     x = inputs()
@@ -390,16 +390,19 @@ def test_projection_round_trips_are_bitwise():
 def test_load_torch_with_projections(tmp_path):
     lstm = make_torch(num_layers=2, proj_size=P)
     module, variables = load_torch(_save(tmp_path, lstm.state_dict(), "projected.pt"))
-    assert (module.proj_size, module.num_layers) == (P, 2)
+    assert (module.variant.proj_size, module.num_layers) == (P, 2)
     assert variables["params"]["layer_1"]["w_ih"].shape == (P, 4 * H)
 
 
 def test_to_torch_rejects_variants_torch_lacks():
-    variables = jax.eval_shape(jl.LSTM(H, peepholes=True).init, KEY, jnp.ones((B, T, D)))
+    Variant = jl.LSTMVariant
+    variables = jax.eval_shape(jl.LSTM(H, variant=Variant(peepholes=True)).init, KEY, jnp.ones((B, T, D)))
     with pytest.raises(ValueError, match="torch.nn.LSTM has no peepholes=True, cell_clip=1.0; .* proj_size only"):
-        to_torch(jl.LSTM(H, peepholes=True, cell_clip=1.0), variables)
+        to_torch(jl.LSTM(H, variant=Variant(peepholes=True, cell_clip=1.0)), variables)
     with pytest.raises(ValueError, match="torch.nn.LSTM has no zoneout_h=0.1"):
-        to_torch(jl.LSTM(H, proj_size=P, zoneout_h=0.1), variables)
+        to_torch(jl.LSTM(H, variant=Variant(proj_size=P, zoneout_h=0.1)), variables)
+    with pytest.raises(ValueError, match="torch.nn.LSTM has no input_dropout=0.5"):  # torch's dropout is between layers
+        to_torch(jl.LSTM(H, variant=Variant(input_dropout=0.5)), random_variables(1, False))
     plain = random_variables(1, False)
     with pytest.raises(ValueError, match=r"params\['layer_0'\]\['w_hr'\] is missing"):
-        to_torch(jl.LSTM(H, proj_size=P), plain)
+        to_torch(jl.LSTM(H, variant=Variant(proj_size=P)), plain)

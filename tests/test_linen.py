@@ -304,7 +304,7 @@ def test_cell_in_flax_rnn_equals_lstm(rng, key, reverse):
     assert_close(hs, ref_lstm(p["w_ih"], p["w_hh"], p["b"], np.asarray(x), seq_lengths=lengths, reverse=reverse)[2])
 
 
-@pytest.mark.parametrize("options", [{}, {"peepholes": True}], ids=["plain", "variant"])
+@pytest.mark.parametrize("options", [{}, {"variant": jl.LSTMVariant(peepholes=True)}], ids=["plain", "variant"])
 def test_input_of_another_width_than_the_params_is_refused(key, options):
     module = jl.LSTM(H, **options)
     variables = module.init(key, jnp.ones((2, 5, 3)))

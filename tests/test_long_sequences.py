@@ -93,4 +93,4 @@ def test_modules_take_checkpoint_every_without_changing_values_or_gradients():
     with pytest.raises(ValueError, match="checkpoint_every"):
         jl.nnx.LSTM(D, H, checkpoint_every=0, rngs=nnx.Rngs(0))
     with pytest.raises(NotImplementedError, match="checkpoint_every"):
-        jl.LSTM(H, peepholes=True, checkpoint_every=3).init(jax.random.key(0), xs)
+        jl.LSTM(H, variant=jl.LSTMVariant(peepholes=True), checkpoint_every=3).init(jax.random.key(0), xs)

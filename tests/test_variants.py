@@ -243,7 +243,7 @@ def _numpy_stack(params, num_layers=2, num_directions=2):
 
 
 def test_linen_module_matches_reference(rng):
-    layer = jl.LSTM(H, num_layers=2, bidirectional=True, return_carry=True, **MODULE_OPTIONS)
+    layer = jl.LSTM(H, num_layers=2, bidirectional=True, return_carry=True, variant=LSTMVariant(**MODULE_OPTIONS))
     xs = inputs(rng)
     variables = _random_like(jax.eval_shape(layer.init, jax.random.key(0), jnp.asarray(xs)))  # no compile
     params = variables["params"]
@@ -264,7 +264,8 @@ def test_nnx_module_matches_reference_and_linen_param_tree(rng):
     """The NNX twin: the same parameter tree as linen's and explain's, the same numbers as the reference."""
     from flax import nnx
 
-    model = jl.nnx.LSTM(D, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0), **MODULE_OPTIONS)
+    variant = LSTMVariant(**MODULE_OPTIONS)
+    model = jl.nnx.LSTM(D, H, num_layers=2, bidirectional=True, variant=variant, rngs=nnx.Rngs(0))
     model.eval()  # deterministic: zoneout's expectation
     nnx.update(model, _random_like(nnx.state(model, nnx.Param)))
     xs = inputs(rng)
@@ -275,7 +276,7 @@ def test_nnx_module_matches_reference_and_linen_param_tree(rng):
     assert_close(nnx.jit(lambda model, xs: model(xs))(model, jnp.asarray(xs)), expected)
 
     linen_shapes = jax.eval_shape(
-        jl.LSTM(H, num_layers=2, bidirectional=True, **MODULE_OPTIONS).init, jax.random.key(0), jnp.asarray(xs)
+        jl.LSTM(H, num_layers=2, bidirectional=True, variant=variant).init, jax.random.key(0), jnp.asarray(xs)
     )["params"]
     nnx_shapes = jax.tree.map(lambda a: tuple(a.shape), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert nnx_shapes == jax.tree.map(lambda a: tuple(a.shape), dict(linen_shapes))
@@ -287,9 +288,9 @@ def test_nnx_module_matches_reference_and_linen_param_tree(rng):
 def test_modules_train_with_dropout_and_zoneout(rng):
     from flax import nnx
 
-    options = dict(proj_size=P, input_dropout=0.3, recurrent_dropout=0.3, zoneout_h=0.2)
+    variant = LSTMVariant(proj_size=P, input_dropout=0.3, recurrent_dropout=0.3, zoneout_h=0.2)
     xs = jnp.asarray(inputs(rng))
-    layer = jl.LSTM(H, **options)
+    layer = jl.LSTM(H, variant=variant)
     variables = _random_like(jax.eval_shape(layer.init, jax.random.key(0), xs))
     apply = jax.jit(layer.apply, static_argnames="deterministic")
     eval_out = apply(variables, xs)
@@ -301,7 +302,7 @@ def test_modules_train_with_dropout_and_zoneout(rng):
     _, core = jl.lstm_variant(params, xs, variant=layer.variant)
     assert_close(eval_out, np.asarray(core, np.float64))
 
-    model = jl.nnx.LSTM(D, H, rngs=nnx.Rngs(0), **options)  # NNX modules start in training mode
+    model = jl.nnx.LSTM(D, H, variant=variant, rngs=nnx.Rngs(0))  # NNX modules start in training mode
     call = nnx.jit(lambda model, xs: model(xs))
     first, second = call(model, xs), call(model, xs)
     assert not np.allclose(first, second)  # a new draw per call, from the module's own rng stream
@@ -313,9 +314,10 @@ def test_plain_options_keep_the_plain_modules():
     from flax import nnx
 
     x = jnp.ones((B, T, D))
-    tree = jax.eval_shape(jl.LSTM(H, forget_bias=0.0, proj_size=None).init, jax.random.key(0), x)
-    assert sorted(tree["params"]["layer_0"]) == ["b", "w_hh", "w_ih"]
-    assert type(jl.nnx.LSTM(D, H, rngs=nnx.Rngs(0)).layer_0) is jl.nnx.LSTMCell
+    for variant in (None, LSTMVariant(), LSTMVariant(forget_bias=0.0, proj_size=None)):
+        tree = jax.eval_shape(jl.LSTM(H, variant=variant).init, jax.random.key(0), x)
+        assert sorted(tree["params"]["layer_0"]) == ["b", "w_hh", "w_ih"]
+        assert type(jl.nnx.LSTM(D, H, variant=variant, rngs=nnx.Rngs(0)).layer_0) is jl.nnx.LSTMCell
 
 
 def test_gradients_are_right_in_training(rng, key):
@@ -404,9 +406,9 @@ def test_projection_must_be_narrower_than_the_state(proj_size):
 
     message = f"proj_size must be smaller than features: got proj_size={proj_size}, features={H}"
     with pytest.raises(ValueError, match=re.escape(message)):
-        jl.LSTM(H, proj_size=proj_size).init(jax.random.key(0), jnp.ones((B, T, D)))
+        jl.LSTM(H, variant=LSTMVariant(proj_size=proj_size)).init(jax.random.key(0), jnp.ones((B, T, D)))
     with pytest.raises(ValueError, match=re.escape(message)):
-        jl.nnx.LSTM(D, H, proj_size=proj_size, rngs=nnx.Rngs(0))
+        jl.nnx.LSTM(D, H, variant=LSTMVariant(proj_size=proj_size), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size"):
         jl.init_variant_params(jax.random.key(0), D, H, LSTMVariant(proj_size=proj_size))
     with pytest.raises(ValueError, match="proj_size must be smaller than units"):
@@ -461,20 +463,20 @@ def test_explain_and_summary_show_the_projection(capsys):
         assert phrase in text, phrase
 
     variables = jax.eval_shape(
-        jl.LSTM(32, num_layers=2, bidirectional=True, proj_size=16, peepholes=True).init,
+        jl.LSTM(32, num_layers=2, bidirectional=True, variant=LSTMVariant(proj_size=16, peepholes=True)).init,
         jax.random.key(0),
         jnp.ones((4, 10, 8)),
     )
     assert sum(a.size for a in jax.tree.leaves(variables)) == e.total_params
 
-    s = jl.summary(jl.LSTM(32, proj_size=16, layer_norm=True), jnp.ones((4, 10, 8)))
+    s = jl.summary(jl.LSTM(32, variant=LSTMVariant(proj_size=16, layer_norm=True)), jnp.ones((4, 10, 8)))
     assert s.rows[0].carry_shapes == ((jl.LSTMCarry((4, 16), (4, 32)),),)
     assert s.rows[0].output_shape == (4, 10, 16)
     assert s.total_params == jl.explain(4, 10, 8, 32, proj_size=16, layer_norm=True).total_params
     assert "h (4, 16), c (4, 32)" in str(s)
 
     assert main(["explain", "--batch", "4", "--time", "10", "--input", "8", "--units", "32", "--proj-size", "16"]) == 0
-    assert "jl.LSTM(32, proj_size=16)" in capsys.readouterr().out
+    assert "jl.LSTM(32, variant=jl.LSTMVariant(proj_size=16))" in capsys.readouterr().out
     assert main(["explain", "--batch", "4", "--time", "10", "--input", "8", "--units", "32", "--proj-size", "32"]) == 2
     assert "--proj-size must be smaller than units" in capsys.readouterr().err
 

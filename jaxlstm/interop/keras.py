@@ -261,7 +261,6 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         activation_fn=activation_fn,
         stateful=bool(first.stateful),
     )
-    module._check_config()
     flip = go_backwards and return_sequences
     if flip or return_state:
         module = KerasLSTM(module, flip_outputs=flip, return_state=return_state)

@@ -11,7 +11,7 @@ since both biases are only ever added together, jaxlstm's single
 An LSTM with projections (``proj_size=P > 0``) adds ``weight_hr_l{k}``
 (P, H), jaxlstm's ``w_hr = weight_hr.T`` (H, P); its ``weight_hh_l{k}`` is
 (4H, P), and layers after the first read P (2P bidirectional) features. It
-becomes a ``jl.LSTM(H, proj_size=P)``.
+becomes a ``jl.LSTM(H, variant=jl.LSTMVariant(proj_size=P))``.
 
 ``torch`` is imported inside the functions only: ``jaxlstm.interop`` imports
 without it (``pip install jaxlstm[torch]`` adds it).
@@ -45,7 +45,7 @@ def from_torch(lstm):
         ``(module, variables)``: ``module`` a ``jaxlstm.LSTM`` (linen) with
         ``features=hidden_size``, the same ``num_layers``, ``bidirectional``
         and ``dropout``, ``init_scheme="torch"``; ``variables`` a
-        ``{"params": ...}`` dict; with ``proj_size > 0`` also ``proj_size``
+        ``{"params": ...}`` dict; with ``proj_size > 0`` also ``variant=LSTMVariant(proj_size=...)``
         (each cell then has ``w_hr``). For a batch-first input ``x`` (B, T, D) and
         lengths ``lengths`` (B,)::
 
@@ -107,6 +107,7 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         ``(module, variables)`` as ``from_torch``.
     """
     from ..linen import LSTM, cell_name
+    from ..variants import LSTMVariant
 
     if not isinstance(state_dict, Mapping):
         raise ValueError(
@@ -131,9 +132,8 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
         dropout=float(dropout),
         init_scheme="torch",
         param_dtype=params["layer_0"]["w_ih"].dtype,
-        proj_size=sizes.proj_size,
+        variant=None if sizes.proj_size is None else LSTMVariant(proj_size=sizes.proj_size),
     )
-    module._check_config()
     return module, {"params": params}
 
 
@@ -367,7 +367,7 @@ def to_torch(module, variables, *, bias: bool = True):
             "to_torch: torch.nn.LSTM has no single backward direction; "
             "a module with reverse=True has no torch equivalent"
         )
-    variant = module.variant
+    variant = module.config.cell_variant
     unsupported = {k: v for k, v in variant.options.items() if k not in ("proj_size", "layer_norm_epsilon")}
     if unsupported:
         options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
@@ -418,7 +418,7 @@ def to_torch(module, variables, *, bias: bool = True):
 
 
 def _read_projected_stack(module, variables) -> list[list[tuple[np.ndarray, ...]]]:
-    """``[layer][direction]`` → NumPy ``(w_ih, w_hh, b, w_hr)`` of a ``jl.LSTM(H, proj_size=P)``'s variables.
+    """``[layer][direction]`` → NumPy ``(w_ih, w_hh, b, w_hr)`` of a projecting ``jl.LSTM``'s variables.
 
     As ``read_stack``, with the projection's shapes: ``w_hh`` (P, 4H), ``w_hr``
     (H, P), and layers after the first reading P (2P bidirectional) features.
@@ -426,7 +426,7 @@ def _read_projected_stack(module, variables) -> list[list[tuple[np.ndarray, ...]
     from ..linen import cell_name
 
     params = params_tree(variables)
-    hidden, proj = module.features, module.proj_size
+    hidden, proj = module.features, module.variant.proj_size
     fields = ("w_ih", "w_hh", "b", "w_hr")
     names = [cell_name(layer, d) for layer in range(module.num_layers) for d in range(module.num_directions)]
     extra = sorted(set(params) - set(names))

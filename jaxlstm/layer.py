@@ -1,0 +1,461 @@
+"""The LSTM layer that both Flax modules are, without Flax: its options, carries, casting, names, rng rule and call.
+
+``jl.LSTM`` (flax.linen) and ``jl.nnx.LSTM`` (flax.nnx) differ only in how
+they hold parameters, carries and randomness. Everything else is here, once:
+
+* ``LayerConfig``: every option of the layer, declared, documented and
+  validated in one frozen dataclass (the LSTM variants inside it as one
+  ``variant``, a ``jaxlstm.LSTMVariant``);
+* ``cell_name``: the parameter-tree key of a layer and direction;
+* ``start_carries``: the carries a call starts from and resets restart from;
+* ``cast``: the computation dtype of parameters and inputs;
+* ``draws_masks`` and ``dropout_key``: whether a call needs a ``'dropout'``
+  rng, and the error when it has none;
+* ``run``: the call into ``jaxlstm.stacked_lstm`` with the module's stack of
+  parameters, its carries and a key.
+
+Deterministic or random
+-----------------------
+A call is *random* when it draws masks: PyTorch-style ``dropout`` between
+layers (``num_layers > 1``), or a ``variant`` with ``input_dropout``,
+``recurrent_dropout``, ``zoneout_h`` or ``zoneout_c`` (``draws_masks`` is the
+rule). A deterministic call draws nothing: dropout is off and zoneout uses its
+expectation. Each API keeps the default of its framework's own dropout:
+
+======================== ======================== ==========================================================
+API                      ``deterministic``        why, and how to train
+======================== ======================== ==========================================================
+functional:              ``None``: random exactly As ``jax.random``: no key, no randomness. ``True``: never
+``jl.lstm``,             when a ``dropout_key``   random, even with a key; ``False``: a key is required.
+``jl.stacked_lstm``,     is given
+``jl.lstm_variant``
+linen ``jl.LSTM``        ``True`` (a call         linen's ``apply`` is a pure function with no training
+                         argument)                mode, so a bare ``apply`` is inference, as with
+                                                  ``flax.linen.Dropout(deterministic=True)``. Train with
+                                                  ``layer.apply(variables, x, deterministic=False,
+                                                  rngs={"dropout": key})``.
+NNX ``jl.nnx.LSTM``      ``False`` (constructor;  As ``nnx.Dropout``: a module starts in training mode;
+                         the call's overrides)    ``model.eval()`` / ``model.train()`` switch it. Masks
+                                                  come from the call's ``rngs``, else from the
+                                                  constructor's (stream ``'dropout'``, else ``'default'``).
+======================== ======================== ==========================================================
+
+A random module call without an rng raises the ``ValueError`` of
+``dropout_key``, the same for linen and NNX.
+
+>>> import jax, jax.numpy as jnp, jaxlstm as jl
+>>> from jaxlstm.layer import LayerConfig, draws_masks
+>>> config = LayerConfig(32, num_layers=2, variant=jl.LSTMVariant(recurrent_dropout=0.25))
+>>> config.output_size, draws_masks(config, deterministic=False), draws_masks(config, deterministic=True)
+(32, True, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from . import _checks
+from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, state_dtype
+from .scan import GRADIENTS, MASKED_OUTPUTS
+from .stack import MERGE_MODES, StackCarry, StackParams, check_stack_carry, last_output, merged_size, stacked_lstm
+from .variants import LSTMVariant
+
+__all__ = [
+    "LayerConfig",
+    "cell_name",
+    "cast",
+    "check_input",
+    "fresh_carries",
+    "start_carries",
+    "check_stateful_carry",
+    "draws_masks",
+    "dropout_key",
+    "run",
+]
+
+
+def cell_name(layer: int, direction: int) -> str:
+    """The parameter-tree key of one layer and direction: ``layer_0``, ``layer_0_reverse``."""
+    return f"layer_{layer}" + ("_reverse" if direction == 1 else "")
+
+
+# ----------------------------------------------------------------------------- the options
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Every option of an LSTM layer (a stack of them), validated on construction.
+
+    ``jl.LSTM`` has these as its fields and ``jl.nnx.LSTM`` as its keyword
+    arguments; both build a ``LayerConfig`` from them (``module.config``).
+
+    Attributes:
+        features: H (Keras' ``units``, PyTorch's ``hidden_size``), the size of
+            each cell's state vector.
+        num_layers: stacked layers; layer l + 1 reads layer l's output sequence.
+        bidirectional: add a backward direction to every layer.
+        merge: how directions combine: ``"concat"`` (F = 2R), ``"sum"``,
+            ``"mul"``, ``"ave"`` (F = R), as Keras' ``Bidirectional``.
+        return_sequences: output every step ``(*batch, T, F)``; ``False``
+            gives each sequence's last valid step ``(*batch, F)`` (for
+            bidirectional: forward final h merged with backward final h, the
+            one at step 0 — torch's ``h_n``).
+        return_carry: return ``(carries, output)``, ``carries`` nested
+            ``[layer][direction]`` → ``LSTMCarry`` of ``(*batch, R)`` and
+            ``(*batch, H)``.
+        dropout: dropout rate on every layer's output but the last (PyTorch's
+            ``dropout``); see "Deterministic or random" above.
+        dtype: computation dtype (``None``: the wider of the input's and the
+            parameters'); with bfloat16 or float16 the matmuls run in that
+            dtype while the cell state c stays float32 (mixed precision).
+        param_dtype: the parameters' dtype.
+        init_scheme: ``"keras"`` or ``"torch"`` initialisation (see
+            ``jaxlstm.init_params``; not ``init``, which is linen's method).
+        unroll: ``lax.scan`` unroll (speed only).
+        reverse: a single direction that reads each sequence from its last
+            valid step back to step 0 (outputs stay aligned with the inputs);
+            not with ``bidirectional``, which already has such a direction.
+        masked_output: what steps outside ``mask`` output: ``"zeros"`` or
+            ``"previous"`` (the last counted step's output), as ``jaxlstm.lstm``.
+        gradient: ``"fused"`` (default) or ``"autodiff"``, as ``jaxlstm.lstm``.
+        gate_fn, activation_fn: the gates' (sigmoid) and the candidate and
+            cell output's (tanh) activations — Keras' ``recurrent_activation``
+            and ``activation``.
+        learn_initial_carry: trainable ``h0`` (R,) and ``c0`` (H,) for every
+            layer and direction (``params["layer_0"]["h0"]``), zeros at first,
+            broadcast over the batch; an ``initial_carry`` given to the call
+            still wins. Resets restart from them too.
+        stateful: keep each layer's final carry and start the next call from
+            it, to feed a long sequence chunk by chunk (linen: the variable
+            collection ``"carry"``; NNX: ``model.carry``). ``resets[:, 0] =
+            True`` restarts a row's stream. Forward only.
+        checkpoint_every: for very long sequences, keep only every K-th carry
+            of each layer for the backward pass and recompute the rest (see
+            ``jaxlstm.lstm``); values and gradients do not change.
+        variant: the LSTM variant every cell is, a ``jaxlstm.LSTMVariant``
+            (projection, peepholes, layer norm, CIFG, forget bias, cell clip,
+            input and recurrent dropout, zoneout; docs/variants.md), handed
+            unchanged to ``jaxlstm.stacked_lstm``. ``None`` (or a variant with
+            every option off): the plain LSTM on its fused fast path. With a
+            projection, R = ``proj_size``; else R = H.
+
+    >>> import jaxlstm as jl
+    >>> config = LayerConfig(32, bidirectional=True, variant=jl.LSTMVariant(proj_size=16))
+    >>> config.recurrent_size, config.output_size, config.num_directions
+    (16, 32, 2)
+    """
+
+    features: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    merge: str = "concat"
+    return_sequences: bool = True
+    return_carry: bool = False
+    dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    init_scheme: str = "keras"
+    unroll: int = 1
+    reverse: bool = False
+    masked_output: str = "zeros"
+    gradient: str = "fused"
+    gate_fn: Activation = jax.nn.sigmoid
+    activation_fn: Activation = jnp.tanh
+    learn_initial_carry: bool = False
+    stateful: bool = False
+    checkpoint_every: int | None = None
+    variant: LSTMVariant | None = None
+
+    def __post_init__(self):
+        _checks.positive_int(self.features, "features")
+        _checks.positive_int(self.num_layers, "num_layers")
+        _checks.one_of(self.merge, MERGE_MODES, "merge")
+        _checks.rate(self.dropout, "dropout")
+        _checks.one_of(self.init_scheme, INIT_SCHEMES, "init_scheme")
+        _checks.positive_int(self.unroll, "unroll")
+        _checks.one_of(self.masked_output, MASKED_OUTPUTS, "masked_output")
+        _checks.one_of(self.gradient, GRADIENTS, "gradient")
+        _checks.activation(self.gate_fn, "gate_fn")
+        _checks.activation(self.activation_fn, "activation_fn")
+        if self.checkpoint_every is not None:
+            _checks.positive_int(self.checkpoint_every, "checkpoint_every")
+        if self.variant is not None:
+            if not isinstance(self.variant, LSTMVariant):
+                raise TypeError(
+                    f"variant must be None or a jaxlstm.LSTMVariant, got {type(self.variant).__name__} "
+                    f"{self.variant!r}; e.g. variant=jl.LSTMVariant(peepholes=True) (see docs/variants.md)"
+                )
+            self.variant.check_hidden_size(self.features, "features")
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
+        if self.stateful and (self.bidirectional or self.reverse):
+            raise ValueError(
+                "stateful=True streams a sequence forward chunk by chunk; it can't be combined with "
+                f"bidirectional={self.bidirectional} or reverse={self.reverse}, which need the whole sequence"
+            )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
+        return tuple(field.name for field in fields(cls))
+
+    @classmethod
+    def of(cls, module) -> LayerConfig:
+        """The config of a module (or any object) holding every option as an attribute of the same name."""
+        return cls(**{name: getattr(module, name) for name in cls.names()})
+
+    @classmethod
+    def from_options(cls, features: int, options: dict, where: str) -> LayerConfig:
+        """``LayerConfig(features, **options)``, with a TypeError for an unknown option that says what to write.
+
+        A variant option given flat (``peepholes=True``) is pointed to
+        ``variant=jl.LSTMVariant(peepholes=True)``.
+        """
+        variant_names = {field.name for field in fields(LSTMVariant)}
+        for name, value in options.items():
+            if name in variant_names:
+                raise TypeError(
+                    f"{where} got {name}={value!r}: the LSTM variant options are one option now, "
+                    f"write variant=jl.LSTMVariant({name}={value!r}) (see docs/variants.md)"
+                )
+            if name not in cls.names():
+                raise TypeError(
+                    f"{where} got an unexpected keyword argument {name!r}; its options are "
+                    f"{', '.join(cls.names()[1:])} (see jaxlstm.layer.LayerConfig)"
+                )
+        return cls(features, **options)
+
+    # ------------------------------------------------------------------ what follows from them
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def plain(self) -> bool:
+        """Whether every cell is the plain LSTM (no variant, or one with every option off)."""
+        return self.variant is None or self.variant.is_plain
+
+    @property
+    def cell_variant(self) -> LSTMVariant:
+        """The ``LSTMVariant`` every cell is: ``variant``, or ``LSTMVariant()`` (plain) when it is ``None``."""
+        return LSTMVariant() if self.variant is None else self.variant
+
+    @property
+    def recurrent_size(self) -> int:
+        """R, the size of each direction's ``h`` and output: the variant's ``proj_size`` if set, else ``features``."""
+        return self.cell_variant.recurrent_size(self.features)
+
+    @property
+    def output_size(self) -> int:
+        """F, the width of the output: 2·R for bidirectional "concat", else R."""
+        return merged_size(self.recurrent_size, self.num_directions, self.merge)
+
+    def layer_input_size(self, layer: int, input_size: int) -> int:
+        """What layer ``layer`` reads: D for the first, F (the previous layer's merged output) after."""
+        return input_size if layer == 0 else self.output_size
+
+
+# ----------------------------------------------------------------------------- inputs and dtypes
+
+
+def check_input(x, input_size: int | None = None) -> None:
+    """Checks a layer's input ``x``: floating, ``(*batch, T, D)``, D = ``input_size`` when given."""
+    _checks.inputs(x, input_size, "x", min_rank=2, layout="(*batch, time, input)")
+
+
+def cast(params: LSTMParams, xs: Array, dtype) -> tuple[LSTMParams, Array]:
+    """Casts params and inputs to the computation dtype (Flax's ``dtype`` convention).
+
+    ``dtype=None``: the wider of ``xs``' and ``params.w_ih``'s dtypes. Works
+    for ``VariantParams`` too (its ``None`` fields stay ``None``).
+    """
+    if dtype is None:
+        with jax.numpy_dtype_promotion("standard"):  # the wider of the two, whatever the user's promotion mode
+            dtype = jnp.promote_types(xs.dtype, params.w_ih.dtype)
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params), jnp.asarray(xs, dtype)
+
+
+# ----------------------------------------------------------------------------- carries
+
+
+def fresh_carries(
+    config: LayerConfig,
+    learned: StackCarry | None,
+    batch_shape: tuple[int, ...],
+    dtype,
+) -> StackCarry:
+    """The carries a sequence starts (and a reset restarts) from: the learned
+    ``h0`` (R,) and ``c0`` (H,) broadcast over the batch, or zeros; nested
+    ``[layer][direction]``. ``h`` has the computation dtype ``dtype``, ``c``
+    the state dtype (float32 at least)."""
+    c_shape, c_dtype = (*batch_shape, config.features), state_dtype(dtype)
+    h_shape = (*batch_shape, config.recurrent_size)
+    if learned is None:
+        zeros = LSTMCarry(jnp.zeros(h_shape, dtype), jnp.zeros(c_shape, c_dtype))
+        return tuple(tuple(zeros for _ in range(config.num_directions)) for _ in range(config.num_layers))
+    return tuple(
+        tuple(
+            LSTMCarry(
+                jnp.broadcast_to(carry.h.astype(dtype), h_shape),
+                jnp.broadcast_to(carry.c.astype(c_dtype), c_shape),
+            )
+            for carry in layer
+        )
+        for layer in learned
+    )
+
+
+def start_carries(
+    config: LayerConfig,
+    *,
+    learned: StackCarry | None,
+    initial_carry: StackCarry | None,
+    stored: StackCarry | None,
+    batch_shape: tuple[int, ...],
+    dtype,
+) -> tuple[StackCarry, StackCarry]:
+    """``(start, fresh)``: the carries a call starts from, and those a reset restarts from.
+
+    Start: a given ``initial_carry``, else the carry a stateful layer kept
+    (``stored``), else the learned or zero one. Resets restart from the given
+    ``initial_carry``, else from the learned or zero one.
+    """
+    fresh = fresh_carries(config, learned, batch_shape, dtype)
+    if initial_carry is not None:
+        check_stack_carry(
+            initial_carry,
+            config.num_layers,
+            config.num_directions,
+            batch_shape,
+            config.features,
+            "initial_carry",
+            None if config.plain else config.recurrent_size,
+        )
+        return initial_carry, initial_carry
+    if stored is not None:
+        check_stateful_carry(stored, batch_shape)
+        return stored, fresh
+    return fresh, fresh
+
+
+def check_stateful_carry(state: StackCarry, batch_shape: tuple[int, ...]) -> None:
+    """Refuses a kept carry whose batch shape differs from the input's."""
+    stored = tuple(state[0][0].h.shape[:-1])
+    if stored != tuple(batch_shape):
+        raise ValueError(
+            f"stateful=True keeps one carry per sequence: the stored carry has batch shape {stored} but x has "
+            f"batch shape {tuple(batch_shape)}; start afresh (linen: drop the 'carry' collection; "
+            f"NNX: model.reset_carry())" + _checks._see("stateful-streaming")
+        )
+
+
+# ----------------------------------------------------------------------------- the rng rule
+
+_RATES = ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c")  # the variant options that draw masks
+
+
+def draws_masks(config: LayerConfig, deterministic: bool) -> bool:
+    """Whether a call draws random masks: not ``deterministic``, and dropout between
+    layers (``dropout > 0`` with ``num_layers > 1``) or a variant that regularizes
+    (input or recurrent dropout, zoneout)."""
+    between_layers = config.dropout > 0.0 and config.num_layers > 1
+    return not deterministic and (between_layers or config.cell_variant.regularizes)
+
+
+def dropout_key(
+    config: LayerConfig, deterministic: bool, draw: Callable[[], PRNGKeyArray | None]
+) -> PRNGKeyArray | None:
+    """The key a call's masks come from: ``None`` when ``draws_masks`` says the call
+    draws none, else ``draw()`` — the module's ``'dropout'`` rng, ``None`` if it has
+    none, which is a ValueError naming what needs it and how to give it."""
+    if not draws_masks(config, deterministic):
+        return None
+    key = draw()
+    if key is None:
+        needs = [f"{name}={value!r}" for name, value in config.cell_variant.options.items() if name in _RATES]
+        if config.dropout > 0.0 and config.num_layers > 1:
+            needs.insert(0, f"dropout={config.dropout!r} between {config.num_layers} layers")
+        raise ValueError(
+            f"deterministic=False with {', '.join(needs)} draws random masks and needs a 'dropout' rng: "
+            "linen: layer.apply(variables, x, deterministic=False, rngs={'dropout': key}); "
+            "NNX: nnx.Rngs(dropout=seed) to the constructor or rngs= to the call. "
+            "For inference pass deterministic=True (see help(jaxlstm.layer))"
+        )
+    return key
+
+
+# ----------------------------------------------------------------------------- the call
+
+
+def run(
+    config: LayerConfig,
+    stack: StackParams,
+    x: Float[Array, "*batch time input"],
+    *,
+    seq_lengths: Int[Array, "*batch"] | None = None,
+    mask: Bool[Array, "*batch time"] | None = None,
+    resets: Bool[Array, "*batch time"] | None = None,
+    initial_carry: StackCarry | None = None,
+    learned: StackCarry | None = None,
+    stored: StackCarry | None = None,
+    dropout_key: PRNGKeyArray | None = None,
+):
+    """Runs the layer ``config`` describes with the module's parameters.
+
+    Args:
+        config: the layer's options.
+        stack: the module's weights, ``[layer][direction]`` → ``LSTMParams``
+            (``VariantParams`` with a variant), in the parameter dtype.
+        x: ``(*batch, T, D)``.
+        seq_lengths, mask, resets: as ``jaxlstm.stacked_lstm``.
+        initial_carry: the call's initial carries, nested ``[layer][direction]``.
+        learned: the learned ``h0`` (R,) and ``c0`` (H,) per layer and
+            direction (``learn_initial_carry``), else ``None``.
+        stored: the carry a stateful module kept from its last call, else ``None``.
+        dropout_key: from ``dropout_key``; ``None``: a deterministic call.
+
+    Returns:
+        ``(final_carries, result)``: the final carries (for a stateful module
+        to keep) and what the module returns — ``(*batch, T, F)`` or, without
+        ``return_sequences``, ``(*batch, F)``; ``(carries, output)`` with
+        ``return_carry``.
+    """
+    stack = tuple(tuple(cast(params, x, config.dtype)[0] for params in row) for row in stack)
+    xs = cast(stack[0][0], x, config.dtype)[1]
+    start, fresh = start_carries(
+        config,
+        learned=learned,
+        initial_carry=initial_carry,
+        stored=stored,
+        batch_shape=tuple(x.shape[:-2]),
+        dtype=xs.dtype,
+    )
+    carries, hs = stacked_lstm(
+        stack,
+        xs,
+        start,
+        reset_carries=fresh,
+        seq_lengths=seq_lengths,
+        mask=mask,
+        resets=resets,
+        masked_output=config.masked_output,
+        merge=config.merge,
+        dropout=config.dropout,
+        dropout_key=dropout_key,
+        unroll=config.unroll,
+        reverse=config.reverse,
+        gradient=config.gradient,
+        gate_fn=config.gate_fn,
+        activation_fn=config.activation_fn,
+        variant=config.variant,
+        checkpoint_every=config.checkpoint_every,
+    )
+    output = hs if config.return_sequences else last_output(carries, config.merge)
+    return carries, ((carries, output) if config.return_carry else output)
