@@ -1,7 +1,6 @@
 """jaxlstm.interop.keras: exact conversion to and from Keras 3 LSTM and Bidirectional(LSTM) layers."""
 
 import contextlib
-import dataclasses
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -262,13 +261,45 @@ def test_use_bias_false_is_a_zero_bias():
     assert max_abs(apply(module, variables, inputs()), keras_call(layer, inputs())) <= ATOL
 
 
-def test_dropout_is_refused_unless_ignored():
-    for option in ("dropout", "recurrent_dropout"):
-        layer = built(keras.layers.LSTM(H, **{option: 0.2}, **FAST))
-        with pytest.raises(ValueError, match=f"{option}=0.2.*ignore_dropout=True"):
-            from_keras(layer)
-        module, variables = from_keras(layer, ignore_dropout=True)
-        assert max_abs(apply(module, variables, inputs()), keras_call(layer, inputs(), training=False)) <= ATOL
+MASK = np.array([[True, False, True, True, False], [False] * T, [False, True, True, True, True]])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["lstm", "bidirectional"])
+def test_dropout_converts_to_the_variant(bidirectional):
+    """Keras' dropout and recurrent_dropout become input_dropout and recurrent_dropout: the same outputs at
+    inference (masked steps included), the rates kept for training, and back to Keras unchanged."""
+    lstm = keras.layers.LSTM(H, dropout=0.5, recurrent_dropout=0.3, return_sequences=True, **FAST)
+    layer = built(keras.layers.Bidirectional(lstm) if bidirectional else lstm)
+    module, variables = from_keras(layer)
+    assert module.variant == jl.LSTMVariant(input_dropout=0.5, recurrent_dropout=0.3)
+    x = inputs()
+    assert max_abs(apply(module, variables, x), keras_call(layer, x, training=False)) <= ATOL
+    assert max_abs(apply(module, variables, x, mask=MASK), keras_call(layer, x, mask=MASK, training=False)) <= ATOL
+
+    train = jax.jit(module.apply, static_argnames="deterministic")
+    drawn = [train(variables, x, deterministic=False, rngs={"dropout": jax.random.key(s)}) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(drawn[0], drawn[1])  # the rng decides the masks
+    assert max_abs(drawn[0], drawn[2]) > 1e-2 and max_abs(drawn[0], apply(module, variables, x)) > 1e-2
+
+    back = to_keras(module, variables)
+    for sub in (back.forward_layer, back.backward_layer) if bidirectional else (back,):
+        assert (sub.cell.dropout, sub.cell.recurrent_dropout) == (0.5, 0.3)
+    for ours, theirs in zip(layer.get_weights(), back.get_weights(), strict=True):
+        assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    assert from_keras(back)[0] == module
+
+
+def test_dropout_can_be_ignored_and_must_match_between_directions():
+    layer = built(keras.layers.LSTM(H, dropout=0.2, **FAST))
+    module, variables = from_keras(layer, ignore_dropout=True)
+    assert module.variant is None
+    assert max_abs(apply(module, variables, inputs()), keras_call(layer, inputs(), training=False)) <= ATOL
+    assert from_keras(built(keras.layers.LSTM(H, recurrent_dropout=0.2, **FAST)))[0].variant == jl.LSTMVariant(
+        recurrent_dropout=0.2
+    )
+    backward = keras.layers.LSTM(H, go_backwards=True, dropout=0.1, **FAST)
+    with pytest.raises(ValueError, match="different dropout rates .*one variant for both directions"):
+        from_keras(keras.layers.Bidirectional(keras.layers.LSTM(H, dropout=0.2, **FAST), backward_layer=backward))
 
 
 def test_unsupported_options_raise():
@@ -389,8 +420,9 @@ def test_to_keras_carries_masked_output_and_activations():
         to_keras(jl.LSTM(H, learn_initial_carry=True), forward)
     with pytest.raises(ValueError, match="stateful=True"):
         to_keras(jl.LSTM(H, stateful=True), forward)
-    options = {f.name for f in dataclasses.fields(jl.LSTM)}
-    for option, value in (("cell_clip", 3.0), ("forget_bias", 1.0)):  # options without weights of their own
-        if option in options:
-            with pytest.raises(ValueError, match=f"{option}={value} has no keras.layers.LSTM equivalent"):
-                to_keras(jl.LSTM(H, **{option: value}), forward)
+    with pytest.raises(ValueError, match="checkpoint_every=4 has no keras.layers.LSTM equivalent"):
+        to_keras(jl.LSTM(H, checkpoint_every=4), forward)
+    for option, value in (("cell_clip", 3.0), ("forget_bias", 1.0), ("zoneout_h", 0.1)):  # no weights of their own
+        message = f"keras.layers.LSTM has no {option}={value}; .* input_dropout \\(its dropout\\) and recurrent_dropout"
+        with pytest.raises(ValueError, match=message):
+            to_keras(jl.LSTM(H, variant=jl.LSTMVariant(**{option: value})), forward)

@@ -16,11 +16,42 @@ returns a ``KerasLSTM`` wrapper (same variables) when they apply:
   ``[output, h_fw, c_fw, h_bw, c_bw]``), ``jl.LSTM(return_carry=True)``
   returns ``(carries, output)``.
 
-Masks: what Keras outputs at a masked step depends on the layer, and
-``from_keras`` sets ``masked_output`` to match (see ``from_keras``).
-Activations: Keras' elementwise activations convert to the JAX functions
-computing them (``keras.activations.hard_sigmoid`` → ``jax.nn.hard_sigmoid``,
-``relu6(x + 3) / 6``), set as the module's ``gate_fn`` / ``activation_fn``.
+Dropout: Keras' ``dropout`` (on the inputs) and ``recurrent_dropout`` are
+jaxlstm's ``LSTMVariant(input_dropout=..., recurrent_dropout=...)``, one mask
+per sequence in both; ``from_keras`` and ``to_keras`` carry them. Keras' LSTM
+has none of jaxlstm's other variants.
+
+Masks: Keras skips a masked step (the states stay as they were) and, at that
+step, outputs
+
+* the previous output (its ``h`` state) in a plain ``LSTM``:
+  ``masked_output="previous"``;
+* zeros inside ``Bidirectional`` (which forces ``zero_output_for_mask``
+  when it returns sequences) or with ``zero_output_for_mask=True``:
+  ``masked_output="zeros"``;
+* the previous output with ``unroll=True`` whatever ``zero_output_for_mask``
+  says (Keras' unrolled loop ignores it): ``masked_output="previous"``.
+
+``from_keras`` sets ``masked_output`` to match. Two Keras corners that the
+module does not reproduce:
+
+* ``unroll=True`` with a non-zero ``initial_state``: before a row's first
+  unmasked step (or in an all-masked row) Keras' unrolled loop outputs
+  zeros where its scan, and the module, output the initial ``h``.
+  Without an initial state (or with ``unroll=False``) they agree.
+* ``zero_output_for_mask=True`` with ``return_sequences=False`` (a plain
+  ``LSTM``; ``Bidirectional`` does not set it then): Keras returns its
+  last output, zeros for a row whose last step (first step with
+  ``go_backwards``) is masked; the module returns the last unmasked
+  step's ``h`` (the final state Keras returns with ``return_state``).
+Activations: ``activation`` and ``recurrent_activation`` may be any
+elementwise Keras activation in ``KERAS_ACTIVATIONS`` (by name, as
+``keras.activations.get(name)`` returns it, or the ``keras.ops`` function of
+that name); they become the module's ``activation_fn`` and ``gate_fn``, JAX
+functions computing exactly what Keras computes with its default arguments
+(``hard_sigmoid`` is ``relu6(x + 3) / 6``, ``gelu`` the exact erf form,
+``leaky_relu`` slope 0.2). Other callables are refused: pass your own
+``gate_fn``/``activation_fn`` to ``jl.LSTM``.
 
 ``keras`` is imported inside the functions only: ``jaxlstm.interop``
 imports without it (``pip install jaxlstm[keras]`` adds it; set
@@ -39,6 +70,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ..cell import LSTMCarry
 from ..linen import LSTM, cell_name
+from ..variants import LSTMVariant
 from ._common import floating, lstm_module, read_stack, require, warn_if_x64_disabled
 
 __all__ = ["KerasLSTM", "from_keras", "to_keras"]
@@ -109,9 +141,12 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         layer: a built ``keras.layers.LSTM`` or ``keras.layers.Bidirectional``
             wrapping one (merge modes "concat", "sum", "mul", "ave").
         ignore_dropout: Keras' ``dropout`` (on the inputs) and
-            ``recurrent_dropout`` act only in training and jaxlstm has no
-            equivalent; by default a layer using them is refused, ``True``
-            converts it for inference (without them).
+            ``recurrent_dropout`` become the module's
+            ``variant=LSTMVariant(input_dropout=..., recurrent_dropout=...)``
+            (the same masks: one per sequence, constant over time), so the
+            module trains with them and, like Keras, uses none at inference.
+            ``True`` drops them: a plain module, equal at inference, that
+            trains without them.
 
     Returns:
         ``(module, variables)``. ``module`` is a ``jaxlstm.LSTM`` with
@@ -119,53 +154,15 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         ``merge`` as the layer (``reverse`` for ``go_backwards``), or a
         ``KerasLSTM`` holding one when the layer has ``return_state=True`` or
         ``go_backwards=True, return_sequences=True`` (see ``KerasLSTM``).
-        ``module.apply(variables, x)`` equals ``layer(x)``, and
+        ``module.apply(variables, x)`` equals ``layer(x)`` (inference), and
         ``module.apply(variables, x, mask=mask)`` equals
         ``layer(x, mask=mask)`` for any boolean mask (B, T), masks that begin
-        with ``False`` and all-``False`` rows included.
-
-    Masks: Keras skips a masked step (the states stay as they were) and, at
-    that step, outputs
-
-    * the previous output (its ``h`` state) in a plain ``LSTM``:
-      ``masked_output="previous"``;
-    * zeros inside ``Bidirectional`` (which forces ``zero_output_for_mask``
-      when it returns sequences) or with ``zero_output_for_mask=True``:
-      ``masked_output="zeros"``;
-    * the previous output with ``unroll=True`` whatever ``zero_output_for_mask``
-      says (Keras' unrolled loop ignores it): ``masked_output="previous"``.
-
-    Two Keras corners that the module does not reproduce:
-
-    * ``unroll=True`` with a non-zero ``initial_state``: before a row's first
-      unmasked step (or in an all-masked row) Keras' unrolled loop outputs
-      zeros where its scan, and the module, output the initial ``h``.
-      Without an initial state (or with ``unroll=False``) they agree.
-    * ``zero_output_for_mask=True`` with ``return_sequences=False`` (a plain
-      ``LSTM``; ``Bidirectional`` does not set it then): Keras returns its
-      last output, zeros for a row whose last step (first step with
-      ``go_backwards``) is masked; the module returns the last unmasked
-      step's ``h`` (the final state Keras returns with ``return_state``).
-
-    Activations: ``activation`` and ``recurrent_activation`` may be any
-    elementwise Keras activation in ``KERAS_ACTIVATIONS`` (by name, as
-    ``keras.activations.get(name)`` returns it, or the ``keras.ops`` function
-    of that name); they become the module's ``activation_fn`` and
-    ``gate_fn``, JAX functions computing exactly what Keras computes with
-    its default arguments (``hard_sigmoid`` is ``relu6(x + 3) / 6``,
-    ``gelu`` the exact erf form, ``leaky_relu`` slope 0.2). Other callables
-    are refused: pass your own ``gate_fn``/``activation_fn`` to ``jl.LSTM``.
-
-    Raises:
-        TypeError: not an LSTM or Bidirectional(LSTM) layer.
-        ValueError: the layer is not built, or uses an activation that is not
-            an elementwise Keras activation (or differs between the two
-            directions of a ``Bidirectional``), or dropout (see
-            ``ignore_dropout``).
-        NotImplementedError: ``stateful=True`` with ``go_backwards=True`` or
-            in a ``Bidirectional``; ``Bidirectional`` with ``merge_mode=None``
-            or over a ``go_backwards=True`` layer, or whose two layers treat
-            masked steps differently.
+        with ``False`` and all-``False`` rows included; how masked steps map
+        to ``masked_output``, and the two corners that differ: this module's
+        docstring, "Masks". Training draws its own masks from the module's
+        ``'dropout'`` rng, not from Keras' ``seed``. ``activation`` and
+        ``recurrent_activation`` become ``activation_fn`` and ``gate_fn``
+        (this module's docstring, "Activations").
 
     ``stateful=True`` converts to ``jl.LSTM(stateful=True)``, and the layer's
     current states to the ``"carry"`` collection of ``variables``, so
@@ -174,11 +171,68 @@ def from_keras(layer, *, ignore_dropout: bool = False):
     stands; Keras' ``layer.reset_state()`` is dropping that collection.
 
     ``use_bias=False`` converts to a zero bias; ``unroll``, ``use_cudnn``,
-    initializers, regularizers and constraints do not change the function
-    and are not carried over (``unroll`` only through ``masked_output``).
+    ``seed``, initializers, regularizers and constraints do not change the
+    function and are not carried over (``unroll`` only through ``masked_output``).
+
+    Raises:
+        TypeError: not an LSTM or Bidirectional(LSTM) layer.
+        ValueError: the layer is not built, or uses an activation that is not
+            an elementwise Keras activation, or its two directions differ in
+            activations or dropout rates (a ``jaxlstm.LSTM`` has one cell
+            variant for both).
+        NotImplementedError: ``stateful=True`` with ``go_backwards=True`` or
+            in a ``Bidirectional``; ``Bidirectional`` with ``merge_mode=None``
+            or over a ``go_backwards=True`` layer, or whose two layers treat
+            masked steps differently.
     """
     keras = require("keras", "keras", "from_keras")
+    layers = _lstm_layers(keras, layer)
+    gate_fn, activation_fn = _activations(keras, layers)
+    options = dict(
+        masked_output=_masked_output(layers, bidirectional=len(layers) == 2),
+        gate_fn=gate_fn,
+        activation_fn=activation_fn,
+        variant=_variant(layers, ignore_dropout),
+    )
+    params = _read_params(keras, layer, layers)
+    module = _module(layer, layers, params["layer_0"]["w_ih"].dtype, **options)
+    variables = {"params": params}
+    first = layers[0]
+    if first.stateful and first.states is not None:
+        h, c = (jnp.asarray(_numpy(keras, state)) for state in first.states)
+        variables["carry"] = {"state": ((LSTMCarry(h, c),),)}
+    return module, variables
 
+
+def _module(layer, layers, variable_dtype, **options) -> LSTM | KerasLSTM:
+    """The ``jl.LSTM`` with the layer's structure and ``options``, wrapped in a ``KerasLSTM`` where Keras'
+    conventions differ (``go_backwards`` with ``return_sequences``, ``return_state``)."""
+    first = layers[0]
+    compute_dtype = jnp.dtype(first.compute_dtype)
+    bidirectional = len(layers) == 2
+    go_backwards = bool(first.go_backwards) and not bidirectional
+    return_sequences, return_state = bool(first.return_sequences), bool(first.return_state)
+    module = LSTM(
+        features=first.units,
+        bidirectional=bidirectional,
+        merge=layer.merge_mode if bidirectional else "concat",
+        return_sequences=return_sequences,
+        return_carry=return_state,
+        reverse=go_backwards,
+        init_scheme="keras",
+        param_dtype=variable_dtype,
+        dtype=None if compute_dtype == variable_dtype else compute_dtype,
+        stateful=bool(first.stateful),
+        **options,
+    )
+    flip = go_backwards and return_sequences
+    if flip or return_state:
+        return KerasLSTM(module, flip_outputs=flip, return_state=return_state)
+    return module
+
+
+def _lstm_layers(keras, layer) -> tuple:
+    """``(lstm,)`` for an LSTM layer, ``(forward, backward)`` for a Bidirectional one, checked for what converts."""
     if isinstance(layer, keras.layers.Bidirectional):
         forward, backward = layer.forward_layer, layer.backward_layer
         for name, sub in (("forward_layer", forward), ("backward_layer", backward)):
@@ -206,25 +260,45 @@ def from_keras(layer, *, ignore_dropout: bool = False):
                 f"from_keras: Bidirectional layers with different units ({forward.units} forward, "
                 f"{backward.units} backward) are not supported"
             )
-        layers = (forward, backward)
-    elif isinstance(layer, keras.layers.LSTM):
-        layers = (layer,)
-    else:
-        raise TypeError(
-            f"from_keras converts keras.layers.LSTM or keras.layers.Bidirectional(LSTM), got {type(layer).__name__}"
+        return forward, backward
+    if isinstance(layer, keras.layers.LSTM):
+        if layer.stateful and layer.go_backwards:
+            raise NotImplementedError(
+                f"from_keras: {layer.name!r} has stateful=True with go_backwards=True; jaxlstm streams forward only"
+            )
+        return (layer,)
+    raise TypeError(
+        f"from_keras converts keras.layers.LSTM or keras.layers.Bidirectional(LSTM), got {type(layer).__name__}"
+    )
+
+
+def _variant(layers, ignore_dropout: bool) -> LSTMVariant | None:
+    """Keras' ``dropout`` and ``recurrent_dropout`` as the variant's ``input_dropout`` and
+    ``recurrent_dropout`` (Keras and jaxlstm both draw one mask per sequence, scaled by
+    1 / (1 - rate)); ``None`` when the layer has neither or ``ignore_dropout``."""
+    rates = {(float(sub.cell.dropout), float(sub.cell.recurrent_dropout)) for sub in layers}
+    if len(rates) > 1:
+        shown = "; ".join(
+            f"{sub.name!r}: dropout={sub.cell.dropout}, recurrent_dropout={sub.cell.recurrent_dropout}"
+            for sub in layers
         )
-    for sub in layers:
-        _check_supported(keras, sub, ignore_dropout)
-    gate_fn, activation_fn = _activations(keras, layers)
-    masked_output = _masked_output(layers, bidirectional=len(layers) == 2)
+        raise ValueError(
+            f"from_keras: the forward and backward layers have different dropout rates ({shown}); "
+            "a jaxlstm.LSTM uses one variant for both directions"
+        )
+    input_dropout, recurrent_dropout = rates.pop()
+    if ignore_dropout or (input_dropout == 0.0 and recurrent_dropout == 0.0):
+        return None
+    return LSTMVariant(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout)
+
+
+def _read_params(keras, layer, layers) -> dict:
+    """The layers' weights as ``{"layer_0": {"w_ih", "w_hh", "b"}, "layer_0_reverse": ...}`` (Keras' layout)."""
     if not layer.built or any(getattr(sub.cell, "kernel", None) is None for sub in layers):
         raise ValueError(
             f"from_keras: layer {layer.name!r} is not built, so it has no weights yet; "
             "call it on an input or call layer.build(input_shape) first"
         )
-
-    first = layers[0]
-    units = first.units
     params = {}
     for direction, sub in enumerate(layers):
         kernel = floating(_numpy(keras, sub.cell.kernel), f"{sub.name}.kernel")
@@ -232,43 +306,19 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         if sub.cell.use_bias:
             bias = _numpy(keras, sub.cell.bias)
         else:
-            bias = np.zeros((4 * units,), kernel.dtype)
+            bias = np.zeros((4 * sub.units,), kernel.dtype)
         warn_if_x64_disabled(kernel.dtype, f"layer {sub.name!r}")
         params[cell_name(0, direction)] = {
             "w_ih": jnp.asarray(kernel),
             "w_hh": jnp.asarray(recurrent),
             "b": jnp.asarray(bias),
         }
+    return params
 
-    variable_dtype = params["layer_0"]["w_ih"].dtype
-    compute_dtype = jnp.dtype(first.compute_dtype)
-    bidirectional = len(layers) == 2
-    go_backwards = bool(first.go_backwards) and not bidirectional
-    return_sequences = bool(first.return_sequences)
-    return_state = bool(first.return_state)
-    module = LSTM(
-        features=units,
-        bidirectional=bidirectional,
-        merge=layer.merge_mode if bidirectional else "concat",
-        return_sequences=return_sequences,
-        return_carry=return_state,
-        reverse=go_backwards,
-        init_scheme="keras",
-        param_dtype=variable_dtype,
-        dtype=None if compute_dtype == variable_dtype else compute_dtype,
-        masked_output=masked_output,
-        gate_fn=gate_fn,
-        activation_fn=activation_fn,
-        stateful=bool(first.stateful),
-    )
-    flip = go_backwards and return_sequences
-    if flip or return_state:
-        module = KerasLSTM(module, flip_outputs=flip, return_state=return_state)
-    variables = {"params": params}
-    if first.stateful and first.states is not None:
-        h, c = (jnp.asarray(_numpy(keras, state)) for state in first.states)
-        variables["carry"] = {"state": ((LSTMCarry(h, c),),)}
-    return module, variables
+
+# The variant options keras.layers.LSTM has (as dropout and recurrent_dropout); layer_norm_epsilon only
+# matters with layer_norm.
+KERAS_VARIANT_OPTIONS = ("input_dropout", "recurrent_dropout", "layer_norm_epsilon")
 
 
 def _linear(x):
@@ -388,21 +438,6 @@ def _masked_output(layers, *, bidirectional: bool) -> str:
     return modes.pop()
 
 
-def _check_supported(keras, layer, ignore_dropout: bool) -> None:
-    cell = layer.cell
-    if layer.stateful and layer.go_backwards:
-        raise NotImplementedError(
-            f"from_keras: {layer.name!r} has stateful=True with go_backwards=True; jaxlstm streams forward only"
-        )
-    for option in ("dropout", "recurrent_dropout"):
-        rate = getattr(cell, option)
-        if rate and not ignore_dropout:
-            raise ValueError(
-                f"from_keras: {layer.name!r} has {option}={rate}; jaxlstm has no such dropout. It acts only in "
-                "training: pass ignore_dropout=True to convert the layer for inference without it"
-            )
-
-
 def _numpy(keras, variable) -> np.ndarray:
     """A Keras variable's value as a NumPy array, bits unchanged, on any backend."""
     return np.asarray(keras.ops.convert_to_numpy(variable.value))
@@ -431,7 +466,9 @@ def to_keras(module, variables):
         ``return_state`` (from ``return_carry``; Keras then returns
         ``[output, h, c]``), ``go_backwards`` (from ``reverse``), in the
         parameter dtype; ``activation`` and ``recurrent_activation`` named
-        after ``activation_fn`` and ``gate_fn`` (see ``KERAS_ACTIVATIONS``).
+        after ``activation_fn`` and ``gate_fn`` (see ``KERAS_ACTIVATIONS``);
+        ``dropout`` and ``recurrent_dropout`` from the variant's
+        ``input_dropout`` and ``recurrent_dropout``.
         Masked steps as ``masked_output``: a one-direction layer gets
         ``zero_output_for_mask=True`` for ``"zeros"`` (when it returns
         sequences); a ``Bidirectional`` one always writes zeros there
@@ -446,8 +483,9 @@ def to_keras(module, variables):
             reversed time order; wrap it as
             ``KerasLSTM(lstm, flip_outputs=True)`` to accept that), an
             activation Keras has no name for, ``learn_initial_carry=True``
-            (Keras has no learnable initial state), ``stateful=True``, or
-            any other option Keras' LSTM lacks (e.g. an LSTM variant's).
+            (Keras has no learnable initial state), ``stateful=True``, an
+            LSTM variant other than input and recurrent dropout (peepholes,
+            a projection, ...), or any other option Keras' LSTM lacks.
     """
     keras = require("keras", "keras", "to_keras")
 
@@ -457,45 +495,9 @@ def to_keras(module, variables):
         flip, return_state = module.flip_outputs, module.return_state
         module = module.lstm
     module = lstm_module(module)
-    if module.num_layers != 1:
-        raise ValueError(f"to_keras: a Keras LSTM layer is one layer; this module has num_layers={module.num_layers}")
-    if module.reverse and module.return_sequences and not flip:
-        raise ValueError(
-            "to_keras: Keras' go_backwards=True returns the output sequence in reversed time order, "
-            "jaxlstm's reverse=True keeps it aligned with the inputs; pass KerasLSTM(module, flip_outputs=True) "
-            "to convert to the Keras behaviour"
-        )
-    # Options to_keras carries over (or that change nothing in one layer); any other option set away from its
-    # default (an LSTM variant, say) has no keras.layers.LSTM equivalent and must not be dropped silently.
-    handled = {
-        "features", "num_layers", "bidirectional", "merge", "return_sequences", "return_carry", "dropout", "dtype",
-        "param_dtype", "init_scheme", "unroll", "reverse", "masked_output", "gradient", "gate_fn", "activation_fn",
-        "learn_initial_carry", "stateful", "parent", "name",
-    }  # fmt: skip
-    default = LSTM(module.features)
-    for field in dataclasses.fields(module):
-        if field.name not in handled and getattr(module, field.name) != getattr(default, field.name):
-            raise ValueError(
-                f"to_keras: {field.name}={getattr(module, field.name)!r} has no keras.layers.LSTM equivalent"
-            )
-    if module.learn_initial_carry:
-        raise ValueError(
-            "to_keras: Keras' LSTM has no learnable initial state; a module with learn_initial_carry=True "
-            "does not convert (pass its h0, c0 to the Keras layer as initial_state yourself)"
-        )
-    if module.stateful:
-        raise ValueError(
-            "to_keras: stateful=True does not convert (a stateful Keras layer needs a fixed batch size); "
-            "convert the module with stateful=False and pass initial_state to the Keras layer"
-        )
-    names = {}
-    for option, fn in (("activation_fn", module.activation_fn), ("gate_fn", module.gate_fn)):
-        names[option] = _keras_name(fn)
-        if names[option] is None:
-            raise ValueError(
-                f"to_keras: {option}={getattr(fn, '__name__', fn)!r} is not one of the functions Keras has an "
-                f"activation for ({', '.join(KERAS_ACTIVATIONS)}; see jaxlstm.interop.keras.KERAS_ACTIVATIONS)"
-            )
+    _check_keras_has(module, flip)
+    names = _activation_names(module)
+    variant = module.config.cell_variant
     stack = read_stack(module, variables)
     input_size = stack[0][0][0].shape[0]
     dtype = np.dtype(stack[0][0][0].dtype).name
@@ -509,6 +511,8 @@ def to_keras(module, variables):
         go_backwards=bool(module.reverse),
         zero_output_for_mask=zeros_at_masked,
         unroll=module.bidirectional and module.return_sequences and not zeros_at_masked,
+        dropout=variant.input_dropout,
+        recurrent_dropout=variant.recurrent_dropout,
         dtype=dtype,
     )
     layer = keras.layers.Bidirectional(lstm, merge_mode=module.merge, dtype=dtype) if module.bidirectional else lstm
@@ -518,3 +522,58 @@ def to_keras(module, variables):
         layer.build((None, None, input_size))
         layer.set_weights([array for w_ih, w_hh, b in stack[0] for array in (w_ih, w_hh, b)])
     return layer
+
+
+def _check_keras_has(module: LSTM, flip: bool | None) -> None:
+    """Refuses a module that one ``keras.layers.LSTM`` (or ``Bidirectional`` of one) cannot compute."""
+    if module.num_layers != 1:
+        raise ValueError(f"to_keras: a Keras LSTM layer is one layer; this module has num_layers={module.num_layers}")
+    if module.reverse and module.return_sequences and not flip:
+        raise ValueError(
+            "to_keras: Keras' go_backwards=True returns the output sequence in reversed time order, "
+            "jaxlstm's reverse=True keeps it aligned with the inputs; pass KerasLSTM(module, flip_outputs=True) "
+            "to convert to the Keras behaviour"
+        )
+    # Options to_keras carries over (or that change nothing in one layer); any other option set away from its
+    # default has no keras.layers.LSTM equivalent and must not be dropped silently.
+    handled = {
+        "features", "num_layers", "bidirectional", "merge", "return_sequences", "return_carry", "dropout", "dtype",
+        "param_dtype", "init_scheme", "unroll", "reverse", "masked_output", "gradient", "gate_fn", "activation_fn",
+        "learn_initial_carry", "stateful", "variant", "parent", "name",
+    }  # fmt: skip
+    default = LSTM(module.features)
+    for field in dataclasses.fields(module):
+        if field.name not in handled and getattr(module, field.name) != getattr(default, field.name):
+            raise ValueError(
+                f"to_keras: {field.name}={getattr(module, field.name)!r} has no keras.layers.LSTM equivalent"
+            )
+    unsupported = {k: v for k, v in module.config.cell_variant.options.items() if k not in KERAS_VARIANT_OPTIONS}
+    if unsupported:
+        options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+        raise ValueError(
+            f"to_keras: keras.layers.LSTM has no {options}; of jaxlstm's LSTM variants it has input_dropout "
+            "(its dropout) and recurrent_dropout only (see docs/variants.md)"
+        )
+    if module.learn_initial_carry:
+        raise ValueError(
+            "to_keras: Keras' LSTM has no learnable initial state; a module with learn_initial_carry=True "
+            "does not convert (pass its h0, c0 to the Keras layer as initial_state yourself)"
+        )
+    if module.stateful:
+        raise ValueError(
+            "to_keras: stateful=True does not convert (a stateful Keras layer needs a fixed batch size); "
+            "convert the module with stateful=False and pass initial_state to the Keras layer"
+        )
+
+
+def _activation_names(module: LSTM) -> dict[str, str]:
+    """``{"activation_fn": name, "gate_fn": name}``: the Keras names of the module's activations."""
+    names = {}
+    for option, fn in (("activation_fn", module.activation_fn), ("gate_fn", module.gate_fn)):
+        names[option] = _keras_name(fn)
+        if names[option] is None:
+            raise ValueError(
+                f"to_keras: {option}={getattr(fn, '__name__', fn)!r} is not one of the functions Keras has an "
+                f"activation for ({', '.join(KERAS_ACTIVATIONS)}; see jaxlstm.interop.keras.KERAS_ACTIVATIONS)"
+            )
+    return names
