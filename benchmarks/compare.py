@@ -131,9 +131,11 @@ def make_jaxlstm(shape: Shape, data: Data):
     return _jax_closures(lambda p, xs: jl.lstm(p, xs)[1], params, data)
 
 
-def make_jaxlstm_variant(**options):
-    """``jl.lstm`` with per-step flags or another gradient: a mask that is all True, resets every 32 steps,
-    or ``gradient="autodiff"`` (JAX differentiating the scan instead of the fused backward pass)."""
+def make_jaxlstm_variant(cell=None, **options):
+    """``jl.lstm`` with per-step flags, another gradient or a member of the LSTM family: a mask that
+    is all True, resets every 32 steps, ``gradient="autodiff"`` (JAX differentiating the scan instead
+    of the fused backward pass), or ``cell``, the options of a ``jl.LSTMVariant`` (``proj_size`` as a
+    fraction of H)."""
 
     def make(shape: Shape, data: Data):
         import jax
@@ -141,8 +143,17 @@ def make_jaxlstm_variant(**options):
 
         import jaxlstm as jl
 
-        params = jl.init_params(jax.random.key(data.seed), shape.D, shape.H)
         flags = {}
+        if cell is None:
+            params = jl.init_params(jax.random.key(data.seed), shape.D, shape.H)
+        else:
+            fields = dict(cell)
+            if "proj_size" in fields:
+                fields["proj_size"] = max(1, int(shape.H * fields["proj_size"]))
+            flags["variant"] = jl.LSTMVariant(**fields)
+            params = jl.init_variant_params(jax.random.key(data.seed), shape.D, shape.H, flags["variant"])
+            if flags["variant"].proj_size is not None:  # the outputs are P wide: a cotangent of that width
+                data = data._replace(cotangent=data.cotangent[..., : flags["variant"].proj_size])
         if options.get("mask"):
             flags["mask"] = jnp.ones((shape.B, shape.T), bool)
         if options.get("resets"):
@@ -363,6 +374,21 @@ IMPLS: dict[str, Impl] = {
     "jaxlstm.autodiff": Impl(
         make_jaxlstm_variant(gradient="autodiff"), ("jax",), '`jl.lstm(..., gradient="autodiff")`'
     ),
+    **{
+        f"jaxlstm+{name}": Impl(
+            make_jaxlstm_variant(cell=cell, gradient=gradient),
+            ("jax",),
+            f"`jl.lstm(..., variant=jl.LSTMVariant({label}), gradient={gradient!r})`",
+        )
+        for name, cell, label, gradient in (
+            ("peepholes", {"peepholes": True}, "peepholes=True", "fused"),
+            ("layer_norm", {"layer_norm": True}, "layer_norm=True", "fused"),
+            ("cell_clip", {"cell_clip": 3.0}, "cell_clip=3.0", "fused"),
+            ("cifg", {"cifg": True}, "cifg=True", "fused"),
+            ("proj_size", {"proj_size": 0.5}, "proj_size=H/2", "fused"),
+            ("peepholes.autodiff", {"peepholes": True}, "peepholes=True", "autodiff"),
+        )
+    },
     "flax.OptimizedLSTMCell": Impl(make_flax_optimized, ("jax", "flax"), "`nn.RNN(nn.OptimizedLSTMCell(H))`"),
     "flax.LSTMCell": Impl(make_flax_lstmcell, ("jax", "flax"), "`nn.RNN(nn.LSTMCell(H))`"),
     "haiku": Impl(
@@ -377,6 +403,9 @@ IMPLS: dict[str, Impl] = {
     ),
 }
 JAX_ANCHORS = ("flax.OptimizedLSTMCell", "flax.LSTMCell", "haiku", "equinox")
+# The LSTM family against the plain LSTM: run only when named in --impls (e.g. --family).
+FAMILY = tuple(name for name in IMPLS if name.startswith("jaxlstm+") and name not in ("jaxlstm+mask", "jaxlstm+resets"))
+DEFAULT_IMPLS = [name for name in IMPLS if name not in FAMILY]
 FLOOR = "xla.gemms"  # not an implementation: the matmuls alone
 
 
@@ -749,7 +778,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=parse_shapes, help=f'"B,T,D,H;B,T,D,H" (default: {DEFAULT_SHAPES})')
     p.add_argument("--reps", type=int, help="timed calls per implementation and mode (default 7; --quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls after compiling (default 3)")
-    p.add_argument("--impls", type=parse_impls, default=list(IMPLS), help=f"comma-separated subset of {list(IMPLS)}")
+    p.add_argument("--impls", type=parse_impls, default=DEFAULT_IMPLS, help=f"comma-separated subset of {list(IMPLS)}")
+    p.add_argument("--family", action="store_true", help=f"only jaxlstm and the LSTM family: {', '.join(FAMILY)}")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul (default 2048; --quick 256)")
     p.add_argument("--json", metavar="PATH", help="write machine-readable results here")
     p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
@@ -776,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
 
     skipped = {}
     impls = []
-    for name in args.impls:
+    for name in ["jaxlstm", *FAMILY] if args.family else args.impls:
         missing = missing_modules(name)
         if missing:
             skipped[name] = f"{', '.join(missing)} not installed"

@@ -16,6 +16,8 @@ from .cell import lstm_cell as lstm_cell
 from .cell import zeros_carry as zeros_carry
 from .explain import explain as explain
 from .scan import lstm as lstm
+from .scan import lstm_variant as lstm_variant
+from .scan import lstm_variant_cell as lstm_variant_cell
 from .stack import MERGE_MODES as MERGE_MODES
 from .stack import StackCarry as StackCarry
 from .stack import StackParams as StackParams
@@ -27,8 +29,6 @@ from .summary import summary as summary
 from .variants import LSTMVariant as LSTMVariant
 from .variants import VariantParams as VariantParams
 from .variants import init_variant_params as init_variant_params
-from .variants import lstm_variant as lstm_variant
-from .variants import lstm_variant_cell as lstm_variant_cell
 
 __version__ = "0.1.0"
 

@@ -28,22 +28,90 @@ projects the inputs of several steps with one GEMM).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks
-from .cell import Activation, LSTMCarry, LSTMParams, activate_gates, gates, split_promote, state_dtype, update
+from .cell import Activation, LSTMCarry, LSTMParams, split_promote, state_dtype
+from .pointwise import PlainPointwise, VariantPointwise, plain_bias, pointwise_for
+from .variants import (
+    LSTMVariant,
+    VariantParams,
+    as_variant_params,
+    check_carry,
+    check_params,
+    check_variant,
+    draw_masks,
+    training_call,
+)
 
-__all__ = ["lstm", "GRADIENTS", "MASKED_OUTPUTS"]
+__all__ = ["lstm", "lstm_variant", "lstm_variant_cell", "GRADIENTS", "MASKED_OUTPUTS"]
 
 GRADIENTS = ("fused", "autodiff")
 MASKED_OUTPUTS = ("zeros", "previous")
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- what a loop is
+
+
+class Steps(NamedTuple):
+    """Per-step data, time-major ``(T, N, ...)``; ``None`` where absent.
+
+    Attributes:
+        valid: ``(T, N)`` bools, the steps that count (``seq_lengths`` and ``mask``).
+        reset: ``(T, N)`` bools, the steps whose carry restarts (``resets``).
+        zone_h: ``(T, N, R)`` bools, zoneout of ``h`` while training: True keeps the previous value.
+        zone_c: ``(T, N, H)`` bools, zoneout of ``c`` while training.
+    """
+
+    valid: Array | None = None
+    reset: Array | None = None
+    zone_h: Array | None = None
+    zone_c: Array | None = None
+
+    def slice(self, start, length: int) -> Steps:
+        """Steps ``start .. start + length - 1``."""
+        return Steps(*(None if a is None else jax.lax.dynamic_slice_in_dim(a, start, length, axis=0) for a in self))
+
+    def tail(self, start: int) -> Steps:
+        return Steps(*(None if a is None else a[start:] for a in self))
+
+    def flatten_batch(self, batch_ndim: int, n: int) -> Steps:
+        """Every array's batch dims ``(T, *batch, ...)`` flattened into one, ``(T, N, ...)``."""
+        return Steps(*(None if a is None else a.reshape(a.shape[0], n, *a.shape[1 + batch_ndim :]) for a in self))
+
+
+@dataclass(frozen=True)
+class Loop:
+    """Everything static about one loop over time: the cell's elementwise step and the per-step rules.
+
+    Attributes:
+        cell: the elementwise step (``jaxlstm.pointwise``).
+        reverse: read from the last step to the first.
+        unroll: ``lax.scan``'s unroll.
+        masked_output: what a step that doesn't count outputs, ``"zeros"`` or ``"previous"``.
+        recurrent_dropout: the rate that ``rec_keep`` (one mask per sequence) drops ``h`` with
+            before ``h·W_hh``; 0 without recurrent dropout.
+        zoneout_h: the zoneout rate of ``h`` (0: none); with ``zone_h_flags`` the per-step flags
+            of ``Steps.zone_h`` decide (training), else the expectation mixes ``h``.
+        zone_h_flags: whether ``zoneout_h`` acts through ``Steps.zone_h`` (training).
+    """
+
+    cell: PlainPointwise | VariantPointwise
+    reverse: bool = False
+    unroll: int = 1
+    masked_output: str = "zeros"
+    recurrent_dropout: float = 0.0
+    zoneout_h: float = 0.0
+    zone_h_flags: bool = False
+
+
+# ----------------------------------------------------------------------------- one step
 
 
 def restart_where(carry: LSTMCarry, restart: LSTMCarry, reset_t) -> LSTMCarry:
@@ -65,52 +133,64 @@ def keep_valid(carry: LSTMCarry, new: LSTMCarry, valid_t, masked_output: str) ->
     return kept, jnp.where(keep, new.h, skipped)
 
 
-def _cell_step(
-    params, carry, restart, x_t, valid_t, reset_t, masked_output, gate_fn, activation_fn, *, projected=False
-):
-    """One step of the loop, shared by both loops: restart from ``restart`` where ``reset``;
-    compute the cell; keep the new carry only where ``valid``.
+def dropped(values, keep, rate: float):
+    """Inverted dropout: ``values ⊙ keep / (1 − rate)`` (``keep`` broadcasts)."""
+    return jnp.where(keep, values / (1.0 - rate), jnp.zeros_like(values))
 
-    With ``projected``, ``x_t`` is already x·W_ih + b, ``(N, 4H)`` (its padding
-    zeroed before the projection). Returns ``(new_carry, output, gates_t, carry_in)``;
-    ``carry_in`` is the carry the cell started from (after any restart), which
+
+def _zoneout_h(loop: Loop, previous, new, zone_t):
+    """``h`` after zoneout: units flagged in ``zone_t`` keep ``previous`` (training), else the expectation."""
+    if loop.zoneout_h == 0.0:
+        return new
+    if loop.zone_h_flags:
+        return jnp.where(zone_t, previous, new)
+    return loop.zoneout_h * previous + (1.0 - loop.zoneout_h) * new
+
+
+def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t: Steps, rec_keep, *, projected):
+    """One step, shared by both loops: restart where ``reset``; the matmuls around the cell's
+    elementwise step (``h·W_hh`` before it, ``·W_hr`` after it); zoneout of ``h``; keep the new
+    carry only where ``valid``.
+
+    With ``projected``, ``x_t`` is already ``x·W_ih`` (``+ b`` unless the cell reads the two
+    matmuls apart), ``(N, 4H)``, its padding zeroed before the projection. Returns
+    ``(new_carry, output, residuals, carry_in, h_cell)``: the cell's residuals, the carry the
+    step started from (after any restart) and the cell's output before the projection, which
     the fused backward pass needs.
     """
+    valid_t = steps_t.valid
     if valid_t is not None and not projected:  # what padding holds, even NaN, must not reach the gradients
         x_t = jnp.where(valid_t[..., None], x_t, jnp.zeros_like(x_t))
-    carry = restart_where(carry, restart, reset_t)
-    if projected:
-        gates_t = activate_gates(x_t + carry.h @ params.w_hh, gate_fn, activation_fn)
+    carry = restart_where(carry, restart, steps_t.reset)
+    h = carry.h if rec_keep is None else dropped(carry.h, rec_keep, loop.recurrent_dropout)
+    from_input = x_t if projected else x_t @ params.w_ih
+    if loop.cell.separate:
+        z = (from_input, h @ params.w_hh)
+    elif projected:
+        z = from_input + h @ params.w_hh
     else:
-        gates_t = gates(params, carry, x_t, gate_fn, activation_fn)
-    new_carry, output = keep_valid(carry, update(gates_t, carry.c, activation_fn), valid_t, masked_output)
-    return new_carry, output, gates_t, carry
+        z = from_input + h @ params.w_hh
+        z = z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1)))
+    h_cell, c_new, residuals = loop.cell.forward(small, z, carry.c, steps_t.zone_c)
+    h_new = h_cell if params.w_hr is None else h_cell @ params.w_hr
+    h_new = _zoneout_h(loop, carry.h, h_new, steps_t.zone_h)
+    new_carry, output = keep_valid(carry, LSTMCarry(h_new, c_new), valid_t, loop.masked_output)
+    return new_carry, output, residuals, carry, h_cell
 
 
-def _loop(
-    params: LSTMParams,
-    xs_tm,
-    carry: LSTMCarry,
-    restart: LSTMCarry | None,
-    valid_tm,
-    reset_tm,
-    *,
-    reverse,
-    unroll,
-    masked_output,
-    gate_fn=jax.nn.sigmoid,
-    activation_fn=jnp.tanh,
-):
+# ----------------------------------------------------------------------------- the loops
+
+
+def _loop(loop: Loop, params: VariantParams, xs_tm, carry: LSTMCarry, restart, steps: Steps, rec_keep):
     """The loop over time-major inputs that JAX differentiates itself (``gradient="autodiff"``)."""
+    small = loop.cell.small_params(params)
 
     def step(carry: LSTMCarry, inputs):
-        x_t, valid_t, reset_t = inputs
-        carry, output, _, _ = _cell_step(
-            params, carry, restart, x_t, valid_t, reset_t, masked_output, gate_fn, activation_fn
-        )
+        x_t, steps_t = inputs
+        carry, output, _, _, _ = _step(loop, params, small, carry, restart, x_t, steps_t, rec_keep, projected=False)
         return carry, output
 
-    return jax.lax.scan(step, carry, (xs_tm, valid_tm, reset_tm), reverse=reverse, unroll=unroll)
+    return jax.lax.scan(step, carry, (xs_tm, steps), reverse=loop.reverse, unroll=loop.unroll)
 
 
 def _at(array, t):
@@ -151,7 +231,14 @@ def _over_chunks(chunk, state, time: int, size: int, *, backward: bool, unroll: 
 _FORWARD_CHUNK_STEPS = 4
 
 
-def _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, *, reverse, unroll, masked_output, save):
+def _project(loop: Loop, params: VariantParams, x_2d):
+    """The input matmul of a chunk's rows: ``x·W_ih`` (``+ b`` unless the cell adds ``b`` itself)."""
+    if loop.cell.separate:
+        return x_2d @ params.w_ih
+    return x_2d @ params.w_ih + params.b[None]
+
+
+def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: Steps, rec_keep, *, save):
     """The fused path's forward loop over batch-first ``xs`` ``(N, T, D)``.
 
     Time runs in chunks of ``_FORWARD_CHUNK_STEPS`` steps. Per chunk, one GEMM
@@ -164,43 +251,40 @@ def _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, *, reverse, unro
     two matmuls per step). Measured against that per-step scan, one process,
     interleaved: forward 13.8 -> 12.8 ms at (32, 128, 128, 256), 0.95 -> 0.76 ms
     at (1, 256, 32, 128); compiling costs about 0.15 s more. No time-major copy of the inputs or
-    outputs is made. With ``save`` it also writes what the backward pass needs:
-    each activated gate as its own ``(N, T, H)`` array (the backward fusions read
-    four separate operands several times faster than four slices of one), and
-    the carry each step started from.
+    outputs is made. With ``save`` it also writes what the backward pass needs,
+    each as its own ``(N, T, ·)`` array (the backward fusions read separate
+    operands several times faster than slices of one): the cell's residuals
+    (the plain cell's four activated gates), the carry each step started from
+    and, under a projection, the cell's output before it.
     """
     n, time, input_size = xs.shape
-    hidden = params.w_hh.shape[0]
-    dtypes = (xs.dtype,) * 6 + (carry.c.dtype,) if save else (xs.dtype,)  # hs, [i, f, g, o, h_prev, c_prev]
-    buffers = tuple(jnp.zeros((n, time, hidden), dtype) for dtype in dtypes)
+    small = loop.cell.small_params(params)
+    rows = 4 * params.hidden_size
+
+    def one_step(carry, x_t, steps_t):
+        new, output, residuals, carry_in, h_cell = _step(
+            loop, params, small, carry, restart, x_t, steps_t, rec_keep, projected=True
+        )
+        if not save:
+            return new, (output,)
+        return new, (output, *residuals, carry_in.h, carry_in.c) + (() if params.w_hr is None else (h_cell,))
+
+    example = Steps(*(None if a is None else a[0] for a in steps))
+    shapes = jax.eval_shape(one_step, carry, jax.ShapeDtypeStruct((n, rows), xs.dtype), example)[1]
+    buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
 
     def chunk(state, first, length):
         """Steps ``first .. first + length - 1`` (``length`` static), in the loop's direction."""
         carry, buffers = state
-        valid_c, reset_c = (
-            None if flags is None else jax.lax.dynamic_slice_in_dim(flags, first, length, axis=0)
-            for flags in (valid_tm, reset_tm)
-        )
+        steps_c = steps.slice(first, length)
         x_chunk = jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1)
-        if valid_c is not None:  # what padding holds, even NaN, must not reach the gradients
-            x_chunk = jnp.where(valid_c.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
-        projected = x_chunk.reshape(-1, input_size) @ params.w_ih + params.b[None]
-        projected = projected.reshape(n, length, 4 * hidden)
+        if steps_c.valid is not None:  # what padding holds, even NaN, must not reach the gradients
+            x_chunk = jnp.where(steps_c.valid.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
+        projected = _project(loop, params, x_chunk.reshape(-1, input_size)).reshape(n, length, rows)
         values = [[None] * length for _ in buffers]
-        for j in reversed(range(length)) if reverse else range(length):
-            carry, output, gates_t, carry_in = _cell_step(
-                params,
-                carry,
-                restart,
-                projected[:, j],
-                None if valid_c is None else valid_c[j],
-                None if reset_c is None else reset_c[j],
-                masked_output,
-                jax.nn.sigmoid,
-                jnp.tanh,
-                projected=True,
-            )
-            step_values = (output, *jnp.split(gates_t, 4, axis=-1), carry_in.h, carry_in.c) if save else (output,)
+        for j in reversed(range(length)) if loop.reverse else range(length):
+            steps_j = Steps(*(None if a is None else a[j] for a in steps_c))
+            carry, step_values = one_step(carry, projected[:, j], steps_j)
             for column, value in zip(values, step_values, strict=True):
                 column[j] = value
         buffers = tuple(
@@ -210,25 +294,22 @@ def _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, *, reverse, unro
         return carry, buffers
 
     size = max(1, min(time, _FORWARD_CHUNK_STEPS))  # 1 when time is 0: no chunk runs
-    state = _over_chunks(chunk, (carry, buffers), time, size, backward=reverse, unroll=unroll)
-    final, buffers = state
+    final, buffers = _over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
     return final, buffers[0], buffers[1:]
 
 
 # ----------------------------------------------------------------------------- the fused gradient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _fused(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
-    options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=False)
-    final, hs, _ = _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, **options)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _fused(params, xs, carry, restart, rec_keep, steps, loop):
+    final, hs, _ = _fused_loop(loop, params, xs, carry, restart, steps, rec_keep, save=False)
     return final, hs
 
 
-def _fused_forward(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
-    options = dict(reverse=reverse, unroll=unroll, masked_output=masked_output, save=True)
-    final, hs, saved = _fused_loop(params, xs, carry, restart, valid_tm, reset_tm, **options)
-    return (final, hs), (params, xs, valid_tm, reset_tm, saved)
+def _fused_forward(params, xs, carry, restart, rec_keep, steps, loop):
+    final, hs, saved = _fused_loop(loop, params, xs, carry, restart, steps, rec_keep, save=True)
+    return (final, hs), (params, xs, rec_keep, steps, saved)
 
 
 def _no_cotangent(flags):
@@ -240,102 +321,152 @@ def _no_cotangent(flags):
 _BACKWARD_CHUNK_ROWS = 1024
 
 
-def _fused_backward(reverse, unroll, masked_output, residuals, cotangents):
-    """The backward pass, one chunk of steps at a time, in backward time order.
+def _zoneout_h_backward(loop: Loop, dh, zone_t):
+    """``(d new h, d previous h)`` through ``_zoneout_h``; the second is ``None`` without zoneout."""
+    if loop.zoneout_h == 0.0:
+        return dh, None
+    if loop.zone_h_flags:
+        zeros = jnp.zeros_like(dh)
+        return jnp.where(zone_t, zeros, dh), jnp.where(zone_t, dh, zeros)
+    return (1.0 - loop.zoneout_h) * dh, loop.zoneout_h * dh
 
-    Per chunk: a scan over its steps carries the (dh, dc) recurrence and writes
-    each step's gate pre-activation gradient dz into a chunk buffer; then
-    dW_ih += Xᵀ·dz, dW_hh += H_prevᵀ·dz, db += Σ dz and dX = dz·W_ihᵀ as GEMMs
-    over the chunk's N x steps rows. Chunking keeps dz in cache and never
-    allocates (and zero-fills) a (N, T, 4H) buffer.
-    """
-    params, xs, valid_tm, reset_tm, (i_all, f_all, g_all, o_all, h_prev, c_prev) = residuals
-    d_final, d_hs = cotangents
-    n, time, input_size = xs.shape
-    hidden_size = params.w_hh.shape[0]
+
+def _backward_step(loop: Loop, params, small, saved, d_hs, rec_keep, zeros):
+    """The backward pass's step: carries the (dh, dc) recurrence one step back and writes the
+    step's gradients of the matmuls' outputs (dz, and under a projection d h) into the chunk."""
+    cell, (zeros_h, zeros_c) = loop.cell, zeros
+    *cell_saved, h_prev, c_prev = saved if params.w_hr is None else saved[:-1]
     w_hh_t = params.w_hh.T
-    zeros = jnp.zeros_like(d_final.h)
+    w_hr_t = None if params.w_hr is None else params.w_hr.T
+    premask = bool(jax.tree.leaves(small))  # the cell's parameter gradients are summed over rows
 
     def step(state, inputs):
         # state: cotangents of the carry after this step, those collected for the initial carry,
-        # the chunk's dz so far and where the chunk starts.
-        (dh, dc), d_initial, dz_chunk, first = state
-        t, valid_t, reset_t = inputs
-        i, f, g, o = _at(i_all, t), _at(f_all, t), _at(g_all, t), _at(o_all, t)
+        # those of the cell's own parameters, the chunk's gradients so far and where it starts.
+        (dh, dc), d_initial, d_small, grads_chunk, first = state
+        t, steps_t = inputs
+        valid_t, reset_t = steps_t.valid, steps_t.reset
+        residuals = tuple(_at(buffer, t) for buffer in cell_saved)
         c_prev_t, d_out = _at(c_prev, t), _at(d_hs, t)
-        tanh_c = jnp.tanh(f * c_prev_t + i * g)
         if valid_t is None:
             dh = dh + d_out
         else:
             keep = valid_t[..., None]
-            d_skipped = d_out if masked_output == "previous" else zeros
-            dh, d_passed = dh + jnp.where(keep, d_out, zeros), jnp.where(keep, zeros, d_skipped)
-        dc_total = dc + dh * o * (1.0 - tanh_c * tanh_c)
-        dz = jnp.concatenate(
-            [
-                dc_total * g * i * (1.0 - i),
-                dc_total * c_prev_t * f * (1.0 - f),
-                dc_total * i * (1.0 - g * g),
-                dh * tanh_c * o * (1.0 - o),
-            ],
-            axis=-1,
-        )
-        dh_prev, dc_prev = dz @ w_hh_t, dc_total * f
+            d_skipped = d_out if loop.masked_output == "previous" else zeros_h
+            dh, d_passed = dh + jnp.where(keep, d_out, zeros_h), jnp.where(keep, zeros_h, d_skipped)
+        dh_new, dh_kept = _zoneout_h_backward(loop, dh, steps_t.zone_h)
+        dh_cell, dc_cell = dh_new if w_hr_t is None else dh_new @ w_hr_t, dc
+        if valid_t is not None and premask:
+            dh_cell, dc_cell = jnp.where(keep, dh_cell, jnp.zeros_like(dh_cell)), jnp.where(keep, dc, zeros_c)
+        dz, dc_prev, d_small_t = cell.backward(small, residuals, c_prev_t, steps_t.zone_c, dh_cell, dc_cell)
+        dz_input, dz_h = dz if cell.separate else (dz, dz)
+        dh_prev = dz_h @ w_hh_t
+        if rec_keep is not None:
+            dh_prev = dropped(dh_prev, rec_keep, loop.recurrent_dropout)
+        if dh_kept is not None:
+            dh_prev = dh_prev + dh_kept
+        grads = (dz_input, dz_h) if cell.separate else (dz,)
+        if w_hr_t is not None:
+            grads = (*grads, dh_new)
         if valid_t is not None:
-            dz = jnp.where(keep, dz, jnp.zeros_like(dz))
+            grads = tuple(jnp.where(keep, g, jnp.zeros_like(g)) for g in grads)
             dh_prev = jnp.where(keep, dh_prev, dh) + d_passed
             dc_prev = jnp.where(keep, dc_prev, dc)
         if reset_t is not None:
             restart = reset_t[..., None]
             d_initial = LSTMCarry(
-                d_initial.h + jnp.where(restart, dh_prev, zeros), d_initial.c + jnp.where(restart, dc_prev, zeros)
+                d_initial.h + jnp.where(restart, dh_prev, zeros_h), d_initial.c + jnp.where(restart, dc_prev, zeros_c)
             )
-            dh_prev, dc_prev = jnp.where(restart, zeros, dh_prev), jnp.where(restart, zeros, dc_prev)
-        return (LSTMCarry(dh_prev, dc_prev), d_initial, _put(dz_chunk, dz, t - first), first), None
+            dh_prev, dc_prev = jnp.where(restart, zeros_h, dh_prev), jnp.where(restart, zeros_c, dc_prev)
+        if d_small_t is not None:
+            d_small = jax.tree.map(jnp.add, d_small, d_small_t)
+        grads_chunk = tuple(_put(buffer, g, t - first) for buffer, g in zip(grads_chunk, grads, strict=True))
+        return (LSTMCarry(dh_prev, dc_prev), d_initial, d_small, grads_chunk, first), None
+
+    return step
+
+
+def _fused_backward(loop: Loop, residuals, cotangents):
+    """The backward pass, one chunk of steps at a time, in backward time order.
+
+    Per chunk: a scan over its steps carries the (dh, dc) recurrence and writes
+    each step's gate pre-activation gradient dz into a chunk buffer (the cell's
+    elementwise part differentiated step by step); then dW_ih += Xᵀ·dz,
+    dW_hh += H_prevᵀ·dz, db += Σ dz, dX = dz·W_ihᵀ and, under a projection,
+    dW_hr += H̃ᵀ·dh as GEMMs over the chunk's N x steps rows. Chunking keeps dz
+    in cache and never allocates (and zero-fills) a (N, T, 4H) buffer.
+    """
+    params, xs, rec_keep, steps, saved = residuals
+    d_final, d_hs = cotangents
+    n, time, input_size = xs.shape
+    cell, rows = loop.cell, 4 * params.hidden_size
+    small = cell.small_params(params)
+    zeros = (jnp.zeros_like(d_final.h), jnp.zeros_like(d_final.c))
+    step = _backward_step(loop, params, small, saved, d_hs, rec_keep, zeros)
+    h_prev, h_cell = (saved[-2], None) if params.w_hr is None else (saved[-3], saved[-1])
+    grad_widths = (rows, rows) if cell.separate else (rows,)
+    if params.w_hr is not None:
+        grad_widths = (*grad_widths, params.recurrent_size)
 
     def chunk(state, first, length):
         """Steps ``first .. first + length - 1`` (``length`` static)."""
-        d_carry, d_initial, d_w_ih, d_w_hh, d_b, d_xs = state
-        steps = first + jnp.arange(length, dtype=jnp.int32)
-
-        def part(flags):
-            return None if flags is None else jax.lax.dynamic_slice_in_dim(flags, first, length, axis=0)
-
-        dz_chunk = jnp.zeros((n, length, 4 * hidden_size), xs.dtype)
-        (d_carry, d_initial, dz_chunk, _), _ = jax.lax.scan(
+        d_carry, d_initial, d_small, d_weights, d_xs = state
+        grads_chunk = tuple(jnp.zeros((n, length, width), xs.dtype) for width in grad_widths)
+        (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
-            (d_carry, d_initial, dz_chunk, first),
-            (steps, part(valid_tm), part(reset_tm)),
-            reverse=not reverse,
-            unroll=unroll,
+            (d_carry, d_initial, d_small, grads_chunk, first),
+            (first + jnp.arange(length, dtype=jnp.int32), steps.slice(first, length)),
+            reverse=not loop.reverse,
+            unroll=loop.unroll,
         )
+        valid_c = steps.slice(first, length).valid
         x_chunk = jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1)
-        if valid_tm is not None:  # as in the forward loop: steps that don't count read zeros
-            x_chunk = jnp.where(part(valid_tm).T[..., None], x_chunk, jnp.zeros_like(x_chunk))
+        if valid_c is not None:  # as in the forward loop: steps that don't count read zeros
+            x_chunk = jnp.where(valid_c.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
         h_chunk = jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1)
-        dz_2d = dz_chunk.reshape(-1, 4 * hidden_size)
+        if rec_keep is not None:
+            h_chunk = dropped(h_chunk, rec_keep[:, None, :], loop.recurrent_dropout)
+        grads_2d = [g.reshape(n * length, g.shape[-1]) for g in grads_chunk]
+        dz_input, dz_h = (grads_2d[0], grads_2d[1]) if cell.separate else (grads_2d[0], grads_2d[0])
         # XLA would fold Xᵀ into the dot as a transposed operand, which takes its slower GEMM
         # path (measured 12.3 -> 10.6 ms at (32, 128, 128, 256) for the three GEMMs); the
         # barrier makes it write Xᵀ and H_prevᵀ out and run plain GEMMs.
-        x_t, h_t = jax.lax.optimization_barrier((x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, hidden_size).T))
-        d_xs_chunk = (dz_2d @ params.w_ih.T).reshape(n, length, input_size)
+        x_t, h_t = jax.lax.optimization_barrier(
+            (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
+        )
+        d_xs_chunk = (dz_input @ params.w_ih.T).reshape(n, length, input_size)
         d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_xs_chunk, first, axis=1)
-        return d_carry, d_initial, d_w_ih + x_t @ dz_2d, d_w_hh + h_t @ dz_2d, d_b + jnp.sum(dz_2d, axis=0), d_xs
+        d_w_ih, d_w_hh, d_b, d_w_hr = d_weights
+        d_w_ih, d_w_hh = d_w_ih + x_t @ dz_input, d_w_hh + h_t @ dz_h
+        if d_b is not None:
+            d_b = d_b + jnp.sum(dz_input, axis=0)
+        if d_w_hr is not None:
+            h_cell_chunk = jax.lax.dynamic_slice_in_dim(h_cell, first, length, axis=1)
+            d_w_hr = d_w_hr + h_cell_chunk.reshape(-1, h_cell_chunk.shape[-1]).T @ grads_2d[-1]
+        return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_b, d_w_hr), d_xs
 
-    state = (
-        LSTMCarry(d_final.h, d_final.c),
-        LSTMCarry(zeros, zeros),
+    d_weights = (
         jnp.zeros_like(params.w_ih),
         jnp.zeros_like(params.w_hh),
-        jnp.zeros_like(params.b),
+        None if cell.separate else jnp.zeros_like(params.b),
+        None if params.w_hr is None else jnp.zeros_like(params.w_hr),
+    )
+    state = (
+        LSTMCarry(d_final.h, d_final.c),
+        LSTMCarry(*zeros),
+        jax.tree.map(jnp.zeros_like, small),
+        d_weights,
         jnp.zeros_like(xs),
     )
     size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1))))
-    state = _over_chunks(chunk, state, time, size, backward=not reverse)  # against the forward loop
-    d_carry, d_initial, d_w_ih, d_w_hh, d_b, d_xs = state
-    d_restart = None if reset_tm is None else d_initial
-    d_params = LSTMParams(d_w_ih, d_w_hh, d_b)
-    return d_params, d_xs, d_carry, d_restart, _no_cotangent(valid_tm), _no_cotangent(reset_tm)
+    state = _over_chunks(chunk, state, time, size, backward=not loop.reverse)  # against the forward loop
+    d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_b, d_w_hr), d_xs = state
+    d_params = params._replace(w_ih=d_w_ih, w_hh=d_w_hh, b=d_b, w_hr=d_w_hr)
+    if d_small is not None:
+        d_params = d_params._replace(**{k: v for k, v in d_small._asdict().items() if v is not None})
+    d_restart = None if steps.reset is None else d_initial
+    d_rec_keep = _no_cotangent(rec_keep)
+    return d_params, d_xs, d_carry, d_restart, d_rec_keep, Steps(*(_no_cotangent(a) for a in steps))
 
 
 _fused.defvjp(_fused_forward, _fused_backward)
@@ -381,11 +512,30 @@ def reset_steps(
     return resets_tm
 
 
-# ----------------------------------------------------------------------------- the public function
+# ----------------------------------------------------------------------------- the public functions
+
+
+def _cell_params(params, variant: LSTMVariant | None) -> tuple[LSTMVariant | None, VariantParams]:
+    """Checks ``params`` against ``variant``; returns ``(variant, params)``, the variant ``None``
+    when it is the plain LSTM and the params as ``VariantParams`` (``None`` for the absent weights)."""
+    if variant is None:
+        _checks.params(params)
+        return None, VariantParams(*params)
+    check_variant(variant)
+    params = as_variant_params(params)
+    check_params(params, variant)
+    return (None if variant.is_plain else variant), params
+
+
+def _check_carry(carry, batch_shape, params: VariantParams, variant, name: str) -> None:
+    if variant is None:
+        _checks.carry(carry, batch_shape, params.hidden_size, name)
+    else:
+        check_carry(carry, batch_shape, params.recurrent_size, params.hidden_size, name)
 
 
 def lstm(
-    params: LSTMParams,
+    params: LSTMParams | VariantParams,
     xs: Float[Array, "*batch time input"],
     carry: LSTMCarry | None = None,
     *,
@@ -400,14 +550,19 @@ def lstm(
     gate_fn: Activation = jax.nn.sigmoid,
     activation_fn: Activation = jnp.tanh,
     checkpoint_every: int | None = None,
+    variant: LSTMVariant | None = None,
+    dropout_key: PRNGKeyArray | None = None,
+    deterministic: bool | None = None,
 ) -> tuple[LSTMCarry, Float[Array, "*batch time hidden"]]:
-    """Runs one LSTM layer (one direction) over whole sequences.
+    """Runs one LSTM layer (one direction) over whole sequences: the plain cell or any ``variant``.
 
     Args:
-        params: ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,).
+        params: ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,); with a
+            ``variant``, the ``VariantParams`` it uses (``init_variant_params``).
         xs: inputs, ``(*batch, T, D)``, batch-first; ``*batch`` may be empty
             (one sequence) or several dims.
-        carry: initial ``LSTMCarry``, ``h`` and ``c`` each ``(*batch, H)``;
+        carry: initial ``LSTMCarry``, ``h`` ``(*batch, R)`` and ``c``
+            ``(*batch, H)`` (R = H, or P = ``proj_size`` with a projection);
             zeros when ``None``. To stream a long sequence in chunks, pass the
             previous chunk's ``final_carry`` (wrapped in
             ``jax.lax.stop_gradient`` to truncate backpropagation there).
@@ -434,9 +589,9 @@ def lstm(
             path's forward loop already runs 4 steps per iteration.
         gradient: ``"fused"`` (a hand-written backward pass over the whole
             sequence, faster) or ``"autodiff"`` (JAX differentiates the scan).
-            Values and gradients agree to float rounding. With
-            custom activations, or a cell state kept wider than the
-            computation (mixed precision), the autodiff path is used.
+            Values and gradients agree to float rounding. With a cell state
+            kept wider than the computation (mixed precision), or custom
+            activations on the plain cell, the autodiff path is used.
         gate_fn, activation_fn: elementwise activations of the gates (σ) and
             of the candidate and cell output (tanh); see ``jaxlstm.lstm_cell``.
         checkpoint_every: for very long sequences, cut time into chunks of
@@ -445,13 +600,23 @@ def lstm(
             during the backward pass. Memory for training drops from O(T) gate
             activations to O(T / checkpoint_every + checkpoint_every); values
             and gradients do not change.
+        variant: a ``jaxlstm.LSTMVariant`` (projection, peepholes, layer
+            norm, cifg, forget bias, cell clipping, dropouts, zoneout);
+            ``None``: the plain LSTM. Every argument above means the same for
+            every variant. See docs/variants.md.
+        dropout_key: a PRNG key for a variant's dropout and zoneout masks
+            (``jaxlstm.variants.draw_masks`` shows what is drawn from it).
+        deterministic: ``True``: no random draws (dropout off, zoneout its
+            expectation). ``False``: draw masks from ``dropout_key`` (required
+            when a variant's rate is > 0). ``None`` (default): not
+            deterministic exactly when a ``dropout_key`` is given.
 
     Returns:
         ``(final_carry, hs)``: ``final_carry`` is each sequence's carry after
-        its own last valid step (after step 0 when ``reverse``), ``h`` and
-        ``c`` each ``(*batch, H)``; ``hs`` is every step's output,
-        ``(*batch, T, H)``. One cell is applied T times: H is the size of the
-        one state vector, not a count of cells.
+        its own last valid step (after step 0 when ``reverse``), ``h``
+        ``(*batch, R)`` and ``c`` ``(*batch, H)``; ``hs`` is every step's
+        output, ``(*batch, T, R)``. One cell is applied T times: H is the size
+        of the one state vector, not a count of cells.
 
     >>> import jax, jax.numpy as jnp, jaxlstm as jl
     >>> params = jl.init_params(jax.random.key(0), input_size=8, hidden_size=32)
@@ -459,55 +624,98 @@ def lstm(
     >>> final, hs = jl.lstm(params, xs, seq_lengths=jnp.array([10, 7, 3, 0]))
     >>> hs.shape, final.h.shape                        # (batch, time, hidden), (batch, hidden)
     ((4, 10, 32), (4, 32))
+    >>> v = jl.LSTMVariant(proj_size=4, layer_norm=True)
+    >>> p = jl.init_variant_params(jax.random.key(0), 8, 16, v)
+    >>> final, hs = jl.lstm(p, xs, variant=v, seq_lengths=jnp.array([10, 7, 3, 0]))
+    >>> hs.shape, final.h.shape, final.c.shape         # h and outputs P = 4 wide, c H = 16
+    ((4, 10, 4), (4, 4), (4, 16))
     """
     with jax.named_scope("jaxlstm.lstm"):
-        _checks.params(params)
+        variant, params = _cell_params(params, variant)
         _checks.inputs(xs, params.input_size, "xs", min_rank=2, layout="(*batch, time, input)")
         batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
-        if carry is None:
-            shape = (*batch_shape, params.hidden_size)
-            carry = LSTMCarry(jnp.zeros(shape, xs.dtype), jnp.zeros(shape, state_dtype(xs.dtype)))
-        else:
-            _checks.carry(carry, batch_shape, params.hidden_size, "carry")
-        if reset_carry is not None:
-            _checks.carry(reset_carry, batch_shape, params.hidden_size, "reset_carry")
-        unroll = _checks.positive_int(unroll, "unroll")
-        _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
-        _checks.one_of(gradient, GRADIENTS, "gradient")
-        _checks.activation(gate_fn, "gate_fn")
-        _checks.activation(activation_fn, "activation_fn")
+        carry = _start_carry(carry, reset_carry, batch_shape, params, variant, xs.dtype)
+        unroll, checkpoint_every = _check_options(
+            unroll, masked_output, gradient, gate_fn, activation_fn, checkpoint_every
+        )
         reverse = bool(reverse)
-        valid_tm = valid_steps(seq_lengths, mask, batch_shape, time)
-        reset_tm = reset_steps(resets, batch_shape, time, reverse=reverse)
-        restart = None if reset_tm is None else (carry if reset_carry is None else reset_carry)
+        steps = Steps(
+            valid_steps(seq_lengths, mask, batch_shape, time), reset_steps(resets, batch_shape, time, reverse=reverse)
+        )
+        training = variant is not None and training_call(variant, dropout_key, deterministic)
+        rec_keep = None
+        if training:
+            xs, steps, rec_keep = _draw(dropout_key, variant, params, xs, steps)
+        restart = None if steps.reset is None else (carry if reset_carry is None else reset_carry)
+        cell = pointwise_for(variant, gate_fn, activation_fn, training)
+        if isinstance(cell, PlainPointwise):
+            params = params._replace(b=plain_bias(params.b, variant))
         params, xs, carry, restart = split_promote(params, xs, carry, restart)
-        fusable = gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh and carry.c.dtype == xs.dtype
+        loop = Loop(
+            cell,
+            reverse=reverse,
+            unroll=unroll,
+            masked_output=masked_output,
+            recurrent_dropout=0.0 if rec_keep is None else variant.recurrent_dropout,
+            zoneout_h=0.0 if variant is None else variant.zoneout_h,
+            zone_h_flags=steps.zone_h is not None,
+        )
+        fused = gradient == "fused" and cell.fusable and carry.c.dtype == xs.dtype
 
-        def run(carry, xs, valid_tm, reset_tm):
+        def run(carry, xs, steps):
             """The loop over a batch-first stretch of time ``(*batch, t, D)``; outputs batch-first."""
-            if gradient == "fused" and fusable:
-                return _fused_flat(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output)
-            final_carry, hs_tm = _loop(
-                params,
-                jnp.moveaxis(xs, -2, 0),
-                carry,
-                restart,
-                valid_tm,
-                reset_tm,
-                reverse=reverse,
-                unroll=unroll,
-                masked_output=masked_output,
-                gate_fn=gate_fn,
-                activation_fn=activation_fn,
-            )
+            if fused:
+                return _fused_flat(loop, params, xs, carry, restart, steps, rec_keep)
+            final_carry, hs_tm = _loop(loop, params, jnp.moveaxis(xs, -2, 0), carry, restart, steps, rec_keep)
             return final_carry, jnp.moveaxis(hs_tm, 0, -2)
 
-        if checkpoint_every is None or _checks.positive_int(checkpoint_every, "checkpoint_every") >= time:
-            return run(carry, xs, valid_tm, reset_tm)
-        return _chunked(run, carry, xs, valid_tm, reset_tm, checkpoint_every, reverse)
+        if checkpoint_every is None or checkpoint_every >= time:
+            return run(carry, xs, steps)
+        return _chunked(run, carry, xs, steps, checkpoint_every, reverse)
 
 
-def _fused_flat(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll, masked_output):
+def _start_carry(carry, reset_carry, batch_shape, params: VariantParams, variant, dtype) -> LSTMCarry:
+    """The checked initial carry, or zeros: ``h`` in the computation dtype, ``c`` at least float32."""
+    if reset_carry is not None:
+        _check_carry(reset_carry, batch_shape, params, variant, "reset_carry")
+    if carry is not None:
+        _check_carry(carry, batch_shape, params, variant, "carry")
+        return carry
+    return LSTMCarry(
+        jnp.zeros((*batch_shape, params.recurrent_size), dtype),
+        jnp.zeros((*batch_shape, params.hidden_size), state_dtype(dtype)),
+    )
+
+
+def _check_options(unroll, masked_output, gradient, gate_fn, activation_fn, checkpoint_every):
+    """Checks the loop's options; returns ``unroll`` and ``checkpoint_every`` as ints (or ``None``)."""
+    unroll = _checks.positive_int(unroll, "unroll")
+    _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
+    _checks.one_of(gradient, GRADIENTS, "gradient")
+    _checks.activation(gate_fn, "gate_fn")
+    _checks.activation(activation_fn, "activation_fn")
+    if checkpoint_every is not None:
+        checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
+    return unroll, checkpoint_every
+
+
+def _draw(key, variant: LSTMVariant, params: VariantParams, xs, steps: Steps):
+    """A training call's random draws, made before the loop: ``(xs, steps, rec_keep)``, with
+    ``xs`` after input dropout, zoneout flags among the steps (time-major) and the recurrent
+    dropout mask ``(*batch, R)`` (``None`` without)."""
+    batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
+    masks = draw_masks(key, variant, batch_shape, time, params.input_size, params.hidden_size)
+    if masks.input is not None:
+        xs = dropped(xs, masks.input[..., None, :], variant.input_dropout)
+
+    def time_major(flags):
+        return None if flags is None else jnp.moveaxis(flags, -2, 0)
+
+    steps = steps._replace(zone_h=time_major(masks.zoneout_h), zone_c=time_major(masks.zoneout_c))
+    return xs, steps, masks.recurrent
+
+
+def _fused_flat(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep):
     """``_fused`` over the batch dims flattened into one, N = prod(batch) (1 for one sequence)."""
     batch_shape, (time, input_size) = xs.shape[:-2], xs.shape[-2:]
     n = int(np.prod(batch_shape, dtype=int))
@@ -515,26 +723,20 @@ def _fused_flat(params, xs, carry, restart, valid_tm, reset_tm, reverse, unroll,
     def flat(carry):
         return None if carry is None else LSTMCarry(*(a.reshape(n, a.shape[-1]) for a in carry))
 
-    def flat_flags(flags):
-        return None if flags is None else flags.reshape(time, n)
-
     final, hs = _fused(
         params,
         xs.reshape(n, time, input_size),
         flat(carry),
         flat(restart),
-        flat_flags(valid_tm),
-        flat_flags(reset_tm),
-        reverse,
-        unroll,
-        masked_output,
+        None if rec_keep is None else rec_keep.reshape(n, rec_keep.shape[-1]),
+        steps.flatten_batch(len(batch_shape), n),
+        loop,
     )
-    hidden = hs.shape[-1]
-    final = LSTMCarry(final.h.reshape(*batch_shape, hidden), final.c.reshape(*batch_shape, hidden))
-    return final, hs.reshape(*batch_shape, time, hidden)
+    final = LSTMCarry(*(a.reshape(*batch_shape, a.shape[-1]) for a in final))
+    return final, hs.reshape(*batch_shape, time, hs.shape[-1])
 
 
-def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
+def _chunked(run, carry, xs, steps: Steps, chunk: int, reverse: bool):
     """Runs ``run`` over time in chunks of ``chunk`` steps, each under ``jax.checkpoint``: an outer
     scan over whole chunks, then (before, when reading backward) the remaining steps.
 
@@ -545,14 +747,11 @@ def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
     num_chunks, remainder = divmod(time, chunk)
     covered = num_chunks * chunk
 
-    def flags(steps, start, length):
-        return None if steps is None else jax.lax.dynamic_slice_in_dim(steps, start, length, axis=0)
-
     @jax.checkpoint  # keeps only each chunk's starting carry; slicing inside it keeps no copy of xs
     def body(carry, index):
         start = index * chunk
         x_chunk = jax.lax.dynamic_slice_in_dim(xs, start, chunk, axis=-2)
-        return run(carry, x_chunk, flags(valid_tm, start, chunk), flags(reset_tm, start, chunk))
+        return run(carry, x_chunk, steps.slice(start, chunk))
 
     def whole_chunks(carry):
         carry, hs = jax.lax.scan(body, carry, jnp.arange(num_chunks), reverse=reverse)  # (chunks, *batch, chunk, H)
@@ -561,8 +760,7 @@ def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
 
     @jax.checkpoint
     def rest(carry):
-        tail = (valid_tm, reset_tm)
-        return run(carry, xs[..., covered:, :], *(None if t is None else t[covered:] for t in tail))
+        return run(carry, xs[..., covered:, :], steps.tail(covered))
 
     if not remainder:
         return whole_chunks(carry)
@@ -573,3 +771,56 @@ def _chunked(run, carry, xs, valid_tm, reset_tm, chunk: int, reverse: bool):
         carry, hs_main = whole_chunks(carry)
         carry, hs_rest = rest(carry)
     return carry, jnp.concatenate([hs_main, hs_rest], axis=-2)
+
+
+def lstm_variant(params, xs, carry=None, *, variant: LSTMVariant, **options):
+    """``jaxlstm.lstm(params, xs, carry, variant=variant, **options)``, kept for code written before
+    ``lstm`` took a ``variant``; it will go before 1.0."""
+    return lstm(params, xs, carry, variant=variant, **options)
+
+
+def lstm_variant_cell(
+    params: VariantParams,
+    carry: LSTMCarry,
+    x: Float[Array, "*batch input"],
+    *,
+    variant: LSTMVariant,
+    gate_fn: Activation = jax.nn.sigmoid,
+    activation_fn: Activation = jnp.tanh,
+) -> tuple[LSTMCarry, Float[Array, "*batch recurrent"]]:
+    """One deterministic step of a variant cell (no dropout; zoneout as its expectation): the
+    engine's own step, as ``jaxlstm.lstm`` runs it at every time step.
+
+    Args:
+        params: ``VariantParams`` for ``variant``.
+        carry: ``LSTMCarry``: ``h`` ``(*batch, R)``, ``c`` ``(*batch, H)``.
+        x: ``(*batch, D)``.
+        variant: the ``LSTMVariant``.
+        gate_fn, activation_fn: as ``jaxlstm.lstm_cell``.
+
+    Returns:
+        ``(new_carry, h)``, ``h`` ``(*batch, R)`` (the same array as ``new_carry.h``).
+
+    >>> import jax, jax.numpy as jnp, jaxlstm as jl
+    >>> v = jl.LSTMVariant(proj_size=2, peepholes=True)
+    >>> p = jl.init_variant_params(jax.random.key(0), 3, 5, v)
+    >>> carry = jl.LSTMCarry(jnp.zeros((4, 2)), jnp.zeros((4, 5)))
+    >>> carry, h = jl.lstm_variant_cell(p, carry, jnp.ones((4, 3)), variant=v)
+    >>> h.shape, carry.c.shape
+    ((4, 2), (4, 5))
+    """
+    with jax.named_scope("jaxlstm.lstm_variant_cell"):
+        check_variant(variant)
+        params = as_variant_params(params)
+        check_params(params, variant)
+        _checks.inputs(x, params.input_size, "x", min_rank=1)
+        check_carry(carry, x.shape[:-1], params.recurrent_size, params.hidden_size, "carry")
+        _checks.activation(gate_fn, "gate_fn")
+        _checks.activation(activation_fn, "activation_fn")
+        cell = pointwise_for(variant, gate_fn, activation_fn, training=False)
+        if isinstance(cell, PlainPointwise):
+            params = params._replace(b=plain_bias(params.b, variant))
+        params, x, carry = split_promote(params, x, carry)
+        loop = Loop(cell, zoneout_h=variant.zoneout_h)
+        new, _, _, _, _ = _step(loop, params, cell.small_params(params), carry, None, x, Steps(), None, projected=False)
+        return new, new.h

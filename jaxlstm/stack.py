@@ -28,15 +28,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from . import _checks
 from .cell import Activation, LSTMCarry, LSTMParams, init_params
 from .scan import lstm
-from .variants import (
-    LSTMVariant,
-    VariantParams,
-    as_variant_params,
-    check_carry,
-    check_params,
-    init_variant_params,
-    lstm_variant,
-)
+from .variants import LSTMVariant, VariantParams, as_variant_params, check_carry, check_params, init_variant_params
 
 __all__ = ["MERGE_MODES", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
 
@@ -279,11 +271,6 @@ def stacked_lstm(
     if variant is not None and training and variant.regularizes:
         dropout_key, cells_key = jax.random.split(dropout_key)
         cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
-    if checkpoint_every is not None and variant is not None:
-        raise NotImplementedError(
-            "checkpoint_every is not available for the LSTM variants yet (proj_size, peepholes, layer_norm, ...); "
-            "use it with the plain LSTM"
-        )
     options = dict(
         seq_lengths=seq_lengths,
         mask=mask,
@@ -293,45 +280,81 @@ def stacked_lstm(
         gradient=gradient,
         gate_fn=gate_fn,
         activation_fn=activation_fn,
+        variant=variant,
+        checkpoint_every=checkpoint_every,
     )
-    final_carries = []
-    hs = xs
-    for layer, directions in enumerate(stack):
-        if layer > 0 and dropout > 0.0 and training:
-            dropout_key, layer_key = jax.random.split(dropout_key)
+    layer_keys = [None] * num_layers  # the key of the dropout on layer l's input (l > 0)
+    if dropout > 0.0 and training:
+        for layer in range(1, num_layers):
+            dropout_key, layer_keys[layer] = jax.random.split(dropout_key)
+    per_layer = [
+        (
+            stack[layer],
+            None if carries is None else carries[layer],
+            None if reset_carries is None else reset_carries[layer],
+            layer_keys[layer],
+            None if cell_keys is None else cell_keys[layer],
+        )
+        for layer in range(num_layers)
+    ]
+    return _run_layers(per_layer, xs, options, reverse=reverse, merge=merge, dropout=dropout)
+
+
+def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, dropout: float):
+    """Runs the layers in order; ``per_layer[l]`` is layer l's ``(directions, carries,
+    reset_carries, key of the dropout on its input, keys of its cells' draws)``.
+
+    Layers 1..N-1 all read F features and have the same shapes: with two or more of them, one
+    ``lax.scan`` over their stacked weights compiles the layer once for all of them. Layer 0
+    joins them when it reads D <= F features: zero features appended to xs and zero rows to its
+    ``w_ih`` add nothing to x·W_ih, so compile time stays flat in depth.
+    """
+    num_layers, num_directions = len(per_layer), len(per_layer[0][0])
+
+    def run_layer(hs, layer, directions, layer_carries, layer_resets, layer_key, keys):
+        """One layer: dropout on its input, each direction over it, the merge. ``(finals, output)``."""
+        if layer_key is not None:
             keep = jax.random.bernoulli(layer_key, 1.0 - dropout, hs.shape)
-            hs = jnp.where(keep, hs / (1.0 - dropout), jnp.zeros_like(hs))
-        outputs, layer_carries = [], []
+            dropped = jnp.where(keep, hs / (1.0 - dropout), jnp.zeros_like(hs))
+            hs = dropped if isinstance(layer, int) else jnp.where(layer > 0, dropped, hs)  # scanned layer 0: no dropout
+        outputs, finals = [], []
         for direction, params in enumerate(directions):
-            carry = None if carries is None else carries[layer][direction]
-            reset_carry = None if reset_carries is None else reset_carries[layer][direction]
-            backward = reverse or direction == 1
-            if variant is None:
-                final, out = lstm(
-                    params,
-                    hs,
-                    carry,
-                    reset_carry=reset_carry,
-                    reverse=backward,
-                    checkpoint_every=checkpoint_every,
-                    **options,
-                )
-            else:
-                final, out = lstm_variant(
-                    params,
-                    hs,
-                    carry,
-                    variant=variant,
-                    reset_carry=reset_carry,
-                    reverse=backward,
-                    dropout_key=None if cell_keys is None else cell_keys[layer, direction],
-                    deterministic=cell_keys is None,
-                    **options,
-                )
+            final, out = lstm(
+                params,
+                hs,
+                None if layer_carries is None else layer_carries[direction],
+                reset_carry=None if layer_resets is None else layer_resets[direction],
+                reverse=reverse or direction == 1,
+                dropout_key=None if keys is None else keys[direction],
+                deterministic=keys is None,
+                **options,
+            )
             outputs.append(out)
-            layer_carries.append(final)
-        hs = outputs[0] if num_directions == 1 else merge_directions(*outputs, merge)
-        final_carries.append(tuple(layer_carries))
+            finals.append(final)
+        return tuple(finals), outputs[0] if num_directions == 1 else merge_directions(*outputs, merge)
+
+    unrolled, hs = (num_layers if num_layers < 3 else 1), xs
+    if num_layers >= 3 and xs.shape[-1] <= per_layer[1][0][0].input_size:
+        extra = per_layer[1][0][0].input_size - xs.shape[-1]
+        padded = tuple(p._replace(w_ih=jnp.pad(p.w_ih, ((0, extra), (0, 0)))) for p in per_layer[0][0])
+        layer_key = per_layer[0][3] if per_layer[1][3] is None else per_layer[1][3]  # one structure for all
+        per_layer = [(padded, per_layer[0][1], per_layer[0][2], layer_key, per_layer[0][4]), *per_layer[1:]]
+        hs, unrolled = jnp.pad(xs, [(0, 0)] * (xs.ndim - 1) + [(0, extra)]), 0
+    final_carries = []
+    for layer in range(unrolled):
+        finals, hs = run_layer(hs, layer, *per_layer[layer])
+        final_carries.append(finals)
+    if unrolled < num_layers:
+        scanned = per_layer[unrolled:]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *scanned)
+
+        def body(hs, inputs):
+            layer, rest = inputs
+            finals, hs = run_layer(hs, layer, *rest)
+            return hs, finals
+
+        hs, finals = jax.lax.scan(body, hs, (jnp.arange(unrolled, num_layers), stacked))
+        final_carries += [jax.tree.map(lambda leaf, i=i: leaf[i], finals) for i in range(len(scanned))]
     return tuple(final_carries), hs
 
 

@@ -3,14 +3,13 @@ input and recurrent dropout, zoneout.
 
 Each variant is an option of one frozen dataclass, ``LSTMVariant``; its extra
 weights live in ``VariantParams``, which holds the plain cell's ``w_ih``,
-``w_hh``, ``b`` too (``None`` for a weight the variant does not use). The
-variant cell has its own ``jax.lax.scan`` loop over time, built like
-``jaxlstm.lstm``'s from the same per-step flags (``valid_steps`` and
-``reset_steps``), so ``seq_lengths``, ``mask``, ``resets``, ``reverse`` and
-``masked_output`` mean exactly what they mean there. Whenever a call computes
-a plain LSTM after all (only ``forget_bias`` and ``input_dropout``, or dropout
-in a deterministic call), ``lstm_variant`` hands it to ``jaxlstm.lstm`` and
-its fused fast path.
+``w_hh``, ``b`` too (``None`` for a weight the variant does not use). A
+variant is a description of the cell, not a loop of its own: ``jaxlstm.lstm``
+(the one engine, ``variant=``) runs every member of the family, with the same
+per-step flags, padding guard, dtype rule, checkpointing and fused gradient
+as the plain LSTM. The elementwise math of one step lives in
+``jaxlstm.pointwise``; this module holds the options, the weights, their
+checks and the random masks a training call draws.
 
 Notation, added to ``jaxlstm.cell``'s (B, T, D, H, gates = 4H):
 
@@ -50,11 +49,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _checks
-from .cell import Activation, LSTMCarry, LSTMParams, initializers, promote, state_dtype
-from .scan import GRADIENTS, MASKED_OUTPUTS, keep_valid, lstm, reset_steps, restart_where, valid_steps
+from .cell import LSTMCarry, LSTMParams, initializers
 
 __all__ = [
     "LSTMVariant",
@@ -63,8 +61,7 @@ __all__ = [
     "init_variant_params",
     "variant_param_shapes",
     "draw_masks",
-    "lstm_variant_cell",
-    "lstm_variant",
+    "training_call",
 ]
 
 GUIDE = "docs/variants.md"
@@ -399,7 +396,7 @@ def init_variant_params(
     >>> p.w_hh.shape, p.w_hr.shape, p.w_peep is None
     ((16, 128), (32, 16), True)
     """
-    _check_variant(variant)
+    check_variant(variant)
     input_size = _checks.positive_int(input_size, "input_size")
     hidden_size = _checks.positive_int(hidden_size, "hidden_size")
     variant.check_hidden_size(hidden_size)
@@ -412,7 +409,7 @@ def init_variant_params(
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_variant(variant) -> None:
+def check_variant(variant) -> None:
     if not isinstance(variant, LSTMVariant):
         raise TypeError(f"variant must be a jaxlstm.LSTMVariant, got {type(variant).__name__}" + _pointer("options"))
 
@@ -566,169 +563,11 @@ def draw_masks(
     )
 
 
-def _dropped(values, keep, rate: float):
-    """Inverted dropout: ``values ⊙ keep / (1 − rate)`` (``keep`` broadcasts)."""
-    return jnp.where(keep, values / (1.0 - rate), jnp.zeros_like(values))
+# ----------------------------------------------------------------------------- training or not
 
 
-# ----------------------------------------------------------------------------- one step
-
-
-def _row(vector, like):
-    """A (n,) parameter as (1, …, 1, n), to meet ``like`` (*batch, n) without rank promotion."""
-    return jnp.expand_dims(vector.astype(like.dtype), tuple(range(like.ndim - 1)))
-
-
-def _layer_norm(a, epsilon: float):
-    mean = jnp.mean(a, axis=-1, keepdims=True)
-    centered = a - mean
-    variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
-    return centered * jax.lax.rsqrt(variance + epsilon)
-
-
-def _step(
-    params: VariantParams,
-    variant: LSTMVariant,
-    carry: LSTMCarry,
-    x,
-    recurrent_keep,
-    gate_fn: Activation,
-    activation_fn: Activation,
-) -> LSTMCarry:
-    """One variant step before zoneout (unchecked). ``c`` keeps its own dtype (the state dtype)."""
-    h, c = carry
-    if recurrent_keep is not None:
-        h = _dropped(h, recurrent_keep, variant.recurrent_dropout)
-    from_input, from_h = x @ params.w_ih, h @ params.w_hh
-    if variant.layer_norm:
-        from_input = _layer_norm(from_input, variant.layer_norm_epsilon) * _row(params.ln_ih_scale, from_input)
-        from_h = _layer_norm(from_h, variant.layer_norm_epsilon) * _row(params.ln_hh_scale, from_h)
-    z = from_input + from_h + _row(params.b, from_input)
-    z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
-    if variant.peepholes:
-        p_i, p_f, p_o = params.w_peep[0], params.w_peep[1], params.w_peep[2]
-        c_in = c.astype(z.dtype)
-        z_i = z_i + _row(p_i, z_i) * c_in
-        z_f = z_f + _row(p_f, z_f) * c_in
-    i, g = gate_fn(z_i), activation_fn(z_g)
-    f = 1.0 - i if variant.cifg else gate_fn(z_f + variant.forget_bias if variant.forget_bias else z_f)
-    c_new = f.astype(c.dtype) * c + i.astype(c.dtype) * g.astype(c.dtype)
-    if variant.cell_clip is not None:
-        c_new = jnp.clip(c_new, -variant.cell_clip, variant.cell_clip)
-    if variant.peepholes:
-        z_o = z_o + _row(p_o, z_o) * c_new.astype(z.dtype)
-    o = gate_fn(z_o)
-    c_out = c_new
-    if variant.layer_norm:
-        c_out = _layer_norm(c_new, variant.layer_norm_epsilon) * _row(params.ln_c_scale, c_new) + _row(
-            params.ln_c_bias, c_new
-        )
-    h_new = (o.astype(c.dtype) * activation_fn(c_out)).astype(z.dtype)
-    if variant.proj_size is not None:
-        h_new = h_new @ params.w_hr
-    return LSTMCarry(h_new, c_new)
-
-
-def _zoneout(variant: LSTMVariant, previous: LSTMCarry, new: LSTMCarry, zone_h, zone_c, training: bool) -> LSTMCarry:
-    """Training: units flagged in ``zone_*`` keep their previous value. Otherwise the expectation."""
-    h, c = new
-    if variant.zoneout_h > 0.0:
-        if training:
-            h = jnp.where(zone_h, previous.h, h)
-        else:
-            h = variant.zoneout_h * previous.h + (1.0 - variant.zoneout_h) * h
-    if variant.zoneout_c > 0.0:
-        if training:
-            c = jnp.where(zone_c, previous.c, c)
-        else:
-            c = variant.zoneout_c * previous.c + (1.0 - variant.zoneout_c) * c
-    return LSTMCarry(h, c)
-
-
-def lstm_variant_cell(
-    params: VariantParams,
-    carry: LSTMCarry,
-    x: Float[Array, "*batch input"],
-    *,
-    variant: LSTMVariant,
-    gate_fn: Activation = jax.nn.sigmoid,
-    activation_fn: Activation = jnp.tanh,
-) -> tuple[LSTMCarry, Float[Array, "*batch recurrent"]]:
-    """One deterministic step of a variant cell (no dropout; zoneout as its expectation).
-
-    Args:
-        params: ``VariantParams`` for ``variant``.
-        carry: ``LSTMCarry``: ``h`` ``(*batch, R)``, ``c`` ``(*batch, H)``.
-        x: ``(*batch, D)``.
-        variant: the ``LSTMVariant``.
-        gate_fn, activation_fn: as ``jaxlstm.lstm_cell``.
-
-    Returns:
-        ``(new_carry, h)``, ``h`` ``(*batch, R)`` (the same array as ``new_carry.h``).
-
-    >>> import jax, jax.numpy as jnp, jaxlstm as jl
-    >>> v = jl.LSTMVariant(proj_size=2, peepholes=True)
-    >>> p = jl.init_variant_params(jax.random.key(0), 3, 5, v)
-    >>> carry = jl.LSTMCarry(jnp.zeros((4, 2)), jnp.zeros((4, 5)))
-    >>> carry, h = jl.lstm_variant_cell(p, carry, jnp.ones((4, 3)), variant=v)
-    >>> h.shape, carry.c.shape
-    ((4, 2), (4, 5))
-    """
-    with jax.named_scope("jaxlstm.lstm_variant_cell"):
-        _check_variant(variant)
-        params = as_variant_params(params)
-        check_params(params, variant)
-        _checks.inputs(x, params.input_size, "x", min_rank=1)
-        check_carry(carry, x.shape[:-1], params.recurrent_size, params.hidden_size, "carry")
-        _checks.activation(gate_fn, "gate_fn")
-        _checks.activation(activation_fn, "activation_fn")
-        params, x, h = promote(params, x, carry.h)
-        carry = LSTMCarry(h, carry.c)
-        new = _step(params, variant, carry, x, None, gate_fn, activation_fn)
-        new = _zoneout(variant, carry, new, None, None, training=False)
-        return new, new.h
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def _variant_loop(
-    params: VariantParams,
-    variant: LSTMVariant,
-    xs_tm,
-    carry: LSTMCarry,
-    restart: LSTMCarry | None,
-    valid_tm,
-    reset_tm,
-    recurrent_keep,
-    zone_h_tm,
-    zone_c_tm,
-    *,
-    training: bool,
-    reverse: bool,
-    unroll: int,
-    masked_output: str,
-    gate_fn: Activation,
-    activation_fn: Activation,
-):
-    """The variant's loop over time (time-major, unchecked): ``jaxlstm.scan``'s loop with the variant step.
-
-    Per step: restart from ``restart`` where ``reset``; compute the variant
-    cell; zoneout; keep the new carry only where ``valid``.
-    """
-
-    def step(carry: LSTMCarry, inputs):
-        x_t, valid_t, reset_t, zone_h_t, zone_c_t = inputs
-        carry = restart_where(carry, restart, reset_t)
-        new = _step(params, variant, carry, x_t, recurrent_keep, gate_fn, activation_fn)
-        new = _zoneout(variant, carry, new, zone_h_t, zone_c_t, training)
-        return keep_valid(carry, new, valid_t, masked_output)
-
-    inputs = (xs_tm, valid_tm, reset_tm, zone_h_tm, zone_c_tm)
-    return jax.lax.scan(step, carry, inputs, reverse=reverse, unroll=unroll)
-
-
-def _training(variant: LSTMVariant, dropout_key, deterministic) -> bool:
+def training_call(variant: LSTMVariant, dropout_key, deterministic) -> bool:
+    """Whether a call draws random masks: a rate > 0 and not deterministic (``None``: a key is given)."""
     if deterministic is None:
         deterministic = dropout_key is None
     if not isinstance(deterministic, (bool, np.bool_)):
@@ -745,135 +584,3 @@ def _training(variant: LSTMVariant, dropout_key, deterministic) -> bool:
 
 
 _RATES = ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c")
-
-
-def lstm_variant(
-    params: VariantParams,
-    xs: Float[Array, "*batch time input"],
-    carry: LSTMCarry | None = None,
-    *,
-    variant: LSTMVariant,
-    seq_lengths: Int[Array, "*batch"] | None = None,
-    mask: Bool[Array, "*batch time"] | None = None,
-    resets: Bool[Array, "*batch time"] | None = None,
-    reset_carry: LSTMCarry | None = None,
-    masked_output: str = "zeros",
-    reverse: bool = False,
-    unroll: int = 1,
-    gradient: str = "fused",
-    gate_fn: Activation = jax.nn.sigmoid,
-    activation_fn: Activation = jnp.tanh,
-    dropout_key: PRNGKeyArray | None = None,
-    deterministic: bool | None = None,
-) -> tuple[LSTMCarry, Float[Array, "*batch time recurrent"]]:
-    """Runs one variant LSTM layer (one direction) over whole sequences.
-
-    Args:
-        params: ``VariantParams`` with the arrays ``variant`` uses
-            (``init_variant_params`` makes them); an ``LSTMParams`` for a
-            variant without extra weights.
-        xs: ``(*batch, T, D)``, batch-first.
-        carry: initial ``LSTMCarry``: ``h`` ``(*batch, R)``, ``c`` ``(*batch, H)``
-            (R = P with a projection, else H); zeros when ``None``.
-        variant: the ``LSTMVariant``.
-        seq_lengths, mask, resets, reset_carry, masked_output, reverse,
-            unroll, gate_fn, activation_fn: exactly as ``jaxlstm.lstm``.
-        gradient: as ``jaxlstm.lstm`` when the call is a plain LSTM (it then
-            runs ``jaxlstm.lstm``); the variant loop is always differentiated
-            by JAX (autodiff).
-        dropout_key: a PRNG key for the dropout and zoneout masks
-            (``draw_masks`` shows what is drawn from it).
-        deterministic: ``True``: no random draws (dropout off, zoneout its
-            expectation). ``False``: draw masks from ``dropout_key``
-            (required when a rate is > 0). ``None`` (default): not
-            deterministic exactly when a ``dropout_key`` is given.
-
-    Returns:
-        ``(final_carry, hs)``: ``final_carry.h`` ``(*batch, R)`` and
-        ``final_carry.c`` ``(*batch, H)`` after each sequence's last valid
-        step; ``hs`` ``(*batch, T, R)``, each step's ``h`` (after zoneout).
-
-    >>> import jax, jax.numpy as jnp, jaxlstm as jl
-    >>> v = jl.LSTMVariant(proj_size=4, layer_norm=True)
-    >>> p = jl.init_variant_params(jax.random.key(0), 8, 16, v)
-    >>> final, hs = jl.lstm_variant(p, jnp.ones((2, 5, 8)), variant=v, seq_lengths=jnp.array([5, 3]))
-    >>> hs.shape, final.h.shape, final.c.shape
-    ((2, 5, 4), (2, 4), (2, 16))
-    """
-    with jax.named_scope("jaxlstm.lstm_variant"):
-        _check_variant(variant)
-        params = as_variant_params(params)
-        check_params(params, variant)
-        _checks.inputs(xs, params.input_size, "xs", min_rank=2, layout="(*batch, time, input)")
-        batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
-        hidden, recurrent = params.hidden_size, params.recurrent_size
-        if carry is None:
-            carry = LSTMCarry(
-                jnp.zeros((*batch_shape, recurrent), xs.dtype), jnp.zeros((*batch_shape, hidden), state_dtype(xs.dtype))
-            )
-        else:
-            check_carry(carry, batch_shape, recurrent, hidden, "carry")
-        if reset_carry is not None:
-            check_carry(reset_carry, batch_shape, recurrent, hidden, "reset_carry")
-        unroll = _checks.positive_int(unroll, "unroll")
-        _checks.one_of(masked_output, MASKED_OUTPUTS, "masked_output")
-        _checks.one_of(gradient, GRADIENTS, "gradient")
-        _checks.activation(gate_fn, "gate_fn")
-        _checks.activation(activation_fn, "activation_fn")
-        reverse = bool(reverse)
-        training = _training(variant, dropout_key, deterministic)
-        masks = draw_masks(dropout_key, variant, batch_shape, time, params.input_size, hidden) if training else None
-        if masks is not None and masks.input is not None:
-            xs = _dropped(xs, masks.input[..., None, :], variant.input_dropout)
-        options = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, reverse=reverse)
-
-        if not variant.own_loop(training):  # a plain LSTM after all: the fused fast path
-            b = params.b
-            if variant.forget_bias:
-                b = b.at[hidden : 2 * hidden].add(variant.forget_bias)
-            plain = LSTMParams(params.w_ih, params.w_hh, b)
-            return lstm(
-                plain,
-                xs,
-                carry,
-                reset_carry=reset_carry,
-                unroll=unroll,
-                gradient=gradient,
-                gate_fn=gate_fn,
-                activation_fn=activation_fn,
-                **options,
-            )
-
-        valid_tm = valid_steps(seq_lengths, mask, batch_shape, time)
-        reset_tm = reset_steps(resets, batch_shape, time, reverse=reverse)
-        restart = None if reset_tm is None else (carry if reset_carry is None else reset_carry)
-        h_restart = None if restart is None else restart.h
-        params, xs, h, h_restart = promote(params, xs, carry.h, h_restart)
-        carry = LSTMCarry(h, carry.c)
-        if restart is not None:
-            restart = LSTMCarry(h_restart, restart.c.astype(carry.c.dtype))
-        xs_tm = jnp.moveaxis(xs, -2, 0)
-        zone_h_tm = zone_c_tm = recurrent_keep = None
-        if masks is not None:
-            recurrent_keep = masks.recurrent
-            zone_h_tm = None if masks.zoneout_h is None else jnp.moveaxis(masks.zoneout_h, -2, 0)
-            zone_c_tm = None if masks.zoneout_c is None else jnp.moveaxis(masks.zoneout_c, -2, 0)
-        final_carry, hs_tm = _variant_loop(
-            params,
-            variant,
-            xs_tm,
-            carry,
-            restart,
-            valid_tm,
-            reset_tm,
-            recurrent_keep,
-            zone_h_tm,
-            zone_c_tm,
-            training=training,
-            reverse=reverse,
-            unroll=unroll,
-            masked_output=masked_output,
-            gate_fn=gate_fn,
-            activation_fn=activation_fn,
-        )
-        return final_carry, jnp.moveaxis(hs_tm, 0, -2)

@@ -27,6 +27,15 @@ ALWAYS = {
     "xla.gemms",
 }
 OPTIONAL = {"haiku": "haiku", "equinox": "equinox", "torch": "torch"}  # implementation -> package
+# The LSTM family, run only when asked for (--family or --impls)
+FAMILY = {
+    "jaxlstm+peepholes",
+    "jaxlstm+layer_norm",
+    "jaxlstm+cell_clip",
+    "jaxlstm+cifg",
+    "jaxlstm+proj_size",
+    "jaxlstm+peepholes.autodiff",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,7 @@ def run(compare, tmp_path, *argv) -> tuple[int, dict]:
 
 def test_quick_run_reports_every_installed_implementation(compare, tmp_path):
     installed = ALWAYS | {name for name, package in OPTIONAL.items() if importlib.util.find_spec(package)}
-    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL)
+    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY
 
     rc, report = run(compare, tmp_path, "--check")
 
@@ -95,6 +104,15 @@ def test_missing_package_is_skipped_with_a_note(compare, tmp_path, monkeypatch, 
     assert report["skipped"] == {"equinox": "no_such_package_for_jaxlstm not installed"}
     assert set(report["results"][0]["impls"]) == {"jaxlstm"}
     assert "equinox: skipped (no_such_package_for_jaxlstm not installed)" in capsys.readouterr().out
+
+
+def test_family_runs_when_asked_for(compare, tmp_path):
+    """The LSTM family stays out of the default run (it would double its compile time); named, it
+    runs, a projection timed against a cotangent of its own width P."""
+    assert not FAMILY & set(compare.DEFAULT_IMPLS) and set(compare.FAMILY) == FAMILY
+    rc, report = run(compare, tmp_path, "--impls", "jaxlstm,jaxlstm+proj_size", "--reps", "1")
+    assert rc == 0 and [r["errors"] for r in report["results"]] == [{}]
+    assert set(report["results"][0]["impls"]) == {"jaxlstm", "jaxlstm+proj_size"}
 
 
 def test_bad_arguments_are_rejected(compare):

@@ -11,9 +11,6 @@ import pytest
 
 import jaxlstm as jl
 
-# Failing until the variants run on the one engine (issue 14); the engine's commit removes this.
-pytestmark = pytest.mark.xfail(strict=True, reason="issue 14: the variants' second loop")
-
 PADDED = {
     "peepholes": jl.LSTMVariant(peepholes=True),
     "layer_norm": jl.LSTMVariant(layer_norm=True),

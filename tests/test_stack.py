@@ -260,3 +260,54 @@ def test_dropout_off_cases_and_keys(rng, key):
     one_layer = _stack(weights[:1])
     _, ref_one = ref_stack(weights[:1], np.asarray(xs), LENGTHS, "sum")
     assert_close(stacked_jit(one_layer, xs, seq_lengths=lengths, merge="sum", dropout=0.5, dropout_key=key)[1], ref_one)
+
+
+# --------------------------------------------------------------------------- deep stacks: one scan over layers
+
+
+def test_deep_bidirectional_stack_wider_input_matches_reference(rng):
+    """D > F: layer 0 runs on its own, layers 1..3 under one scan over their stacked weights."""
+    weights = random_stack_weights(rng, 9, H, num_layers=4, bidirectional=True, merge="concat")
+    xs = rng.standard_normal((B, T, 9)).astype(np.float32)
+    carries = _random_carries(rng, weights)
+    finals, hs = stacked_jit(
+        _stack(weights), jnp.asarray(xs), _as_lstm_carries(carries), seq_lengths=jnp.asarray(LENGTHS)
+    )
+    ref_finals, ref_hs = ref_stack(weights, xs, LENGTHS, "concat", carries)
+    _check(finals, hs, ref_finals, ref_hs, "concat")
+
+
+def test_deep_stack_gradients_equal_autodiff_float64(rng):
+    """Layer 0 padded into the scan (D <= F): its w_ih and the inputs get exactly their own gradient."""
+    with jax.enable_x64(True):
+        weights = random_stack_weights(rng, 2, 3, num_layers=3, bidirectional=True, merge="sum", dtype=np.float64)
+        stack = tuple(tuple(jl.LSTMParams(*(jnp.asarray(w) for w in d)) for d in layer) for layer in weights)
+        xs = jnp.asarray(rng.standard_normal((2, 4, 2)))
+
+        def loss(stack, xs, gradient):
+            _, hs = jl.stacked_lstm(stack, xs, merge="sum", seq_lengths=jnp.array([4, 2]), gradient=gradient)
+            return jnp.sum(jnp.sin(hs))
+
+        fused = jax.grad(loss, argnums=(0, 1))(stack, xs, "fused")
+        autodiff = jax.grad(loss, argnums=(0, 1))(stack, xs, "autodiff")
+        check_grads(lambda s, x: loss(s, x, "fused"), (stack, xs), order=1, modes=["rev"])
+    assert jax.tree.map(jnp.shape, fused) == jax.tree.map(jnp.shape, (stack, xs))
+    for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(autodiff), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_deep_stack_dropout_draws_each_layer_as_the_layer_by_layer_rule(rng, key):
+    """The scan over layers draws layer l's input dropout from the l-th split of the key, as a
+    stack run one layer at a time does."""
+    weights = random_stack_weights(rng, D, H, num_layers=4, bidirectional=False, merge="concat")
+    xs = jnp.asarray(rng.standard_normal((B, T, D)).astype(np.float32))
+    stack = _stack(weights)
+    _, hs = stacked_jit(stack, xs, dropout=0.4, dropout_key=key)
+    expected, remaining = xs, key
+    for layer in range(4):
+        if layer > 0:
+            remaining, layer_key = jax.random.split(remaining)
+            keep = jax.random.bernoulli(layer_key, 0.6, expected.shape)
+            expected = jnp.where(keep, expected / 0.6, 0.0)
+        _, expected = jl.stacked_lstm(stack[layer : layer + 1], expected)
+    assert_close(hs, expected)
