@@ -76,31 +76,41 @@ def _loss(variant, key, options):
     return loss
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("flags", ["lengths", "mask+resets"])
+COMBINATIONS = [(flags, reverse) for flags in ("lengths", "mask+resets") for reverse in (False, True)]
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_fused_gradient_equals_autodiff_in_float64(name, flags, reverse, rng):
+def test_fused_gradient_equals_autodiff_in_float64(name, rng):
+    """Each variant x (lengths with NaN in the padding | mask + resets + masked_output="previous")
+    x (forward | reverse); the four compiled together (one jit per variant keeps the suite fast)."""
     variant = VARIANTS[name]
     key = jax.random.key(11) if name in TRAINING else None
     with jax.enable_x64(True):
         params = _params(name, variant)
-        xs, carry = _inputs(rng, variant, nan_padding=flags == "lengths")
-        options = dict(_flags(rng, flags), reverse=reverse)
-        loss = _loss(variant, key, options)
-        both = jax.jit(
-            lambda p, x, c: (
-                jax.value_and_grad(loss, argnums=(0, 1, 2))(p, x, c, "fused"),
-                jax.value_and_grad(loss, argnums=(0, 1, 2))(p, x, c, "autodiff"),
-            )
-        )
-        (value, grads), (value_ref, grads_ref) = both(params, xs, carry)
-    np.testing.assert_allclose(value, value_ref, rtol=1e-12)
-    for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref), strict=True):
-        g, g_ref = np.asarray(g), np.asarray(g_ref)
-        if flags == "lengths" and g.shape == xs.shape:  # NaN inputs in padding: their gradient is zero
-            assert np.all(g[1, 3:] == 0) and np.all(g[2] == 0)
-        assert np.all(np.isfinite(g)), f"{name}: non-finite gradient at {jax.tree_util.keystr(path)}"
-        np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12, err_msg=jax.tree_util.keystr(path))
+        cases = []
+        for flags, reverse in COMBINATIONS:
+            xs, carry = _inputs(rng, variant, nan_padding=flags == "lengths")
+            cases.append((_loss(variant, key, dict(_flags(rng, flags), reverse=reverse)), xs, carry))
+
+        def both(params, inputs):
+            grad = [jax.value_and_grad(loss, argnums=(0, 1, 2)) for loss, _, _ in cases]
+            return [
+                (g(params, xs, carry, "fused"), g(params, xs, carry, "autodiff"))
+                for g, (xs, carry) in zip(grad, inputs, strict=True)
+            ]
+
+        results = jax.jit(both)(params, [(xs, carry) for _, xs, carry in cases])
+    for (flags, reverse), ((value, grads), (value_ref, grads_ref)) in zip(COMBINATIONS, results, strict=True):
+        where = f"{name}, {flags}, reverse={reverse}"
+        np.testing.assert_allclose(value, value_ref, rtol=1e-12, err_msg=where)
+        for (path, g), g_ref in zip(
+            jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref), strict=True
+        ):
+            g, g_ref, at = np.asarray(g), np.asarray(g_ref), f"{where}: {jax.tree_util.keystr(path)}"
+            if flags == "lengths" and path[0].idx == 1:  # NaN inputs in padding: their gradient is zero
+                assert np.all(g[1, 3:] == 0) and np.all(g[2] == 0), at
+            assert np.all(np.isfinite(g)), f"non-finite gradient: {at}"
+            np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12, err_msg=at)
 
 
 def test_the_fused_path_runs_the_variant_cells_own_backward_pass():
@@ -133,8 +143,9 @@ def test_checkpoint_every_changes_no_value_and_no_gradient(name, rng):
             final, hs = jl.lstm(params, xs, carry, variant=variant, dropout_key=key, checkpoint_every=every, **options)
             return jnp.sum(hs * hs) + jnp.sum(final.c)
 
-        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
-        (value, grads), (value_ref, grads_ref) = grad(params, xs, carry, 2), grad(params, xs, carry, None)
+        grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+        both = jax.jit(lambda *args: (grad(*args, 2), grad(*args, None)))  # one compile for the two
+        (value, grads), (value_ref, grads_ref) = both(params, xs, carry)
     np.testing.assert_allclose(value, value_ref, rtol=1e-12)
     for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
