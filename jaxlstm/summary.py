@@ -18,8 +18,8 @@ from typing import Any
 import jax
 
 from . import _checks
-from .cell import LSTMCarry
 from ._text import format_count
+from .cell import LSTMCarry
 
 __all__ = ["summary", "Summary", "SummaryRow"]
 

@@ -19,8 +19,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "jaxlstm"
 
@@ -128,7 +126,7 @@ def find_cycles(graph: dict[str, dict[str, object]]) -> list[list[str]]:
 def describe(cycle: list[str], graph: Graph) -> str:
     """``a -> b (a.py:3) -> a (b.py:7)``: each step with the import lines that make it."""
     steps = [cycle[0]]
-    for source, target in zip(cycle, cycle[1:]):
+    for source, target in zip(cycle, cycle[1:], strict=False):
         steps.append(f"{target} ({', '.join(graph[source][target])})")
     return " -> ".join(steps)
 
