@@ -166,11 +166,10 @@ def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t
     from_input = x_t if projected else x_t @ params.w_ih
     if loop.cell.separate:
         z = (from_input, h @ params.w_hh)
-    elif projected:
-        z = from_input + h @ params.w_hh
     else:
         z = from_input + h @ params.w_hh
-        z = z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1)))
+        if not projected:  # the fused loop's projection already holds b
+            z = z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1)))
     h_cell, c_new, residuals = loop.cell.forward(small, z, carry.c, steps_t.zone_c)
     h_new = h_cell if params.w_hr is None else h_cell @ params.w_hr
     h_new = _zoneout_h(loop, carry.h, h_new, steps_t.zone_h)
@@ -411,15 +410,16 @@ def _fused_backward(loop: Loop, residuals, cotangents):
     def chunk(state, first, length):
         """Steps ``first .. first + length - 1`` (``length`` static)."""
         d_carry, d_initial, d_small, d_weights, d_xs = state
+        steps_c = steps.slice(first, length)
         grads_chunk = tuple(jnp.zeros((n, length, width), xs.dtype) for width in grad_widths)
         (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
             (d_carry, d_initial, d_small, grads_chunk, first),
-            (first + jnp.arange(length, dtype=jnp.int32), steps.slice(first, length)),
+            (first + jnp.arange(length, dtype=jnp.int32), steps_c),
             reverse=not loop.reverse,
             unroll=loop.unroll,
         )
-        valid_c = steps.slice(first, length).valid
+        valid_c = steps_c.valid
         x_chunk = jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1)
         if valid_c is not None:  # as in the forward loop: steps that don't count read zeros
             x_chunk = jnp.where(valid_c.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
@@ -775,7 +775,9 @@ def _chunked(run, carry, xs, steps: Steps, chunk: int, reverse: bool):
 
 def lstm_variant(params, xs, carry=None, *, variant: LSTMVariant, **options):
     """``jaxlstm.lstm(params, xs, carry, variant=variant, **options)``, kept for code written before
-    ``lstm`` took a ``variant``; it will go before 1.0."""
+    ``lstm`` took a ``variant``; it will go before 1.0. Shapes and checks are ``lstm``'s: xs
+    ``(*batch, T, D)`` → ``(final_carry, hs)``, ``hs`` ``(*batch, T, R)``, ``h`` ``(*batch, R)``,
+    ``c`` ``(*batch, H)``."""
     return lstm(params, xs, carry, variant=variant, **options)
 
 
