@@ -8,6 +8,7 @@ docs/shapes.md); neither imports Flax until used.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .cell import LSTMCarry as LSTMCarry
 from .cell import LSTMParams as LSTMParams
@@ -34,6 +35,12 @@ __version__ = "0.1.0"
 
 # Names whose modules import Flax (or an optional package): loaded on first use.
 _LAZY = {"LSTM": "linen", "LSTMCell": "linen", "nnx": None, "interop": None}
+
+if TYPE_CHECKING:  # the same names as _LAZY, spelled out for type checkers (tests/test_packaging.py checks)
+    from . import interop as interop
+    from . import nnx as nnx
+    from .linen import LSTM as LSTM
+    from .linen import LSTMCell as LSTMCell
 
 
 def __getattr__(name: str):

@@ -93,6 +93,7 @@ def draw(e: Explanation, path=None, *, dpi: int = 110, max_steps_shown: int = MA
 
     steps = shown_steps(e.time, max_steps_shown)
     left_pad = extra_width = 0.0
+    fig: Figure | None = None
     for _ in range(3):  # lay out, measure the text, widen where it spills over the edges
         d = _Drawing(e, steps, left_pad=left_pad, extra_width=extra_width)
         fig = Figure(figsize=(d.width, d.height), dpi=dpi)
@@ -110,6 +111,7 @@ def draw(e: Explanation, path=None, *, dpi: int = 110, max_steps_shown: int = MA
             break
         left_pad += max(0.0, 0.25 - left)
         extra_width += max(0.0, right + 0.25 - d.width) + max(0.0, 0.25 - left)
+    assert fig is not None  # the loop above runs at least once
     if path is not None:
         fig.savefig(path, dpi=dpi, facecolor="white")
     return fig

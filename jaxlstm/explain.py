@@ -281,7 +281,7 @@ class Explanation:
 
     @property
     def carry_shapes(self) -> tuple[tuple[LSTMCarry, ...], ...]:
-        one = LSTMCarry(self.h_shape, self.c_shape)
+        one = LSTMCarry._make((self.h_shape, self.c_shape))  # a carry's structure, holding shapes, not arrays
         return tuple((one,) * self.num_directions for _ in range(self.num_layers))
 
     @property
@@ -307,7 +307,7 @@ class Explanation:
         for layer in range(self.num_layers):
             d = self.input_size if layer == 0 else f
             shapes = variant_param_shapes(d, h, variant)
-            extras = dict(proj_size=self.proj_size, peepholes=self.peepholes, layer_norm=self.layer_norm)
+            p, peep, norm = self.proj_size, self.peepholes, self.layer_norm
             cells = tuple(
                 CellInfo(
                     layer=layer,
@@ -316,8 +316,10 @@ class Explanation:
                     input_size=d,
                     hidden_size=h,
                     param_shapes=dict(shapes),
-                    num_params=cell_params(d, h, **extras),
-                    **extras,
+                    num_params=cell_params(d, h, proj_size=p, peepholes=peep, layer_norm=norm),
+                    proj_size=p,
+                    peepholes=peep,
+                    layer_norm=norm,
                 )
                 for direction in range(self.num_directions)
             )

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jax
 
@@ -186,19 +186,22 @@ def _size(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape"))
 
 
-def _carry(module, args, stack: bool):
-    """(carry_shape, carry_shapes) of a jaxlstm layer or any RNN cell; (None, None) otherwise."""
+def _carry(module, args, stack: bool) -> tuple[Shape | None, tuple[tuple[LSTMCarry, ...], ...] | None]:
+    """(carry_shape, carry_shapes) of a jaxlstm layer or any RNN cell; (None, None) otherwise.
+
+    The ``LSTMCarry`` values hold shapes, not arrays: a carry's structure.
+    """
     if stack:  # jl.LSTM / jl.nnx.LSTM: x is (*batch, T, D); h has proj_size features with a projection
         batch = tuple(args[0].shape[:-2])
         shape = Shape((*batch, module.features))
         h_shape = Shape((*batch, getattr(module, "recurrent_size", module.features)))
         directions = 2 if module.bidirectional else 1
-        one = LSTMCarry(h_shape, shape)
+        one = LSTMCarry._make((h_shape, shape))
         return h_shape, tuple((one,) * directions for _ in range(module.num_layers))
     if len(args) >= 2:  # an RNN cell, called as cell(carry, x)
         carry = _shapes(args[0])
         if isinstance(carry, LSTMCarry):
-            return carry.h, None
+            return cast(Shape, carry.h), None  # _shapes made every array a Shape
         leaves = jax.tree.leaves(carry, is_leaf=lambda s: isinstance(s, Shape))
         return (leaves[0] if leaves else None), None
     return None, None

@@ -14,6 +14,9 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 SEED = 20240611
 
+# tests/typing/ holds scripts for the type checker (pyright, in .ci/run), not tests.
+collect_ignore = ["typing"]
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
