@@ -4,6 +4,11 @@
 shape and parameter of that LSTM (see ``jaxlstm.explain``); ``--plot FILE.png``
 (or ``.svg``) also draws it unrolled over time (needs matplotlib).
 
+``jaxlstm docs shapes`` prints a guide (the Markdown files of the repository's
+``docs/``, shipped in the package as ``jaxlstm/guides/``), ``jaxlstm docs
+shapes#inputs`` one section of it (the anchor error messages name), and
+``jaxlstm docs`` lists the guides.
+
 Exit status: 0 on success, 2 for bad arguments (a one-line message, no
 traceback), 1 when the plot cannot be written.
 """
@@ -11,8 +16,11 @@ traceback), 1 when the plot cannot be written.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
+import re
 import sys
+from pathlib import Path
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 
@@ -22,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="jaxlstm",
-        description="jaxlstm: LSTMs for JAX. Try: jaxlstm explain --batch 4 --time 10 --input 8 --units 32",
+        description=(
+            "jaxlstm: LSTMs for JAX. Try: jaxlstm explain --batch 4 --time 10 --input 8 --units 32, "
+            "or jaxlstm docs shapes"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"jaxlstm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -59,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         "--last-only",
         dest="return_sequences",
         action="store_false",
-        help="return only the last step (B, H) instead of every step (B, T, H)",
+        help=(
+            "return only each sequence's last step, (B, F), instead of every step, (B, T, F); F is the layer's "
+            "output width: H, or 2H for --bidirectional with --merge concat (P and 2P with --proj-size P)"
+        ),
     )
     explain.add_argument(
         "--proj-size",
@@ -75,6 +89,21 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--plot", metavar="FILE", help="also draw the network unrolled over time to FILE (.png, .svg or .pdf)"
     )
+    docs = commands.add_parser(
+        "docs",
+        help="print a guide (shapes, sequence-state, variants, performance, ...), or list them",
+        description=(
+            "Print one of jaxlstm's guides as Markdown, or one section of it: `jaxlstm docs shapes#inputs` "
+            "prints the section that an error message pointing at docs/shapes.md#inputs means. "
+            "Without a name, list the guides."
+        ),
+    )
+    docs.add_argument(
+        "guide",
+        nargs="?",
+        metavar="GUIDE[#SECTION]",
+        help="a guide's name (shapes, sequence-state, variants, performance, ...), optionally with #section",
+    )
     return parser
 
 
@@ -88,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "docs":
+        return _docs(args.guide)
+    return _explain(args)
 
+
+def _explain(args: argparse.Namespace) -> int:
+    """``jaxlstm explain``: the walk-through, and the diagram with ``--plot``."""
     from .explain import explain
 
     prog = "jaxlstm explain"
@@ -133,6 +168,93 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: error: cannot write {args.plot!r}: {error.strerror or error}", file=sys.stderr)
             return 1
         _print(f"\nDiagram written to {args.plot}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- jaxlstm docs
+
+
+def _guides_folder():
+    """Where the guides are: ``jaxlstm/guides/`` in an installed package (its package data, mapped from
+    ``docs/`` at build time), else the ``docs/`` folder of the source checkout this package runs from."""
+    try:
+        folder = importlib.resources.files("jaxlstm.guides")
+    except ModuleNotFoundError:  # a source checkout, or an editable install made before the mapping existed
+        folder = None
+    if folder is not None and folder.joinpath("shapes.md").is_file():
+        return folder
+    return Path(__file__).resolve().parent.parent / "docs"
+
+
+# The four guides first, in reading order; any other page after them, by name.
+GUIDE_ORDER = ("shapes", "sequence-state", "variants", "performance")
+
+
+def guides() -> dict[str, str]:
+    """The guides, name (``shapes``) → Markdown text: the four guides first, then the other pages by name."""
+    folder = _guides_folder()
+    entries = [entry for entry in (folder.iterdir() if folder.is_dir() else ()) if entry.name.endswith(".md")]
+    texts = {entry.name[: -len(".md")]: entry.read_text(encoding="utf-8") for entry in entries if entry.is_file()}
+    ordered = [name for name in GUIDE_ORDER if name in texts] + sorted(set(texts) - set(GUIDE_ORDER))
+    return {name: texts[name] for name in ordered}
+
+
+def _anchor(heading: str) -> str:
+    """The anchor of a Markdown heading, as GitHub and the docs site make it (``Padding and seq_lengths`` →
+    ``padding-and-seq_lengths``): lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _headings(text: str) -> list[tuple[int, int, str]]:
+    """``(line index, level, anchor)`` of every heading outside fenced code blocks."""
+    found, fenced = [], False
+    for index, line in enumerate(text.splitlines()):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"(#{1,6}) (.+)", line)
+        if match:
+            found.append((index, len(match.group(1)), _anchor(match.group(2))))
+    return found
+
+
+def section(text: str, anchor: str) -> str | None:
+    """The section of ``text`` under the heading whose anchor is ``anchor``, up to the next heading of the
+    same or a higher level; ``None`` if no heading has that anchor."""
+    lines, headings = text.splitlines(), _headings(text)
+    for position, (start, level, name) in enumerate(headings):
+        if name == anchor:
+            end = next((index for index, deeper, _ in headings[position + 1 :] if deeper <= level), len(lines))
+            return "\n".join(lines[start:end]).rstrip() + "\n"
+    return None
+
+
+def _docs(name: str | None) -> int:
+    """``jaxlstm docs [GUIDE[#SECTION]]``: lists the guides, or prints one, or one of its sections."""
+    prog = "jaxlstm docs"
+    available = guides()
+    if not available:
+        print(f"{prog}: error: no guides found in {_guides_folder()}", file=sys.stderr)
+        return 1
+    if name is None:
+        lines = ["jaxlstm's guides (print one with `jaxlstm docs NAME`, a section with `jaxlstm docs NAME#section`):"]
+        for guide, text in available.items():
+            title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("# ")), "")
+            lines.append(f"  {guide:<16} {title}")
+        _print("\n".join(lines))
+        return 0
+    guide, _, anchor = name.removesuffix(".md").partition("#")
+    guide = guide.removeprefix("docs/").removesuffix(".md")
+    if guide not in available:
+        print(f"{prog}: error: no guide {guide!r}; the guides are {', '.join(available)}", file=sys.stderr)
+        return 2
+    text = available[guide]
+    if anchor:
+        text = section(text, anchor)
+        if text is None:
+            sections = ", ".join(heading for _, _, heading in _headings(available[guide]))
+            print(f"{prog}: error: {guide} has no section #{anchor}; its sections are {sections}", file=sys.stderr)
+            return 2
+    _print(text.rstrip("\n"))
     return 0
 
 

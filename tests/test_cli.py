@@ -1,6 +1,9 @@
-"""The ``jaxlstm`` command: ``jaxlstm explain ...`` (and ``--plot``), run in-process and once as a subprocess."""
+"""The ``jaxlstm`` command: ``jaxlstm explain ...`` (and ``--plot``) and ``jaxlstm docs``, run in-process and
+once as a subprocess."""
 
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -187,3 +190,103 @@ def test_draw_labels_a_projection_with_p_and_c_with_h(bidirectional):
     assert any(text.endswith("+ w_hr") for text in texts)  # the projection's weights are listed
     if bidirectional:
         assert "merge='concat'\n[→h, ←h]: 2P = 10" in texts
+
+
+# --------------------------------------------------------------------------- --last-only's help
+
+
+def test_last_only_help_gives_the_width_of_a_bidirectional_concat(capsys):
+    """--last-only returns (B, F): 2H for bidirectional concat, as the layer itself returns."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxlstm as jl
+
+    assert main(["explain", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(B, F), instead of every step, (B, T, F)" in help_text
+    assert "2H for --bidirectional with --merge concat" in help_text
+    layer = jl.LSTM(4, bidirectional=True, return_sequences=False)
+    x = jax.ShapeDtypeStruct((3, 5, 2), jnp.float32)
+    variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+    assert jax.eval_shape(layer.apply, variables, x).shape == (3, 2 * 4)
+    assert main(BASIC + ["--bidirectional", "--last-only"]) == 0
+    assert "returned (B, 2H) = (4, 64)" in " ".join(capsys.readouterr().out.split())
+
+
+# --------------------------------------------------------------------------- jaxlstm docs
+
+DOCS = pathlib.Path(ROOT) / "docs"
+
+
+def test_docs_lists_every_guide(capsys):
+    assert main(["docs"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names[:4] == ["shapes", "sequence-state", "variants", "performance"]
+    assert sorted(names) == sorted(path.stem for path in DOCS.glob("*.md"))
+    assert "Shapes in jaxlstm" in out
+
+
+def test_docs_prints_a_guide(capsys):
+    assert main(["docs", "shapes"]) == 0
+    assert capsys.readouterr().out == (DOCS / "shapes.md").read_text(encoding="utf-8").rstrip("\n") + "\n"
+    assert main(["docs", "docs/variants.md"]) == 0  # the path an error message names works too
+    assert capsys.readouterr().out.startswith("# LSTM variants\n")
+
+
+def test_docs_prints_one_section(capsys):
+    text = (DOCS / "shapes.md").read_text(encoding="utf-8")
+    expected = text[text.index("## Inputs\n") : text.index("## Carry\n")].rstrip("\n") + "\n"
+    assert main(["docs", "docs/shapes.md#inputs"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["docs", "shapes#inputs"]) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_docs_resolves_every_section_an_error_message_points_to(capsys):
+    """Each `docs/<guide>.md#<section>` the library names, literally or through its helpers, prints."""
+    from jaxlstm import _checks, variants
+
+    pointers = set()
+    for path in (pathlib.Path(ROOT) / "jaxlstm").rglob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        pointers |= set(re.findall(r"docs/([\w-]+)\.md#([\w-]+)", source))
+        pointers |= {("shapes", anchor) for anchor in re.findall(r'_see\(\s*"([\w-]+)"\s*\)', source)}
+    pointers |= {("shapes", anchor) for anchor in _checks._SECTIONS.values()}
+    pointers |= {("variants", anchor) for anchor in variants.SECTIONS.values()}
+    assert {("shapes", "inputs"), ("variants", "projection")} <= pointers
+    for guide, anchor in sorted(pointers):
+        assert main(["docs", f"{guide}#{anchor}"]) == 0, (guide, anchor)
+        out = capsys.readouterr().out
+        assert out.startswith("#"), (guide, anchor)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nope", "jaxlstm docs: error: no guide 'nope'; the guides are shapes, sequence-state, variants, performance"),
+        ("shapes#nope", "jaxlstm docs: error: shapes has no section #nope; its sections are shapes-in-jaxlstm, "),
+    ],
+)
+def test_docs_unknown_guide_or_section_exits_2(capsys, name, message):
+    assert main(["docs", name]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(message)
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_docs_reads_the_installed_package_data_first(capsys, monkeypatch, tmp_path):
+    """A wheel ships the guides as jaxlstm/guides/*.md; those win over a source checkout's docs/."""
+    import jaxlstm.__main__ as cli
+
+    (tmp_path / "shapes.md").write_text(
+        "# Shapes\n\n## Inputs\n\n```python\n# a comment, not a heading\n```\n\n## Carry\n\nh, c\n", encoding="utf-8"
+    )
+    (tmp_path / "extra.md").write_text("# Extra page\n", encoding="utf-8")
+    monkeypatch.setattr(cli.importlib.resources, "files", lambda package: tmp_path)
+    assert main(["docs"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["shapes", "extra"]
+    assert main(["docs", "shapes#inputs"]) == 0
+    assert capsys.readouterr().out == "## Inputs\n\n```python\n# a comment, not a heading\n```\n"
