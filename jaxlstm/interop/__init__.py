@@ -13,8 +13,15 @@ its ``{"params": ...}``, whose ``module.apply(variables, x)`` reproduces the
 source's outputs. Weights are copied bit for bit (transposed where the
 layouts differ); PyTorch's two biases are summed into jaxlstm's one.
 
+Loading is strict (docs/interop-loading.md): ``load_torch`` checks the
+file's CRC-32 checksums before reading it; every ``from_*`` converter
+refuses NaN or ±Inf weights unless ``allow_nonfinite=True``, and torch
+tensors without dense values (``meta``, sparse, ...) with the key named.
+
 PyTorch and Keras are optional (``pip install jaxlstm[torch]`` /
 ``jaxlstm[keras]``) and imported only inside the functions that need them.
+The Keras converters need Keras on its JAX backend: ``export
+KERAS_BACKEND=jax`` before Python imports keras.
 """
 
 from .flax import from_flax as from_flax

@@ -1,4 +1,4 @@
-"""Helpers shared by the converters: reading a ``jl.LSTM``'s variables, arrays to NumPy."""
+"""Helpers shared by the converters: optional imports, reading a ``jl.LSTM``'s variables, checking weights."""
 
 from __future__ import annotations
 
@@ -15,6 +15,60 @@ def require(module: str, extra: str, what: str):
         return importlib.import_module(module)
     except ImportError as error:
         raise ImportError(f"{what} needs {module}, an optional dependency: pip install 'jaxlstm[{extra}]'") from error
+
+
+# Keras' backend modules: an ImportError naming one of these means Keras is installed but its backend is not.
+_KERAS_BACKEND_MODULES = ("tensorflow", "torch", "jax", "openvino")
+_KERAS_BACKEND_FIX = (
+    "export KERAS_BACKEND=jax before Python imports keras (Keras picks its backend on import), "
+    'or set "backend": "jax" in keras.json'
+)
+
+
+def require_keras(what: str):
+    """Imports Keras, which must run on its JAX backend, or raises an ImportError that names the real cause.
+
+    Three cases, three fixes: Keras is not installed (``pip install
+    'jaxlstm[keras]'``); Keras is installed but ``import keras`` fails because
+    the backend it was told to load is missing (``KERAS_BACKEND`` unset means
+    the one in ``keras.json``, ``"tensorflow"`` by default); Keras was imported
+    on another backend. The fix for the last two is ``KERAS_BACKEND=jax``.
+    """
+    import importlib
+    import os
+
+    backend = os.environ.get("KERAS_BACKEND")
+    setting = (
+        f"KERAS_BACKEND={backend!r}"
+        if backend
+        else "KERAS_BACKEND is unset, so Keras takes the backend from keras.json in $KERAS_HOME or ~/.keras, "
+        "'tensorflow' by default"
+    )
+    try:
+        keras = importlib.import_module("keras")
+    except ImportError as error:
+        missing = (getattr(error, "name", None) or "").split(".")[0]
+        if getattr(error, "name", None) == "keras":
+            raise ImportError(f"{what} needs keras, an optional dependency: pip install 'jaxlstm[keras]'") from error
+        if missing in _KERAS_BACKEND_MODULES:
+            raise ImportError(
+                f"{what}: keras is installed, but `import keras` failed because it tried to load its {missing!r} "
+                f"backend, which is not installed ({setting}); jaxlstm's Keras interop runs Keras on JAX: "
+                f"{_KERAS_BACKEND_FIX}"
+            ) from error
+        raise ImportError(
+            f"{what}: keras is installed, but `import keras` failed ({type(error).__name__}: {error}); "
+            "reinstall it with pip install 'jaxlstm[keras]'"
+        ) from error
+    actual = keras.backend.backend()
+    if actual != "jax" and backend == "jax":
+        setting = "KERAS_BACKEND='jax' was set after keras was imported"
+    if actual != "jax":
+        raise ImportError(
+            f"{what}: Keras runs on its {actual!r} backend ({setting}); jaxlstm's Keras interop needs the 'jax' "
+            f"backend: {_KERAS_BACKEND_FIX}"
+        )
+    return keras
 
 
 def params_tree(variables, what: str = "variables") -> Mapping:
@@ -117,3 +171,30 @@ def warn_if_x64_disabled(dtype, source: str) -> None:
             "enable it (jax.config.update('jax_enable_x64', True)) for an exact float64 conversion",
             stacklevel=3,
         )
+
+
+def check_finite(array, where: str, allow_nonfinite: bool = False):
+    """Refuses weights holding NaN or ±Inf unless ``allow_nonfinite``: the one rule (and message) of every converter.
+
+    ``array`` is a NumPy or JAX array (any float dtype, bfloat16 included) and
+    is returned as it is. A traced value (a converter called under ``jit``)
+    has no values to check and passes.
+    """
+    import jax
+
+    if allow_nonfinite or isinstance(array, jax.core.Tracer):
+        return array
+    values = np.asarray(array)
+    if not np.issubdtype(values.dtype, np.inexact) and values.dtype.name != "bfloat16":
+        return array
+    finite = np.isfinite(values)
+    if finite.all():
+        return array
+    bad = int(finite.size - np.count_nonzero(finite))
+    nan = int(np.count_nonzero(np.isnan(values)))
+    first = tuple(int(i) for i in np.argwhere(~finite)[0])
+    raise ValueError(
+        f"{where} has {bad} non-finite value{'s' if bad > 1 else ''} of {finite.size} ({nan} NaN, {bad - nan} Inf; "
+        f"the first at index {first}): refused, as such weights come from a diverged or damaged model; "
+        "pass allow_nonfinite=True to load them as they are"
+    )

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cell import LSTMParams
+from ._common import check_finite
 
 __all__ = ["from_flax", "to_flax"]
 
@@ -47,7 +48,7 @@ CELLS = ("LSTMCell", "OptimizedLSTMCell")
 GATES = ("i", "f", "g", "o")
 
 
-def from_flax(params, cell="LSTMCell") -> LSTMParams:
+def from_flax(params, cell="LSTMCell", *, allow_nonfinite: bool = False) -> LSTMParams:
     """``jaxlstm.LSTMParams`` from the parameters of a Flax LSTM cell.
 
     Args:
@@ -61,6 +62,8 @@ def from_flax(params, cell="LSTMCell") -> LSTMParams:
             ``"OptimizedLSTMCell"`` (the linen cells share one tree), or the
             cell instance itself, linen or nnx, whose ``gate_fn`` and
             ``activation_fn`` are then checked to be sigmoid and tanh.
+        allow_nonfinite: load NaN or ±Inf weights instead of refusing them.
+            (Under ``jit`` the values are unknown and are not checked.)
 
     Returns:
         ``LSTMParams(w_ih (D, 4H), w_hh (H, 4H), b (4H,))`` such that
@@ -68,8 +71,9 @@ def from_flax(params, cell="LSTMCell") -> LSTMParams:
         A bias on the input Dense layers, if present, is added into ``b``.
 
     Raises:
-        ValueError: a missing or misshaped entry (named), or a cell with
-            other gate/activation functions.
+        ValueError: a missing or misshaped entry (named), one holding NaN
+            or ±Inf (named, with the count; see ``allow_nonfinite``), or a
+            cell with other gate/activation functions.
     """
     from flax import nnx
 
@@ -84,32 +88,34 @@ def from_flax(params, cell="LSTMCell") -> LSTMParams:
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params) if hasattr(nnx, "to_pure_dict") else params.to_pure_dict()
     tree = _cell_tree(params)
+    strict = not allow_nonfinite
     if "dense_i" in tree or "dense_h" in tree:
-        kernel_i = _leaf(tree, ("dense_i", "kernel"), 2)
-        kernel_h = _leaf(tree, ("dense_h", "kernel"), 2)
-        bias = _leaf(tree, ("dense_h", "bias"), 1)
-        bias_i = _leaf(tree, ("dense_i", "bias"), 1) if "bias" in tree["dense_i"] else None
+        kernel_i = _leaf(tree, ("dense_i", "kernel"), 2, strict)
+        kernel_h = _leaf(tree, ("dense_h", "kernel"), 2, strict)
+        bias = _leaf(tree, ("dense_h", "bias"), 1, strict)
+        bias_i = _leaf(tree, ("dense_i", "bias"), 1, strict) if "bias" in tree["dense_i"] else None
         hidden = kernel_h.shape[0]
         _shape(kernel_i, (kernel_i.shape[0], 4 * hidden), ("dense_i", "kernel"))
         _shape(kernel_h, (hidden, 4 * hidden), ("dense_h", "kernel"))
         _shape(bias, (4 * hidden,), ("dense_h", "bias"))
         if bias_i is not None:
             _shape(bias_i, (4 * hidden,), ("dense_i", "bias"))
-            bias = bias + bias_i
+            bias = _finite_sum(bias, bias_i, ("dense_h", "dense_i"), strict)
         return LSTMParams(jnp.asarray(kernel_i), jnp.asarray(kernel_h), jnp.asarray(bias))
 
     forget = "if_" if "if_" in tree and "if" not in tree else "if"
     names = {gate: ("i" + gate if gate != "f" else forget, "h" + gate) for gate in GATES}
-    hidden = _leaf(tree, ("hi", "kernel"), 2).shape[0]
-    input_size = _leaf(tree, ("ii", "kernel"), 2).shape[0]
+    hidden = _leaf(tree, ("hi", "kernel"), 2, False).shape[0]
+    input_size = _leaf(tree, ("ii", "kernel"), 2, False).shape[0]
     kernels_i, kernels_h, biases = [], [], []
     for gate in GATES:
         name_i, name_h = names[gate]
-        kernel_i = _shape(_leaf(tree, (name_i, "kernel"), 2), (input_size, hidden), (name_i, "kernel"))
-        kernel_h = _shape(_leaf(tree, (name_h, "kernel"), 2), (hidden, hidden), (name_h, "kernel"))
-        bias = _shape(_leaf(tree, (name_h, "bias"), 1), (hidden,), (name_h, "bias"))
+        kernel_i = _shape(_leaf(tree, (name_i, "kernel"), 2, strict), (input_size, hidden), (name_i, "kernel"))
+        kernel_h = _shape(_leaf(tree, (name_h, "kernel"), 2, strict), (hidden, hidden), (name_h, "kernel"))
+        bias = _shape(_leaf(tree, (name_h, "bias"), 1, strict), (hidden,), (name_h, "bias"))
         if "bias" in tree[name_i]:
-            bias = bias + _shape(_leaf(tree, (name_i, "bias"), 1), (hidden,), (name_i, "bias"))
+            bias_i = _shape(_leaf(tree, (name_i, "bias"), 1, strict), (hidden,), (name_i, "bias"))
+            bias = _finite_sum(bias, bias_i, (name_h, name_i), strict)
         kernels_i.append(kernel_i)
         kernels_h.append(kernel_h)
         biases.append(bias)
@@ -194,7 +200,8 @@ def _cell_tree(params) -> Mapping:
     return tree
 
 
-def _leaf(tree: Mapping, path: tuple[str, str], ndim: int) -> np.ndarray:
+def _leaf(tree: Mapping, path: tuple[str, str], ndim: int, finite: bool) -> np.ndarray:
+    """``tree[path[0]][path[1]]``, which must be a ``ndim``-d array (and hold no NaN or ±Inf if ``finite``)."""
     node = tree
     for depth, key in enumerate(path):
         if not isinstance(node, Mapping) or key not in node:
@@ -204,7 +211,17 @@ def _leaf(tree: Mapping, path: tuple[str, str], ndim: int) -> np.ndarray:
     if not hasattr(node, "shape") or len(node.shape) != ndim:
         where = "".join(f"[{k!r}]" for k in path)
         raise ValueError(f"params{where} must be a {ndim}-d array, got {getattr(node, 'shape', type(node).__name__)}")
+    if finite:
+        check_finite(node, "from_flax: params" + "".join(f"[{k!r}]" for k in path))
     return node
+
+
+def _finite_sum(bias_h, bias_i, names: tuple[str, str], finite: bool):
+    """The hidden and input Dense biases summed; two finite biases can still sum to ±Inf."""
+    bias = bias_h + bias_i
+    if finite:
+        check_finite(bias, f"from_flax: params[{names[0]!r}]['bias'] + params[{names[1]!r}]['bias']")
+    return bias
 
 
 def _shape(array, shape: tuple[int, ...], path: tuple[str, str]):

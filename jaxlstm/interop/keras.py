@@ -54,8 +54,11 @@ functions computing exactly what Keras computes with its default arguments
 ``gate_fn``/``activation_fn`` to ``jl.LSTM``.
 
 ``keras`` is imported inside the functions only: ``jaxlstm.interop``
-imports without it (``pip install jaxlstm[keras]`` adds it; set
-``KERAS_BACKEND`` before importing keras, as Keras requires).
+imports without it (``pip install jaxlstm[keras]`` adds it). The
+converters need Keras on its JAX backend: ``export KERAS_BACKEND=jax``
+before Python imports keras (unset, Keras takes the backend from its
+``keras.json``, ``"tensorflow"`` by default); on another backend they
+raise an ImportError that says so.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ..cell import LSTMCarry
 from ..linen import LSTM, cell_name
 from ..variants import LSTMVariant
-from ._common import floating, lstm_module, read_stack, require, warn_if_x64_disabled
+from ._common import check_finite, floating, lstm_module, read_stack, require_keras, warn_if_x64_disabled
 
 __all__ = ["KerasLSTM", "from_keras", "to_keras"]
 
@@ -134,7 +137,7 @@ class KerasLSTM(nn.Module):
         return (y, *(array for carry in carries[-1] for array in (carry.h, carry.c)))
 
 
-def from_keras(layer, *, ignore_dropout: bool = False):
+def from_keras(layer, *, ignore_dropout: bool = False, allow_nonfinite: bool = False):
     """A jaxlstm module and variables computing what a Keras 3 LSTM layer computes.
 
     Args:
@@ -147,6 +150,8 @@ def from_keras(layer, *, ignore_dropout: bool = False):
             module trains with them and, like Keras, uses none at inference.
             ``True`` drops them: a plain module, equal at inference, that
             trains without them.
+        allow_nonfinite: load NaN or ±Inf weights (or ``stateful`` states)
+            instead of refusing them.
 
     Returns:
         ``(module, variables)``. ``module`` is a ``jaxlstm.LSTM`` with
@@ -175,8 +180,10 @@ def from_keras(layer, *, ignore_dropout: bool = False):
     function and are not carried over (``unroll`` only through ``masked_output``).
 
     Raises:
+        ImportError: Keras does not run on its JAX backend (see this module's docstring).
         TypeError: not an LSTM or Bidirectional(LSTM) layer.
-        ValueError: the layer is not built, or uses an activation that is not
+        ValueError: a weight holds NaN or ±Inf (named, with the count; see
+            ``allow_nonfinite``), the layer is not built, or uses an activation that is not
             an elementwise Keras activation, or its two directions differ in
             activations or dropout rates (a ``jaxlstm.LSTM`` has one cell
             variant for both).
@@ -185,7 +192,7 @@ def from_keras(layer, *, ignore_dropout: bool = False):
             or over a ``go_backwards=True`` layer, or whose two layers treat
             masked steps differently.
     """
-    keras = require("keras", "keras", "from_keras")
+    keras = require_keras("from_keras")
     layers = _lstm_layers(keras, layer)
     gate_fn, activation_fn = _activations(keras, layers)
     options = dict(
@@ -194,12 +201,15 @@ def from_keras(layer, *, ignore_dropout: bool = False):
         activation_fn=activation_fn,
         variant=_variant(layers, ignore_dropout),
     )
-    params = _read_params(keras, layer, layers)
+    params = _read_params(keras, layer, layers, allow_nonfinite)
     module = _module(layer, layers, params["layer_0"]["w_ih"].dtype, **options)
     variables = {"params": params}
     first = layers[0]
     if first.stateful and first.states is not None:
-        h, c = (jnp.asarray(_numpy(keras, state)) for state in first.states)
+        h, c = (
+            jnp.asarray(check_finite(_numpy(keras, state), f"from_keras: {first.name}.states[{i}]", allow_nonfinite))
+            for i, state in enumerate(first.states)
+        )
         variables["carry"] = {"state": ((LSTMCarry(h, c),),)}
     return module, variables
 
@@ -292,7 +302,7 @@ def _variant(layers, ignore_dropout: bool) -> LSTMVariant | None:
     return LSTMVariant(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout)
 
 
-def _read_params(keras, layer, layers) -> dict:
+def _read_params(keras, layer, layers, allow_nonfinite: bool) -> dict:
     """The layers' weights as ``{"layer_0": {"w_ih", "w_hh", "b"}, "layer_0_reverse": ...}`` (Keras' layout)."""
     if not layer.built or any(getattr(sub.cell, "kernel", None) is None for sub in layers):
         raise ValueError(
@@ -301,10 +311,10 @@ def _read_params(keras, layer, layers) -> dict:
         )
     params = {}
     for direction, sub in enumerate(layers):
-        kernel = floating(_numpy(keras, sub.cell.kernel), f"{sub.name}.kernel")
-        recurrent = floating(_numpy(keras, sub.cell.recurrent_kernel), f"{sub.name}.recurrent_kernel")
+        kernel = _weight(keras, sub, "kernel", allow_nonfinite)
+        recurrent = _weight(keras, sub, "recurrent_kernel", allow_nonfinite)
         if sub.cell.use_bias:
-            bias = _numpy(keras, sub.cell.bias)
+            bias = _weight(keras, sub, "bias", allow_nonfinite)
         else:
             bias = np.zeros((4 * sub.units,), kernel.dtype)
         warn_if_x64_disabled(kernel.dtype, f"layer {sub.name!r}")
@@ -314,6 +324,12 @@ def _read_params(keras, layer, layers) -> dict:
             "b": jnp.asarray(bias),
         }
     return params
+
+
+def _weight(keras, sub, field: str, allow_nonfinite: bool) -> np.ndarray:
+    """The layer's cell weight ``field`` (``kernel``, ...) as NumPy, checked to be floating and finite."""
+    where = f"from_keras: {sub.name}.{field}"
+    return check_finite(floating(_numpy(keras, getattr(sub.cell, field)), where), where, allow_nonfinite)
 
 
 # The variant options keras.layers.LSTM has (as dropout and recurrent_dropout); layer_norm_epsilon only
@@ -477,6 +493,7 @@ def to_keras(module, variables):
         previous output (it needs a fixed number of time steps).
 
     Raises:
+        ImportError: Keras does not run on its JAX backend (see this module's docstring).
         ValueError: ``num_layers > 1`` (one Keras layer is one layer: convert
             each), ``reverse=True`` with ``return_sequences=True`` on a
             bare ``jl.LSTM`` (Keras' ``go_backwards`` returns the sequence in
@@ -487,7 +504,7 @@ def to_keras(module, variables):
             LSTM variant other than input and recurrent dropout (peepholes,
             a projection, ...), or any other option Keras' LSTM lacks.
     """
-    keras = require("keras", "keras", "to_keras")
+    keras = require_keras("to_keras")
 
     flip = None
     return_state = None

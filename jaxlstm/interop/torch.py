@@ -19,27 +19,31 @@ without it (``pip install jaxlstm[torch]`` adds it).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
-from ._common import floating, lstm_module, params_tree, read_stack, require, warn_if_x64_disabled
+from ._common import check_finite, floating, lstm_module, params_tree, read_stack, require, warn_if_x64_disabled
 
 __all__ = ["from_torch", "from_torch_state_dict", "load_torch", "to_torch"]
 
 _KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 
 
-def from_torch(lstm):
+def from_torch(lstm, *, allow_nonfinite: bool = False):
     """A ``jl.LSTM`` and its variables computing what ``lstm`` (a ``torch.nn.LSTM``) computes.
 
     Args:
         lstm: a ``torch.nn.LSTM``, any ``num_layers``, ``bidirectional``,
-            ``bias``, ``dropout``, ``batch_first``, on any device.
+            ``bias``, ``dropout``, ``batch_first``, on any device but ``meta``.
+        allow_nonfinite: load NaN or ±Inf weights instead of refusing them.
 
     Returns:
         ``(module, variables)``: ``module`` a ``jaxlstm.LSTM`` (linen) with
@@ -71,6 +75,9 @@ def from_torch(lstm):
 
     Raises:
         TypeError: ``lstm`` is not a ``torch.nn.LSTM``.
+        ValueError: a weight holds NaN or ±Inf (its key and the count named;
+            see ``allow_nonfinite``), or is not a dense strided tensor with
+            values (on the ``meta`` device, sparse, nested or quantized).
     """
     torch = require("torch", "torch", "from_torch")
 
@@ -83,10 +90,19 @@ def from_torch(lstm):
                 else ""
             )
         )
-    return from_torch_state_dict(lstm.state_dict(), prefix="", dropout=float(lstm.dropout), source="lstm")
+    return from_torch_state_dict(
+        lstm.state_dict(), prefix="", dropout=float(lstm.dropout), source="lstm", allow_nonfinite=allow_nonfinite
+    )
 
 
-def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: float = 0.0, source: str = "state dict"):
+def from_torch_state_dict(
+    state_dict,
+    *,
+    prefix: str | None = None,
+    dropout: float = 0.0,
+    source: str = "state dict",
+    allow_nonfinite: bool = False,
+):
     """``from_torch`` for an ``nn.LSTM``'s state dict, without the module.
 
     Args:
@@ -97,11 +113,14 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
             ``None`` finds it: the one prefix before a ``weight_ih_l0`` key.
         dropout: the module's ``dropout`` (a state dict does not record it).
         source: how error messages name the state dict (e.g. its file).
+        allow_nonfinite: load NaN or ±Inf weights instead of refusing them.
 
     ``num_layers``, ``bidirectional``, ``hidden_size``, ``input_size``,
     ``bias`` and ``proj_size`` (from ``weight_hr_l0``) are read from the keys
     and shapes; every expected key must be present with the expected shape,
-    or a ValueError names it.
+    or a ValueError names it. So does one holding NaN or ±Inf (unless
+    ``allow_nonfinite``) or one that is not a dense strided tensor with
+    values (``meta``, sparse, nested or quantized tensors are refused).
 
     Returns:
         ``(module, variables)`` as ``from_torch``.
@@ -117,7 +136,7 @@ def from_torch_state_dict(state_dict, *, prefix: str | None = None, dropout: flo
     keys = [k for k in state_dict if isinstance(k, str)]
     if prefix is None:
         prefix = _find_prefix(keys, source)
-    weights = _StateDictLSTM(state_dict, prefix, _weight_keys(keys, prefix, source), source)
+    weights = _StateDictLSTM(state_dict, prefix, _weight_keys(keys, prefix, source), source, allow_nonfinite)
     sizes = _read_sizes(weights)
     warn_if_x64_disabled(sizes.dtype, source)
     params = {
@@ -179,8 +198,16 @@ class _StateDictLSTM:
     """The ``nn.LSTM`` weights of a state dict under one prefix: the configuration their keys
     imply, and each tensor as a NumPy array, checked, with errors that name its key."""
 
-    def __init__(self, state_dict: Mapping, prefix: str, entries: dict[tuple[str, str, int, bool], str], source: str):
+    def __init__(
+        self,
+        state_dict: Mapping,
+        prefix: str,
+        entries: dict[tuple[str, str, int, bool], str],
+        source: str,
+        allow_nonfinite: bool,
+    ):
         self.state_dict, self.prefix, self.entries, self.source = state_dict, prefix, entries, source
+        self.allow_nonfinite = allow_nonfinite
         self.num_layers = 1 + max(layer for _, _, layer, _ in entries)
         self.bidirectional = any(reverse for *_, reverse in entries)
         self.bias = any(kind == "bias" for kind, *_ in entries)
@@ -188,7 +215,7 @@ class _StateDictLSTM:
         self.num_directions = 2 if self.bidirectional else 1
 
     def tensor(self, kind: str, which: str, layer: int, direction: int) -> tuple[str, np.ndarray]:
-        """The key and the floating NumPy array of e.g. ``weight_ih_l0_reverse``."""
+        """The key and the floating, finite NumPy array of e.g. ``weight_ih_l0_reverse``."""
         source = self.source
         name = f"{self.prefix}{kind}_{which}_l{layer}" + ("_reverse" if direction else "")
         if (kind, which, layer, bool(direction)) not in self.entries:
@@ -197,11 +224,12 @@ class _StateDictLSTM:
                 f"bidirectional={self.bidirectional}, bias={self.bias})"
             )
         value = self.state_dict[name]
+        where = f"{source}: {name!r}"
         try:
-            array = _to_numpy(value)
+            array = _to_numpy(value, where)
         except TypeError as error:
-            raise ValueError(f"{source}: {name!r} is a {type(value).__name__}, not a tensor") from error
-        return name, floating(array, f"{source}: {name!r}")
+            raise ValueError(f"{where} is a {type(value).__name__}, not a tensor") from error
+        return name, check_finite(floating(array, where), where, self.allow_nonfinite)
 
     def shaped(self, kind: str, which: str, layer: int, direction: int, shape: tuple[int, ...], what: str):
         """``tensor(...)``'s array, which must have ``shape`` (``what`` names its axes in the error)."""
@@ -269,7 +297,12 @@ def _read_cell(weights: _StateDictLSTM, sizes: _Sizes, layer: int, direction: in
         b_ih, b_hh = b_ih.astype(dtype), b_hh.astype(dtype)
         # One rounding of the sum; a zero bias (e.g. written by to_torch) adds nothing,
         # so converting back and forth keeps every bit (-0.0 included).
-        b = b_ih if not b_hh.any() else b_hh if not b_ih.any() else b_ih + b_hh
+        with np.errstate(over="ignore", invalid="ignore"):
+            b = b_ih if not b_hh.any() else b_hh if not b_ih.any() else b_ih + b_hh
+        # Two finite biases can still sum to ±Inf (e.g. 3e38 + 3e38 in float32).
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        where = f"{weights.source}: {weights.prefix + 'bias_ih' + suffix!r} + {weights.prefix + 'bias_hh' + suffix!r}"
+        check_finite(b, where, weights.allow_nonfinite)
     else:
         b = np.zeros((gates,), dtype)
     cell = {"w_ih": _jax(w_ih.astype(dtype).T), "w_hh": _jax(w_hh.astype(dtype).T), "b": _jax(b)}
@@ -280,10 +313,18 @@ def _read_cell(weights: _StateDictLSTM, sizes: _Sizes, layer: int, direction: in
     return cell
 
 
-def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0):
+def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0, allow_nonfinite: bool = False):
     """``from_torch`` for a state dict saved with ``torch.save(lstm.state_dict(), path)``.
 
-    The file is read with ``torch.load(path, weights_only=True,
+    The file is verified first: ``torch.save`` writes a zip archive that
+    stores a CRC-32 checksum of every member, and each member is checked
+    against it, so a file changed after it was written (a bad copy, a
+    truncated download, a disk error) is refused before torch reads it. A
+    file that carries no checksums (torch's legacy pre-1.6 format, or one
+    saved with ``compute_crc32=False``) loads with a warning saying it could
+    not be verified.
+
+    It is then read with ``torch.load(path, weights_only=True,
     map_location="cpu")``: tensors and plain containers only, never arbitrary
     pickled objects (a whole pickled ``nn.Module`` is refused — save its
     ``state_dict()``). ``num_layers``, ``bidirectional``, ``hidden_size``,
@@ -294,15 +335,17 @@ def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0):
         prefix: the LSTM's key prefix if the file is a whole model's state
             dict with the LSTM inside (``None``: found automatically).
         dropout: the module's ``dropout`` (not recorded in a state dict).
+        allow_nonfinite: load NaN or ±Inf weights instead of refusing them.
 
     Returns:
         ``(module, variables)`` as ``from_torch``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: naming the file, if it is not a readable torch file, does
-            not hold a state dict, or misses a key or has a misshaped tensor
-            (the key is named).
+        ValueError: naming the file, if it is damaged (the member that fails
+            its checksum is named), is not a readable torch file, does not
+            hold a state dict, or misses a key or has a misshaped, sparse or
+            non-finite tensor (the key is named).
     """
     torch = require("torch", "torch", "load_torch")
 
@@ -312,6 +355,9 @@ def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0):
             raise FileNotFoundError(f"no such file: {source}")
         if not os.path.isfile(path):
             raise ValueError(f"{source} is not a file (expected a file written by torch.save(lstm.state_dict(), path))")
+    elif not callable(getattr(path, "seekable", None)) or not path.seekable():
+        path = io.BytesIO(path.read())  # the checksums are read before torch reads the file
+    verified = _verify_archive(path, source)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -326,7 +372,56 @@ def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0):
             f"{source} holds a {type(obj).__name__}, not a state dict; "
             "save one with torch.save(lstm.state_dict(), path)"
         )
-    return from_torch_state_dict(obj, prefix=prefix, dropout=dropout, source=source)
+    if not verified:
+        warnings.warn(
+            f"{source} carries no CRC-32 checksums (torch's legacy format, or saved with compute_crc32=False), "
+            "so it was loaded without an integrity check",
+            stacklevel=2,
+        )
+    return from_torch_state_dict(obj, prefix=prefix, dropout=dropout, source=source, allow_nonfinite=allow_nonfinite)
+
+
+def _verify_archive(file, source: str) -> bool:
+    """Checks every member of a ``torch.save`` zip archive against its stored CRC-32.
+
+    Returns ``False`` for a file with nothing to check against (not a zip:
+    torch's legacy format, or not a torch file, which ``torch.load`` then
+    reports; or a zip written without checksums), ``True`` once every member
+    matches. Raises a ValueError naming the member that does not. A file
+    object is left at the position it had.
+    """
+    start = None if isinstance(file, (str, os.PathLike)) else file.tell()
+    try:
+        if not zipfile.is_zipfile(file):
+            return False
+        try:
+            archive = zipfile.ZipFile(file)
+        except (zipfile.BadZipFile, OSError, ValueError) as error:
+            raise ValueError(f"{source} is damaged: its zip directory cannot be read ({error})") from error
+        with archive:
+            members = archive.infolist()
+            if not any(member.CRC for member in members if member.file_size):
+                return False  # torch.save with compute_crc32=False writes 0 for every checksum
+            for member in members:
+                try:
+                    with archive.open(member) as stream:
+                        while stream.read(1 << 20):
+                            pass
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
+                    reason = (
+                        "does not match the CRC-32 checksum torch.save stored for it"
+                        if "CRC" in str(error)
+                        else f"cannot be read ({error})"
+                    )
+                    raise ValueError(
+                        f"{source} is damaged: its member {member.filename!r} {reason}, so the file changed after "
+                        "it was written (a bad copy, a truncated download, a disk error); nothing was loaded — "
+                        "save or copy it again"
+                    ) from None
+        return True
+    finally:
+        if start is not None:
+            file.seek(start)
 
 
 def to_torch(module, variables, *, bias: bool = True):
@@ -471,13 +566,18 @@ def _cell(layer: int, direction: int) -> str:
     return f"layer_{layer}" + ("_reverse" if direction else "")
 
 
-def _to_numpy(value) -> np.ndarray:
-    """A torch tensor (any device, any float dtype) or array-like as a NumPy array, bits unchanged."""
+def _to_numpy(value, where: str) -> np.ndarray:
+    """A torch tensor (any device, any float dtype) or array-like as a NumPy array, bits unchanged.
+
+    Raises a TypeError for something that is no array, and a ValueError
+    (naming ``where``) for a tensor that has no dense values to copy.
+    """
     if type(value).__module__.startswith("torch"):
         import torch
 
         if not isinstance(value, torch.Tensor):
             raise TypeError(type(value).__name__)
+        _check_dense(torch, value, where)
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16:
             import ml_dtypes
@@ -487,6 +587,26 @@ def _to_numpy(value) -> np.ndarray:
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
         raise TypeError(type(value).__name__)
     return np.asarray(value)
+
+
+def _check_dense(torch, tensor, where: str) -> None:
+    """Refuses tensors whose values cannot be copied as they are: meta, nested, sparse (any non-strided layout)
+    and quantized ones."""
+    expected = "expected a dense strided tensor on the CPU or a GPU"
+    if tensor.is_meta:
+        raise ValueError(
+            f"{where} is on the meta device: it has a shape but no values; {expected}. Materialise the weights "
+            "first (e.g. lstm.to_empty(device='cpu'), then load the real values into it)"
+        )
+    if tensor.is_nested:
+        raise ValueError(f"{where} is a nested tensor; {expected}")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"{where} has layout {tensor.layout}; {expected}: convert it with .to_dense()")
+    if tensor.is_quantized:
+        raise ValueError(
+            f"{where} is a quantized tensor ({tensor.dtype}); expected a floating-point one: convert it with "
+            ".dequantize()"
+        )
 
 
 def _jax(array: np.ndarray):
