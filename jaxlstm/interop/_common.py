@@ -163,7 +163,7 @@ def warn_if_x64_disabled(dtype, source: str) -> None:
     """Warns that float64 weights will become float32 (JAX's default) unless ``jax_enable_x64`` is on."""
     import jax
 
-    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+    if np.dtype(dtype) == np.float64 and not jax.config.read("jax_enable_x64"):
         import warnings
 
         warnings.warn(
@@ -180,9 +180,9 @@ def check_finite(array, where: str, allow_nonfinite: bool = False):
     is returned as it is. A traced value (a converter called under ``jit``)
     has no values to check and passes.
     """
-    import jax
+    from jax.core import Tracer
 
-    if allow_nonfinite or isinstance(array, jax.core.Tracer):
+    if allow_nonfinite or isinstance(array, Tracer):
         return array
     values = np.asarray(array)
     if not np.issubdtype(values.dtype, np.inexact) and values.dtype.name != "bfloat16":

@@ -34,10 +34,10 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..cell import LSTMParams
 from ._common import check_finite
@@ -200,9 +200,9 @@ def _cell_tree(params) -> Mapping:
     return tree
 
 
-def _leaf(tree: Mapping, path: tuple[str, str], ndim: int, finite: bool) -> np.ndarray:
+def _leaf(tree: Mapping, path: tuple[str, str], ndim: int, finite: bool) -> Any:
     """``tree[path[0]][path[1]]``, which must be a ``ndim``-d array (and hold no NaN or ±Inf if ``finite``)."""
-    node = tree
+    node: Any = tree
     for depth, key in enumerate(path):
         if not isinstance(node, Mapping) or key not in node:
             where = "".join(f"[{k!r}]" for k in path[: depth + 1])

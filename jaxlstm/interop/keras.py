@@ -131,9 +131,11 @@ class KerasLSTM(nn.Module):
         )
         carries, y = out if self.lstm.return_carry else (None, out)
         if self.flip_outputs:
-            y = jnp.flip(y, axis=-2)
+            y = jnp.flip(jnp.asarray(y), axis=-2)
+        if carries is None:
+            return y
         if not self.return_state:
-            return (carries, y) if self.lstm.return_carry else y
+            return carries, y
         return (y, *(array for carry in carries[-1] for array in (carry.h, carry.c)))
 
 

@@ -390,38 +390,44 @@ def _verify_archive(file, source: str) -> bool:
     matches. Raises a ValueError naming the member that does not. A file
     object is left at the position it had.
     """
-    start = None if isinstance(file, (str, os.PathLike)) else file.tell()
+    if isinstance(file, (str, os.PathLike)):
+        return _check_members(file, source)
+    start = file.tell()
     try:
-        if not zipfile.is_zipfile(file):
-            return False
-        try:
-            archive = zipfile.ZipFile(file)
-        except (zipfile.BadZipFile, OSError, ValueError) as error:
-            raise ValueError(f"{source} is damaged: its zip directory cannot be read ({error})") from error
-        with archive:
-            members = archive.infolist()
-            if not any(member.CRC for member in members if member.file_size):
-                return False  # torch.save with compute_crc32=False writes 0 for every checksum
-            for member in members:
-                try:
-                    with archive.open(member) as stream:
-                        while stream.read(1 << 20):
-                            pass
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
-                    reason = (
-                        "does not match the CRC-32 checksum torch.save stored for it"
-                        if "CRC" in str(error)
-                        else f"cannot be read ({error})"
-                    )
-                    raise ValueError(
-                        f"{source} is damaged: its member {member.filename!r} {reason}, so the file changed after "
-                        "it was written (a bad copy, a truncated download, a disk error); nothing was loaded — "
-                        "save or copy it again"
-                    ) from None
-        return True
+        return _check_members(file, source)
     finally:
-        if start is not None:
-            file.seek(start)
+        file.seek(start)
+
+
+def _check_members(file, source: str) -> bool:
+    """``_verify_archive`` for a path or a file object at any position."""
+    if not zipfile.is_zipfile(file):
+        return False
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ValueError(f"{source} is damaged: its zip directory cannot be read ({error})") from error
+    with archive:
+        members = archive.infolist()
+        if not any(member.CRC for member in members if member.file_size):
+            return False  # torch.save with compute_crc32=False writes 0 for every checksum
+        for member in members:
+            try:
+                with archive.open(member) as stream:
+                    while stream.read(1 << 20):
+                        pass
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
+                reason = (
+                    "does not match the CRC-32 checksum torch.save stored for it"
+                    if "CRC" in str(error)
+                    else f"cannot be read ({error})"
+                )
+                raise ValueError(
+                    f"{source} is damaged: its member {member.filename!r} {reason}, so the file changed after "
+                    "it was written (a bad copy, a truncated download, a disk error); nothing was loaded — "
+                    "save or copy it again"
+                ) from None
+    return True
 
 
 def to_torch(module, variables, *, bias: bool = True):
