@@ -1,15 +1,19 @@
-"""What the examples share: options, output folder, data-parallel sharding, checkpoints, the training loop.
+"""What the examples share: options, the output folder, signals, verified checkpoints, the training loop.
 
 Each example keeps its model, data and jit-compiled train step in its own file; this module only holds
 the plumbing around them:
 
-* ``parser``: the options every example has (--steps, --seed, --out, --resume, --stop-after, --smoke).
-* ``output_dir`` and ``fail``: one-line errors (``SystemExit`` with a message, exit status 1).
+* ``parser``: the options every example has (--steps, --seed, --out, --resume, --overwrite, ...).
+* ``start``: the output folder. An earlier run there is never resumed or destroyed silently: without
+  ``--resume`` or ``--overwrite`` it is moved aside to ``OUT.1`` (``OUT.2``, ...).
+* ``interruptible`` and ``script``: Ctrl-C (SIGINT) only raises a flag; the loop sees it after the
+  step or save under way, writes a checkpoint and exits with status 130.
+* checkpoints: orbax-checkpoint writes the arrays; ``checkpoint.json`` (the manifest) names the example,
+  its options and the SHA-256 of every file, and ``--resume`` checks all of that before touching
+  anything. Writes are atomic: a new checkpoint is complete on disk before the manifest points to it.
 * ``data_mesh``, ``shard``, ``replicate``: data parallelism over every visible device with
   ``jax.sharding``: a 1-D ``Mesh`` named ``"data"``, batches split along it, parameters copied to all.
-* ``Checkpoint``: Flax msgpack (``flax.serialization.to_bytes``) of the whole training state.
-* ``train``: the loop, with a tqdm progress bar showing the running loss, that checkpoints, resumes and
-  can stop early (``--stop-after N``) to simulate an interruption.
+* ``train``: the loop, with a tqdm progress bar showing the running loss.
 * ``write_metrics``: ``metrics.json``.
 
 Resuming gives exactly the parameters of an uninterrupted run because the state holds everything that
@@ -19,21 +23,24 @@ changes (parameters, optimizer state, step, ...) and each batch is a pure functi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
 import json
 import os
 import pathlib
+import re
+import secrets
+import shutil
+import signal
+import sys
 import time
 
-import flax.serialization
-import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
-
-CHECKPOINT = "checkpoint.msgpack"
-# Options that may differ between an interrupted run and its resumption.
-NOT_CONFIG = {"out", "resume", "stop_after", "checkpoint_every"}
+EXTRA = "examples need the [examples] extra: pip install -e '.[examples]'"
+# import name -> the package that provides it; all of them are in the [examples] extra.
+NEEDS = {"tqdm": "tqdm", "matplotlib": "matplotlib", "statsmodels": "statsmodels", "sklearn": "scikit-learn"}
+NEEDS |= {"threadpoolctl": "threadpoolctl"}
 
 
 def fail(message: str) -> None:
@@ -41,13 +48,53 @@ def fail(message: str) -> None:
     raise SystemExit(f"error: {message}")
 
 
+def _require_extra() -> None:
+    """Fails with one line naming the [examples] extra when one of its packages is missing."""
+    missing = [package for module, package in NEEDS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        fail(f"{', '.join(missing)} not installed; {EXTRA}")
+
+
+_require_extra()  # before the imports below, so a missing extra is one line, not a ModuleNotFoundError
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+MANIFEST = "checkpoint.json"
+FORMAT = "jaxlstm-examples-checkpoint/1"
+DATA_DIR = re.compile(r"checkpoint-\d{6,}-[0-9a-f]{8}")  # the folder a manifest may name
+# Options that may differ between an interrupted run and its resumption.
+NOT_CONFIG = {"out", "resume", "overwrite", "stop_after", "checkpoint_every"}
+PAUSE_AT = "JAXLSTM_EXAMPLES_PAUSE_AT"  # test hook: "phase" or "phase@step", see phase_hook
+
+OUT_HELP = """\
+--out: a folder that holds one run: metrics.json, the plot, checkpoint.json and the checkpoint-* folder
+it names. If --out already holds a run, --resume continues it, --overwrite deletes it first, and with
+neither the earlier run is moved aside to OUT.1 (or OUT.2, ...) and a line says so; an --out that also
+holds other files is refused instead. --resume checks the checkpoint (SHA-256 of every file, the
+example and its options) before it changes anything: a damaged or foreign checkpoint is a one-line
+error, exit status 1, with every file left as it was.
+
+Ctrl-C (SIGINT): the step or save under way finishes, a checkpoint is written and the run exits with
+status 130; --resume then ends exactly where an uninterrupted run ends. A second Ctrl-C stops at once,
+keeping the last complete checkpoint."""
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default and keeps the epilog's line breaks."""
+
+
 def parser(description: str, *, name: str, steps: int, checkpoint_every: int) -> argparse.ArgumentParser:
     """The options every example has; each example adds its own."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, epilog=OUT_HELP, formatter_class=_Help)
     p.add_argument("--steps", type=int, default=steps, help="training steps")
     p.add_argument("--seed", type=int, default=0, help="same seed, same numbers")
-    p.add_argument("--out", default=f"runs/{name}", help="folder for metrics.json, plots and the checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--out", default=f"runs/{name}", help="the run's folder; see below")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start afresh")
     p.add_argument("--checkpoint-every", type=int, default=checkpoint_every, metavar="N", help="steps between saves")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (checkpointed) after step N, as if interrupted")
     p.add_argument(
@@ -58,24 +105,297 @@ def parser(description: str, *, name: str, steps: int, checkpoint_every: int) ->
 
 def positive(args: argparse.Namespace, *names: str) -> None:
     """Fails with one line unless the named options (and the shared numeric ones) are positive."""
+    if args.resume and args.overwrite:
+        fail("--resume continues the run in --out and --overwrite deletes it: give one of them")
     for name in ("steps", "checkpoint_every", "stop_after", *names):
         value = getattr(args, name)
         if value is not None and value <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
-def output_dir(path: str) -> pathlib.Path:
-    """Creates ``path`` (and its parents) or fails with one line if it can't be a writable folder."""
-    out = pathlib.Path(path)
+# ----------------------------------------------------------------------------- signals
+
+_sigints = 0  # SIGINTs received inside ``interruptible``
+
+
+def _on_sigint(signum, frame) -> None:
+    """Only counts: an exception raised here could land in a ``__del__``, a weakref callback or an
+    ``atexit`` function, where Python prints "Exception ignored" and carries on (a lost Ctrl-C)."""
+    global _sigints
+    _sigints += 1
+    if _sigints > 1:  # a second Ctrl-C: stop now; the last complete checkpoint stays as it is
+        raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    return _sigints > 0
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGINT sets a flag that ``train`` and ``write_metrics`` act on, until the block ends."""
+    global _sigints
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    if previous is not _on_sigint:
+        _sigints = 0
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def script(main) -> None:
+    """Runs ``main()`` as the command line does, and leaves through ``os._exit``.
+
+    The process ends right after the last check of the flag: a SIGINT during the interpreter's
+    shutdown (jax's ``atexit`` clean-up can take a while) would otherwise be printed as
+    "Exception ignored" and the run would exit 0.
+    """
+    with interruptible():
+        main()
+        if interrupted():
+            print("interrupted after the run had finished; its outputs are complete", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130 if interrupted() else 0)
+
+
+def phase_hook(phase: str, step: int) -> None:
+    """Called when the loop reaches a phase: ``"start"``, ``"compile"`` (the first step of this process),
+    ``"step"``, ``"save"`` (between writing a checkpoint and committing it) and ``"evaluate"``.
+
+    For tests: with the environment variable ``JAXLSTM_EXAMPLES_PAUSE_AT=phase`` (or ``phase@step``) the run
+    prints ``paused at PHASE@STEP`` on stderr there and waits (at most 60 s) for a SIGINT, so a test can
+    send one at a known point without sleeping blindly. Tests running in-process replace this function.
+    """
+    wanted = os.environ.get(PAUSE_AT)
+    if wanted not in (phase, f"{phase}@{step}"):
+        return
+    print(f"paused at {phase}@{step}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + 60
+    while not interrupted() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+
+@dataclasses.dataclass
+class Run:
+    """Where a run writes, and what it resumes: ``manifest`` is the verified checkpoint's, or None."""
+
+    out: pathlib.Path
+    example: str
+    config: dict
+    manifest: dict | None = None
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    """The options that must be the same in an interrupted run and its resumption."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_CONFIG}
+
+
+def start(args: argparse.Namespace, example: str, outputs: tuple[str, ...]) -> Run:
+    """Prepares ``--out`` for ``examples/EXAMPLE.py``; ``outputs`` are the file names it writes (the plot).
+
+    With --resume, verifies the checkpoint there before anything is written.
+    """
+    out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
-        fail(f"--out {path} exists and is not a folder")
+        fail(f"--out {args.out} exists and is not a folder")
+    run = Run(out, example, config_of(args))
+    if out.is_dir() and not args.resume:
+        _clear_earlier_run(out, args.overwrite, ("metrics.json", *outputs))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        fail(f"cannot create --out {path}: {e.strerror}")
+        fail(f"cannot create --out {args.out}: {e.strerror}")
     if not os.access(out, os.W_OK):
-        fail(f"--out {path} is not writable")
-    return out
+        fail(f"--out {args.out} is not writable")
+    if args.resume:
+        if (out / MANIFEST).exists():
+            run.manifest = verify(run)
+        else:
+            print(f"no checkpoint at {out / MANIFEST}: starting from step 0")
+    return run
+
+
+def _run_files(out: pathlib.Path, outputs: tuple[str, ...]) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+    """(the files of an earlier run in ``out``, everything else there)."""
+    ours, others = [], []
+    for path in sorted(out.iterdir()):
+        name = path.name
+        is_ours = name in (MANIFEST, "checkpoint.msgpack", *outputs) or name.startswith(
+            ("checkpoint-", ".checkpoint-", f".{MANIFEST}", ".metrics.json")
+        )
+        (ours if is_ours else others).append(path)
+    return ours, others
+
+
+def _clear_earlier_run(out: pathlib.Path, overwrite: bool, outputs: tuple[str, ...]) -> None:
+    ours, others = _run_files(out, outputs)
+    if not ours:
+        return
+    if overwrite:
+        for path in ours:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        print(f"--overwrite: deleted the earlier run in {out}")
+        return
+    if others:
+        fail(
+            f"--out {out} holds an earlier run and other files ({others[0].name}, ...): "
+            "continue it with --resume, replace it with --overwrite, or choose another --out"
+        )
+    aside = next(path for i in range(1, 10**6) if not (path := out.with_name(f"{out.name}.{i}")).exists())
+    os.rename(out, aside)
+    print(f"{out} held an earlier run: moved it to {aside} (--resume continues a run, --overwrite replaces it)")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(tree) -> bytes:
+    return json.dumps(tree, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _file_hashes(folder: pathlib.Path) -> dict[str, str]:
+    """{path relative to ``folder``: SHA-256} of every file under ``folder``."""
+    return {
+        path.relative_to(folder).as_posix(): _sha256(path.read_bytes())
+        for path in sorted(folder.rglob("*"))
+        if not path.is_dir()
+    }
+
+
+def _fsync(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _leaf_specs(state) -> list[list]:
+    """[path, shape, dtype] of every leaf of ``state``, as the manifest records them."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [[jax.tree_util.keystr(path), list(np.shape(leaf)), str(np.dtype(leaf.dtype))] for path, leaf in leaves]
+
+
+def _options(config: dict, keys) -> str:
+    """``--hidden 64 --seed 1`` for the given keys of a config."""
+
+    def option(key):
+        flag, value = f"--{key.replace('_', '-')}", config.get(key)
+        if isinstance(value, bool) or value is None:
+            return flag if value else f"no {flag}"
+        return f"{flag} {value}"
+
+    return " ".join(option(key) for key in keys)
+
+
+def save_checkpoint(run: Run, state, losses: np.ndarray, step: int) -> None:
+    """Writes the checkpoint of ``step`` atomically: data, fsync, rename, then the manifest (fsync, rename).
+
+    Until the new manifest replaces the old one, the old checkpoint stays whole; afterwards the old
+    data folder (and anything a crash left behind) is deleted.
+    """
+    token = secrets.token_hex(4)
+    staging = run.out / f".checkpoint-staging-{token}"
+    staging.mkdir()
+    leaves = [np.asarray(leaf) for leaf in jax.device_get(jax.tree.leaves(state))]
+    ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(
+        staging / "state", ocp.args.StandardSave({"leaves": leaves, "losses": losses})
+    )
+    for path in [*sorted(staging.rglob("*"), reverse=True), staging]:  # files, then their folders
+        _fsync(path)
+    files = _file_hashes(staging)
+    phase_hook("save", step)
+    data = run.out / f"checkpoint-{step:06d}-{token}"
+    os.rename(staging, data)
+    _fsync(run.out)
+    body = {
+        "format": FORMAT,
+        "example": run.example,
+        "config": run.config,
+        "config_sha256": _sha256(_canonical(run.config)),
+        "step": step,
+        "directory": data.name,
+        "files": files,
+        "leaves": _leaf_specs(state),
+    }
+    manifest = run.out / f".{MANIFEST}.{token}"
+    with open(manifest, "wb") as f:
+        f.write(json.dumps({**body, "sha256": _sha256(_canonical(body))}, indent=1).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(manifest, run.out / MANIFEST)
+    _fsync(run.out)
+    for stale in [*run.out.glob("*checkpoint-*"), *run.out.glob(f".{MANIFEST}.*")]:  # older, or left by a crash
+        if stale != data:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def verify(run: Run) -> dict:
+    """The manifest of the checkpoint in ``run.out``, once every check passed; else a one-line error."""
+    where = f"checkpoint in {run.out}"
+    advice = "nothing was changed; delete it, or start afresh with --overwrite"
+    try:
+        manifest = json.loads((run.out / MANIFEST).read_bytes())
+        body = {k: v for k, v in manifest.items() if k != "sha256"}
+        intact = manifest["sha256"] == _sha256(_canonical(body))
+    except OSError as e:
+        fail(f"cannot read {run.out / MANIFEST}: {e.strerror}")
+    except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or JSON of another shape
+        intact = False
+    if not intact:
+        fail(f"{where} is corrupt: {MANIFEST} does not match its SHA-256; {advice}")
+    if manifest.get("format") != FORMAT:
+        fail(f"{where} has format {manifest.get('format')!r}, not {FORMAT!r} (another version of the examples)")
+    if manifest["example"] != run.example:
+        fail(f"{where} was written by examples/{manifest['example']}.py, not {run.example}.py")
+    theirs = manifest["config"]
+    differ = sorted(k for k in {*theirs, *run.config} if theirs.get(k) != run.config.get(k))
+    if differ:
+        fail(
+            f"{where} was written with {_options(theirs, differ)}, this run has {_options(run.config, differ)}: "
+            "resume with the same options, or choose another --out"
+        )
+    data = run.out / str(manifest["directory"])
+    if not DATA_DIR.fullmatch(str(manifest["directory"])) or not data.is_dir():
+        fail(f"{where} is corrupt: its data folder {data.name} is missing; {advice}")
+    found = _file_hashes(data)
+    for name in sorted({*found, *manifest["files"]}):
+        if found.get(name) != manifest["files"].get(name):
+            problem = "does not match its SHA-256"
+            if name not in found or name not in manifest["files"]:
+                problem = "is missing" if name not in found else "is not in its manifest"
+            fail(f"{where} is corrupt: {data.name}/{name} {problem}; {advice}")
+    return manifest
+
+
+def restore_checkpoint(run: Run, template, steps: int):
+    """(state, losses, step) from the verified checkpoint; ``template`` gives the state's structure."""
+    manifest = run.manifest
+    specs = _leaf_specs(template)
+    if manifest["leaves"] != specs:
+        theirs = next((a, b) for a, b in zip(manifest["leaves"], specs, strict=False) if a != b)
+        fail(f"checkpoint in {run.out} holds another model: {theirs[0]} where this one has {theirs[1]}")
+    target = {
+        "leaves": [np.zeros(shape, dtype) for _, shape, dtype in specs],
+        "losses": np.zeros(steps, np.float32),
+    }
+    try:
+        saved = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
+            run.out / manifest["directory"] / "state", ocp.args.StandardRestore(target)
+        )
+    except Exception as e:  # verified files orbax still can't read (another orbax version, ...)
+        fail(f"cannot restore the checkpoint in {run.out} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    state = jax.tree.unflatten(jax.tree.structure(template), saved["leaves"])
+    return state, np.array(saved["losses"]), int(manifest["step"])
 
 
 # ----------------------------------------------------------------------------- data parallelism
@@ -99,101 +419,80 @@ def replicate(mesh: Mesh, tree):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-class Checkpoint:
-    """The training state as one Flax msgpack file, ``OUT/checkpoint.msgpack``.
-
-    What is saved is a dict: ``state`` (the example's pytree: params, optimizer state, step, ...),
-    ``losses`` (the training loss of every step so far) and ``config`` (the options that must not
-    change between an interrupted run and its resumption, as JSON).
-    """
-
-    def __init__(self, out: pathlib.Path, args: argparse.Namespace):
-        self.path = out / CHECKPOINT
-        self.config = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in NOT_CONFIG})
-
-    def save(self, state, losses: np.ndarray) -> None:
-        data = flax.serialization.to_bytes({"state": state, "losses": losses, "config": self.config})
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path)  # atomic: an interruption never leaves half a checkpoint
-
-    def load(self, state, steps: int) -> tuple[object, np.ndarray]:
-        """The saved state (``state`` is the template: same structure, shapes, dtypes) and losses."""
-        template = {"state": state, "losses": np.zeros(steps, np.float32), "config": ""}
-        try:
-            saved = flax.serialization.from_bytes(template, self.path.read_bytes())
-        except OSError as e:
-            fail(f"cannot read checkpoint {self.path}: {e.strerror}")
-        except Exception as e:  # msgpack and Flax raise many types on garbage; all mean the same here
-            fail(f"checkpoint {self.path} is corrupt ({type(e).__name__}): delete it or run without --resume")
-        if saved["config"] != self.config:
-            fail(f"checkpoint {self.path} was written with other options: {saved['config']}")
-
-        def shapes(tree):
-            return jax.tree.map(lambda a: (a.shape, np.dtype(a.dtype)), tree)
-
-        if shapes((saved["state"], saved["losses"])) != shapes((template["state"], template["losses"])):
-            fail(f"checkpoint {self.path} does not match this model's parameter shapes")
-        return saved["state"], np.array(saved["losses"])  # a writable copy
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(state, train_step, batch_at, args, out: pathlib.Path, mesh: Mesh, *, desc: str):
-    """Runs ``state, loss = train_step(state, *batch_at(step))`` from the state's step to ``args.steps``.
+def train(state, train_step, batch_at, args, run: Run, mesh: Mesh, *, desc: str):
+    """Runs ``state, loss = train_step(state, *batch_at(step))`` from the checkpoint's step to ``args.steps``.
 
-    ``state`` must be a dict with an integer ``"step"``; it is resumed from ``OUT/checkpoint.msgpack``
-    with ``--resume`` and saved there every ``--checkpoint-every`` steps and at the end. Returns
+    ``state`` is any pytree of arrays (a ``TrainState``, an ``nnx.State``); with --resume it is replaced
+    by the checkpoint's, saved every ``--checkpoint-every`` steps, at a SIGINT and at the end. Returns
     ``(state, losses, finished)``: ``finished`` is False when ``--stop-after`` ended the run early.
     """
-    checkpoint = Checkpoint(out, args)
-    losses = np.full(args.steps, np.nan, np.float32)
-    if args.resume:
-        if checkpoint.path.exists():
-            state, losses = checkpoint.load(state, args.steps)
-            print(f"resuming from step {int(state['step'])} ({checkpoint.path})")
-        else:
-            print(f"no checkpoint at {checkpoint.path}: starting from step 0")
+    from tqdm.auto import tqdm
+
+    losses, first = np.full(args.steps, np.nan, np.float32), 0
+    if run.manifest is not None:
+        state, losses, first = restore_checkpoint(run, state, args.steps)
+        print(f"resuming from step {first} ({run.out / MANIFEST})")
     state = replicate(mesh, state)
-    start = int(state["step"])
     stop = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
     pending = {}  # step -> loss still on the device: reading each one at once would stall the loop
+    saved_at = first if run.manifest is not None else None  # the step of the checkpoint on disk
 
     def record():
-        for step, loss in jax.device_get(pending).items():
-            losses[step] = loss
+        for done, loss in jax.device_get(pending).items():
+            losses[done] = loss
         pending.clear()
 
-    with tqdm(total=args.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True) as bar:
-        try:
-            for step in range(start, stop):
-                state, pending[step] = train_step(state, *shard(mesh, batch_at(step)))
-                bar.update(1)
-                if (step + 1) % 20 == 0:
-                    record()
-                    bar.set_postfix(loss=f"{np.mean(losses[max(start, step - 19) : step + 1]):.4g}")  # last 20
-                if (step + 1) % args.checkpoint_every == 0:
-                    record()
-                    checkpoint.save(state, losses)
-        except KeyboardInterrupt:  # Ctrl-C: keep what was done
-            record()
-            checkpoint.save(state, losses)
-            bar.close()
-            print(f"interrupted at step {int(state['step'])}; saved {checkpoint.path}; continue with --resume")
-            raise SystemExit(130) from None
-    record()
-    checkpoint.save(state, losses)
+    def save(step):
+        nonlocal saved_at
+        record()
+        if saved_at != step:
+            save_checkpoint(run, state, losses, step)
+            saved_at = step
+
+    def stop_here(step):
+        save(step)
+        bar.close()
+        print(f"interrupted at step {step}; saved {run.out / MANIFEST}; continue with --resume", file=sys.stderr)
+        raise SystemExit(130)
+
+    phase_hook("start", first)
+    with tqdm(total=args.steps, initial=first, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        for step in range(first, stop):
+            if interrupted():  # a SIGINT since the last step (or before training began)
+                stop_here(step)
+            phase_hook("compile" if step == first else "step", step)
+            state, pending[step] = train_step(state, *shard(mesh, batch_at(step)))
+            bar.update(1)
+            if (step + 1) % 20 == 0:
+                record()
+                bar.set_postfix(loss=f"{np.mean(losses[max(first, step - 19) : step + 1]):.4g}")  # last 20
+            if (step + 1) % args.checkpoint_every == 0:
+                save(step + 1)
+        if interrupted():
+            stop_here(stop)
+        save(stop)
+        if interrupted():  # a SIGINT during the last save
+            stop_here(stop)
     return state, losses, stop == args.steps
 
 
-def write_metrics(out: pathlib.Path, metrics: dict, started: float) -> dict:
+def write_metrics(run: Run, metrics: dict, started: float) -> dict:
     """Adds the wall time since ``started`` (``time.perf_counter()``) and writes ``OUT/metrics.json``."""
+    phase_hook("evaluate", metrics.get("steps", 0))
+    if interrupted():
+        print(
+            f"interrupted before metrics.json was written; the checkpoint in {run.out} holds the finished "
+            "training: --resume writes the metrics",
+            file=sys.stderr,
+        )
+        raise SystemExit(130)
     metrics = {**metrics, "wall_time_s": round(time.perf_counter() - started, 2), "devices": jax.device_count()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp = run.out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, run.out / "metrics.json")
     return metrics
 
 

@@ -11,7 +11,7 @@ fixed, so nothing is downloaded and a resumed run sees exactly the batches an un
 
 Needs: pip install -e ".[examples]"   (tqdm, matplotlib, statsmodels, scikit-learn)
 Run:  python examples/adding.py            (about 30 s on 2 CPU cores; --help for options)
-Out:  runs/adding/metrics.json (test_mse), loss.png (the loss curve), checkpoint.msgpack
+Out:  runs/adding/metrics.json (test_mse), loss.png (the loss curve), checkpoint.json and its checkpoint-* folder
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
 import jaxlstm as jl
 
@@ -59,18 +60,12 @@ def build(hidden: int, lr: float, clip: float, steps: int):
     optimizer = optax.chain(optax.clip_by_global_norm(clip), optax.adam(optax.cosine_decay_schedule(lr, steps)))
 
     @jax.jit
-    def train_step(state, x, y):
+    def train_step(state: train_state.TrainState, x, y):
         def loss_fn(params):
-            return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
+            return jnp.mean((state.apply_fn({"params": params}, x) - y) ** 2)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes floats and int32 counts
-            updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        return {
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }, loss
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
 
     init = jax.jit(lambda key, x: model.init(key, x)["params"])
     return model, optimizer, init, train_step, jax.jit(model.apply)
@@ -94,25 +89,32 @@ def parse(argv):
 
 
 def main(argv=None) -> dict:
+    """Trains and evaluates (see the module's docstring and --help); returns metrics.json's contents."""
+    with common.interruptible():  # from here on, Ctrl-C ends in a checkpoint and exit status 130
+        return train_and_evaluate(parse(argv))
+
+
+def train_and_evaluate(args) -> dict:
     started = time.perf_counter()
-    args = parse(argv)
-    out = common.output_dir(args.out)
+    run = common.start(args, "adding", ("loss.png",))
+    out = run.out
     mesh = common.data_mesh(args.batch)
     model, optimizer, init, train_step, predict = build(args.hidden, args.lr, args.clip, args.steps)
 
     x_test, y_test = make_batch(np.random.default_rng(TEST_SEED), args.test_size, args.length)
     params = init(jax.random.key(args.seed), x_test[:1])
-    state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+    state = state.replace(step=jnp.zeros((), jnp.int32))  # an array from the start: one compiled step
 
     def batch_at(step):  # data order: a pure function of (seed, step)
         return make_batch(np.random.default_rng([args.seed, step]), args.batch, args.length)
 
-    state, losses, finished = common.train(state, train_step, batch_at, args, out, mesh, desc="adding")
+    state, losses, finished = common.train(state, train_step, batch_at, args, run, mesh, desc="adding")
     if not finished:
-        print(f"stopped after step {int(state['step'])}; continue with --resume")
-        return {"stopped_at": int(state["step"])}
+        print(f"stopped after step {int(state.step)}; continue with --resume")
+        return {"stopped_at": int(state.step)}
 
-    test_mse = float(np.mean((np.asarray(predict({"params": state["params"]}, x_test)) - y_test) ** 2))
+    test_mse = float(np.mean((np.asarray(predict({"params": state.params}, x_test)) - y_test) ** 2))
     baseline = float(np.mean((1.0 - y_test) ** 2))  # always answer 1, the mean of the sum
 
     plt = common.pyplot()
@@ -144,7 +146,7 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "seed": args.seed,
     }
-    metrics = common.write_metrics(out, metrics, started)
+    metrics = common.write_metrics(run, metrics, started)
     print(
         f"test MSE {test_mse:.5f} (always 1: {baseline:.3f}, target < {TARGET_MSE}) "
         f"in {metrics['wall_time_s']:.0f} s; outputs in {out}"
@@ -153,4 +155,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.script(main)

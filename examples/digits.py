@@ -8,7 +8,7 @@ pixels at once.
 
 Needs: pip install -e ".[examples]"   (tqdm, matplotlib, statsmodels, scikit-learn)
 Run:  python examples/digits.py            (about 10 s on 2 CPU cores; --help for options)
-Out:  runs/digits/metrics.json (test_accuracy), confusion.png, checkpoint.msgpack
+Out:  runs/digits/metrics.json (test_accuracy), confusion.png, checkpoint.json and its checkpoint-* folder
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
 import jaxlstm as jl
 
@@ -85,25 +86,19 @@ def build(hidden: int, lr: float, weight_decay: float, steps: int):
     optimizer = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
 
     @jax.jit
-    def train_step(state, x, y):
+    def train_step(state: train_state.TrainState, x, y):
         def loss_fn(params):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": params}, x), y).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(state.apply_fn({"params": params}, x), y).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes floats and int32 counts
-            updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        return {
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }, loss
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
 
     init = jax.jit(lambda key, x: model.init(key, x)["params"])
     return model, optimizer, init, train_step, jax.jit(model.apply)
 
 
-def parse(argv):
-    p = common.parser(__doc__.split("\n")[0], name="digits", steps=2000, checkpoint_every=500)
+def parse(argv, name: str = "digits", description: str = __doc__.split("\n")[0]):
+    p = common.parser(description, name=name, steps=2000, checkpoint_every=500)
     p.add_argument("--hidden", type=int, default=128, help="H, the LSTM's units")
     p.add_argument("--batch", type=int, default=64, help="images per step (split over the devices)")
     p.add_argument("--lr", type=float, default=1e-2, help="peak AdamW learning rate (cosine decay to 0)")
@@ -117,20 +112,37 @@ def parse(argv):
 
 
 def main(argv=None) -> dict:
+    """Trains and evaluates (see the module's docstring and --help); returns metrics.json's contents."""
+    with common.interruptible():  # from here on, Ctrl-C ends in a checkpoint and exit status 130
+        return train_and_evaluate(parse(argv))
+
+
+def train_and_evaluate(args) -> dict:
     started = time.perf_counter()
-    args = parse(argv)
-    out = common.output_dir(args.out)
+    run = common.start(args, "digits", ("confusion.png",))
     mesh = common.data_mesh(args.batch)
     model, optimizer, init, train_step, predict = build(args.hidden, args.lr, args.weight_decay, args.steps)
 
-    x_train, y_train, x_test, y_test = load_split()
+    split = load_split()
+    params = init(jax.random.key(args.seed), split[0][:1])
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+    state = state.replace(step=jnp.zeros((), jnp.int32))  # an array from the start: one compiled step
+    batch_at = batches(args, *split[:2])
+    state, losses, finished = common.train(state, train_step, batch_at, args, run, mesh, desc="digits")
+    if not finished:
+        print(f"stopped after step {int(state.step)}; continue with --resume")
+        return {"stopped_at": int(state.step)}
+    predicted = np.asarray(predict({"params": state.params}, split[2])).argmax(axis=-1)
+    return report(run, args, split, predicted, losses, started)
+
+
+def batches(args, x_train: np.ndarray, y_train: np.ndarray):
+    """``batch_at(step)``: the training batch of a step, a pure function of (seed, step)."""
     if args.batch > len(x_train):
         common.fail(f"--batch {args.batch} is larger than the {len(x_train)} training images")
-    params = init(jax.random.key(args.seed), x_train[:1])
-    state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
     per_epoch = len(x_train) // args.batch  # the remainder of each shuffled epoch is dropped
 
-    def batch_at(step):  # data order: a pure function of (seed, step)
+    def batch_at(step):
         epoch, i = divmod(step, per_epoch)
         order = np.random.default_rng([args.seed, epoch]).permutation(len(x_train))
         index = order[i * args.batch : (i + 1) * args.batch]
@@ -139,14 +151,15 @@ def main(argv=None) -> dict:
             x = shift(x, np.random.default_rng([args.seed, epoch, i]))
         return x, y_train[index]
 
-    state, losses, finished = common.train(state, train_step, batch_at, args, out, mesh, desc="digits")
-    if not finished:
-        print(f"stopped after step {int(state['step'])}; continue with --resume")
-        return {"stopped_at": int(state["step"])}
+    return batch_at
 
-    predicted = np.asarray(predict({"params": state["params"]}, x_test)).argmax(axis=-1)
+
+def report(run, args, split, predicted: np.ndarray, losses: np.ndarray, started: float, example="digits") -> dict:
+    """The test accuracy of ``predicted`` (test images' classes) against the baselines: confusion.png,
+    metrics.json and a printed line; returns the metrics."""
+    y_test = split[3]
     accuracy = float(np.mean(predicted == y_test))
-    classical = baselines(x_train, y_train, x_test, y_test)
+    classical = baselines(*split)
     confusion = np.zeros((10, 10), np.int64)
     np.add.at(confusion, (y_test, predicted), 1)
 
@@ -164,12 +177,12 @@ def main(argv=None) -> dict:
         title=f"LSTM on digit rows: test accuracy {accuracy:.1%}",
     )
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=110)
+    fig.savefig(run.out / "confusion.png", dpi=110)
     plt.close(fig)
 
     beats = [name for name, value in classical.items() if accuracy > value]
     metrics = {
-        "example": "digits",
+        "example": example,
         "test_accuracy": accuracy,
         "baselines": classical,
         "beats": beats,
@@ -178,14 +191,14 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "seed": args.seed,
     }
-    metrics = common.write_metrics(out, metrics, started)
+    metrics = common.write_metrics(run, metrics, started)
     print(
         f"test accuracy {accuracy:.2%}  (logistic regression {classical['logistic_regression']:.2%}, "
         f"RBF SVM {classical['svm_rbf']:.2%}; beats: {', '.join(beats) or 'neither'}) "
-        f"in {metrics['wall_time_s']:.0f} s; outputs in {out}"
+        f"in {metrics['wall_time_s']:.0f} s; outputs in {run.out}"
     )
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    common.script(main)

@@ -17,11 +17,14 @@ With 200 training windows a plain LSTM overfits. What makes it work here is what
 * a small model (H = 8), AdamW weight decay, and early stopping: every member keeps its parameters
   from the step with the lowest error on the held-out years;
 * an ensemble of --members LSTMs with different initialisations, trained together in one jit-compiled
-  step by ``jax.vmap`` over the members, whose forecasts are averaged.
+  step by ``jax.vmap`` over the members, whose forecasts are averaged. Their parameters are stacked
+  along a leading axis in one Flax ``TrainState``; each member gets its own gradient (vmap), and
+  AdamW, elementwise, updates each member's slice as it would update that member alone.
 
 Needs: pip install -e ".[examples]"   (tqdm, matplotlib, statsmodels, scikit-learn)
 Run:  python examples/sunspots.py          (about 10 s on 2 CPU cores; --help for options)
-Out:  runs/sunspots/metrics.json (test_rmse and the baselines), forecast.png, checkpoint.msgpack
+Out:  runs/sunspots/metrics.json (test_rmse and the baselines), forecast.png, checkpoint.json and its
+      checkpoint-* folder
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
 import jaxlstm as jl
 
@@ -86,6 +90,14 @@ class Forecaster(nn.Module):
         return (linear + nn.Dense(features=1, name="head")(h))[:, 0]
 
 
+class EnsembleState(train_state.TrainState):
+    """Flax's TrainState (step, params, opt_state) plus early stopping: every member's best parameters
+    so far and their error on the held-out years. Every parameter has a leading axis of --members."""
+
+    best_params: dict
+    best_val: jax.Array  # (members,)
+
+
 @functools.lru_cache  # one compiled train step per configuration, shared by repeated main() calls
 def build(hidden: int, lr: float, weight_decay: float):
     model = Forecaster(hidden)
@@ -94,31 +106,21 @@ def build(hidden: int, lr: float, weight_decay: float):
     def mse(params, x, y):
         return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
 
+    members_mse = jax.vmap(mse, in_axes=(0, None, None))  # stacked params -> every member's error, (members,)
+
     @jax.jit
-    def train_step(state, x, y, *, x_val, y_val):
-        """One AdamW step for every member at once (vmap), then early-stopping bookkeeping."""
-
-        def update(params, opt_state):
-            loss, grads = jax.value_and_grad(mse)(params, x, y)
-            with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes floats and int32 counts
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        params, opt_state, loss = jax.vmap(update)(state["params"], state["opt_state"])
-        val = jax.vmap(mse, in_axes=(0, None, None))(params, x_val, y_val)  # (members,)
-        better = val < state["best_val"]
+    def train_step(state: EnsembleState, x, y, *, x_val, y_val):
+        """One AdamW step for every member at once, then early-stopping bookkeeping."""
+        losses, grads = jax.vmap(jax.value_and_grad(mse), in_axes=(0, None, None))(state.params, x, y)
+        state = state.apply_gradients(grads=grads)
+        val = members_mse(state.params, x_val, y_val)  # (members,)
+        better = val < state.best_val
         best = jax.tree.map(
             lambda old, new: jnp.where(better.reshape(better.shape + (1,) * (new.ndim - 1)), new, old),
-            state["best_params"],
-            params,
+            state.best_params,
+            state.params,
         )
-        return {
-            "params": params,
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-            "best_params": best,
-            "best_val": jnp.minimum(val, state["best_val"]),
-        }, jnp.mean(loss)
+        return state.replace(best_params=best, best_val=jnp.minimum(val, state.best_val)), jnp.mean(losses)
 
     # Every member gets its own initialisation (its own key) and makes its own forecasts.
     init = jax.jit(jax.vmap(lambda key, x: model.init(key, x)["params"], in_axes=(0, None)))
@@ -145,9 +147,15 @@ def parse(argv):
 
 
 def main(argv=None) -> dict:
+    """Trains and evaluates (see the module's docstring and --help); returns metrics.json's contents."""
+    with common.interruptible():  # from here on, Ctrl-C ends in a checkpoint and exit status 130
+        return train_and_evaluate(parse(argv))
+
+
+def train_and_evaluate(args) -> dict:
     started = time.perf_counter()
-    args = parse(argv)
-    out = common.output_dir(args.out)
+    run = common.start(args, "sunspots", ("forecast.png",))
+    out = run.out
     mesh = common.data_mesh(args.batch)
     model, optimizer, init, train_step, predict = build(args.hidden, args.lr, args.weight_decay)
 
@@ -170,13 +178,14 @@ def main(argv=None) -> dict:
 
     keys = jax.random.split(jax.random.key(args.seed), args.members)
     params = init(keys, x_fit[:1])  # every leaf has a leading axis of size --members
-    state = {
-        "params": params,
-        "opt_state": jax.vmap(optimizer.init)(params),
-        "step": jnp.zeros((), jnp.int32),
-        "best_params": params,
-        "best_val": jnp.full((args.members,), jnp.inf, jnp.float32),
-    }
+    state = EnsembleState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=optimizer,
+        best_params=params,
+        best_val=jnp.full((args.members,), jnp.inf, jnp.float32),
+    )
+    state = state.replace(step=jnp.zeros((), jnp.int32))  # an array from the start: one compiled step
     per_epoch = len(x_fit) // args.batch
 
     def batch_at(step):  # data order: a pure function of (seed, step)
@@ -187,12 +196,12 @@ def main(argv=None) -> dict:
 
     x_val_all, y_val_all = common.replicate(mesh, (x_val, y_val))  # every device scores all held-out years
     step = functools.partial(train_step, x_val=x_val_all, y_val=y_val_all)
-    state, losses, finished = common.train(state, step, batch_at, args, out, mesh, desc="sunspots")
+    state, losses, finished = common.train(state, step, batch_at, args, run, mesh, desc="sunspots")
     if not finished:
-        print(f"stopped after step {int(state['step'])}; continue with --resume")
-        return {"stopped_at": int(state["step"])}
+        print(f"stopped after step {int(state.step)}; continue with --resume")
+        return {"stopped_at": int(state.step)}
 
-    forecast = to_counts(predict(state["best_params"], x_test)).mean(axis=0)  # the ensemble's mean, in counts
+    forecast = to_counts(predict(state.best_params, x_test)).mean(axis=0)  # the ensemble's mean, in counts
     baseline_forecasts = {  # fitted on 1700-1950 like the LSTM, forecasting each year from the true past
         "persistence": counts[n_train - 1 : -1],
         "autoreg9": autoreg_forecasts(counts.astype(np.float64), n_train, AR_LAGS),
@@ -223,13 +232,13 @@ def main(argv=None) -> dict:
         "baselines": baselines,
         "beats": beats,
         "test_years": [int(test_years[0]), int(test_years[-1])],
-        "val_rmse": rmse(to_counts(predict(state["best_params"], x_val)).mean(axis=0), counts[n_fit:n_train]),
+        "val_rmse": rmse(to_counts(predict(state.best_params, x_val)).mean(axis=0), counts[n_fit:n_train]),
         "final_loss": float(losses[-1]),
         "steps": args.steps,
         "members": args.members,
         "seed": args.seed,
     }
-    metrics = common.write_metrics(out, metrics, started)
+    metrics = common.write_metrics(run, metrics, started)
     print(f"test RMSE, 1951-2008: LSTM ensemble {test_rmse:.2f} sunspots")
     for name, value in baselines.items():
         print(f"  {name:<14} {value:6.2f}  {'beaten' if name in beats else 'NOT beaten'}")
@@ -238,4 +247,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.script(main)
