@@ -152,7 +152,10 @@ def script(main) -> None:
     "Exception ignored" and the run would exit 0.
     """
     with interruptible():
-        main()
+        try:
+            main()
+        except KeyboardInterrupt:  # a second Ctrl-C
+            raise SystemExit("stopped at once by a second Ctrl-C; the last complete checkpoint is kept") from None
         if interrupted():
             print("interrupted after the run had finished; its outputs are complete", file=sys.stderr)
         sys.stdout.flush()
@@ -241,9 +244,11 @@ def _clear_earlier_run(out: pathlib.Path, overwrite: bool, outputs: tuple[str, .
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         print(f"--overwrite: deleted the earlier run in {out}")
         return
-    if others:
+    cwd = pathlib.Path.cwd()
+    if others or out.resolve() in (cwd, *cwd.parents):  # only a folder that holds nothing else moves aside
+        what = f"other files ({others[0].name}, ...)" if others else "is the folder this command runs in"
         fail(
-            f"--out {out} holds an earlier run and other files ({others[0].name}, ...): "
+            f"--out {out} holds an earlier run and {what}: "
             "continue it with --resume, replace it with --overwrite, or choose another --out"
         )
     aside = next(path for i in range(1, 10**6) if not (path := out.with_name(f"{out.name}.{i}")).exists())
