@@ -11,6 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 keras = pytest.importorskip("keras")
+if keras.backend.backend() != "jax":  # the converters refuse other backends (test_interop_strict checks the message)
+    pytest.skip("the Keras interop needs KERAS_BACKEND=jax", allow_module_level=True)
 
 import jaxlstm as jl  # noqa: E402
 from jaxlstm.interop import KerasLSTM, from_keras, to_keras  # noqa: E402
