@@ -45,12 +45,62 @@ def _row(vector, like):
     return jnp.expand_dims(vector.astype(like.dtype), tuple(range(like.ndim - 1)))
 
 
-def layer_norm(a, epsilon: float):
-    """(a − mean(a)) / sqrt(var(a) + ε) over the last axis."""
-    mean = jnp.mean(a, axis=-1, keepdims=True)
-    centered = a - mean
+# Rows whose largest magnitude reaches 2**_LN_SAFE_EXPONENT are scaled down by a power of two
+# before their statistics are taken, so that the sums and squares of inputs up to the float32
+# limit do not overflow; smaller rows (all ordinary data) are not scaled at all.
+_LN_SAFE_EXPONENT = 50
+
+
+def normalize(a, epsilon: float):
+    """``(â, 1/σ)``: â = (a − mean(a)) / σ with σ = sqrt(var(a) + ε), over the last axis.
+
+    Finite for any finite ``a``, up to the float32 limit: a row whose largest
+    magnitude is 2**50 or more is first multiplied by a power of two 2**-k (exact,
+    it changes no rounding), its statistics taken there, and ε scaled by 2**-2k to
+    match, which is the same math. ``1/σ`` is ``(*batch, 1)``.
+    """
+    largest = jnp.max(jnp.abs(a), axis=-1, keepdims=True)
+    _, exponent = jnp.frexp(largest)  # largest = m · 2**exponent, 0.5 <= m < 1
+    k = jnp.clip(exponent - _LN_SAFE_EXPONENT, 0, 126 - _LN_SAFE_EXPONENT).astype(jnp.int32)
+    scale = jax.lax.bitcast_convert_type((127 - k) << 23, jnp.float32).astype(a.dtype)  # 2**-k, exact
+    scaled = a * scale
+    mean = jnp.mean(scaled, axis=-1, keepdims=True)
+    centered = scaled - mean
     variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
-    return centered * jax.lax.rsqrt(variance + epsilon)
+    inv_scaled = jax.lax.rsqrt(variance + (epsilon * scale) * scale)
+    return centered * inv_scaled, inv_scaled * scale
+
+
+def layer_norm(a, epsilon: float):
+    """(a − mean(a)) / sqrt(var(a) + ε) over the last axis (``normalize``'s â)."""
+    return normalize(a, epsilon)[0]
+
+
+def normalize_backward(d_normalized, normalized, inv_sigma):
+    """The gradient of ``a`` from that of â = ``normalize(a)[0]``, given â and 1/σ:
+    (1/σ)·(dâ − mean(dâ) − â·mean(dâ·â)), the mean and the variance differentiated too."""
+    mean_d = jnp.mean(d_normalized, axis=-1, keepdims=True)
+    mean_dn = jnp.mean(d_normalized * normalized, axis=-1, keepdims=True)
+    return inv_sigma * (d_normalized - mean_d - normalized * mean_dn)
+
+
+@jax.custom_vjp
+def _normalized_as_saved(a, normalized, inv_sigma):
+    """``normalized`` (saved by the forward pass for this ``a``), differentiated as ``normalize(a)[0]``."""
+    return normalized
+
+
+def _normalized_as_saved_forward(a, normalized, inv_sigma):
+    return normalized, (normalized, inv_sigma)
+
+
+def _normalized_as_saved_backward(saved, d_normalized):
+    normalized, inv_sigma = saved
+    d_a = normalize_backward(d_normalized, normalized, inv_sigma)
+    return d_a, jnp.zeros_like(normalized), jnp.zeros_like(inv_sigma)
+
+
+_normalized_as_saved.defvjp(_normalized_as_saved_forward, _normalized_as_saved_backward)
 
 
 @dataclass(frozen=True)
@@ -114,19 +164,29 @@ class VariantPointwise:
         """The parameters read here: peepholes, layer-norm gains, and ``b`` under layer norm."""
         return params._replace(w_ih=None, w_hh=None, w_hr=None, b=params.b if self.separate else None)
 
-    def _pre_activation(self, small: VariantParams, z):
-        if not self.separate:
-            return z
-        from_input, from_h = z
-        epsilon = self.variant.layer_norm_epsilon
-        from_input = layer_norm(from_input, epsilon) * _row(small.ln_ih_scale, from_input)
-        from_h = layer_norm(from_h, epsilon) * _row(small.ln_hh_scale, from_h)
-        return from_input + from_h + _row(small.b, from_input)
-
     def step(self, small: VariantParams, z, c, zone_c=None):
         """``(h̃, c')``: the cell's output before any projection, and its new state (after zoneout)."""
+        if not self.separate:
+            return self._core(small, z, c, zone_c, self._normalize_c)
+        epsilon = self.variant.layer_norm_epsilon
+        from_input, from_h = z
+        pre = self._combine(small, layer_norm(from_input, epsilon), layer_norm(from_h, epsilon))
+        return self._core(small, pre, c, zone_c, self._normalize_c)
+
+    def _combine(self, small: VariantParams, normalized_input, normalized_h):
+        """Layer norm's pre-activation from the two normalized matmul outputs: gains, then ``b``."""
+        return (
+            normalized_input * _row(small.ln_ih_scale, normalized_input)
+            + normalized_h * _row(small.ln_hh_scale, normalized_h)
+            + _row(small.b, normalized_input)
+        )
+
+    def _normalize_c(self, c_new):
+        return layer_norm(c_new, self.variant.layer_norm_epsilon)
+
+    def _core(self, small: VariantParams, z, c, zone_c, normalize_c):
+        """The step from its pre-activation ``z`` (N, 4H); ``normalize_c`` gives LN(c') under layer norm."""
         variant, gate_fn, activation_fn = self.variant, self.gate_fn, self.activation_fn
-        z = self._pre_activation(small, z)
         z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
         if variant.peepholes:
             p_i, p_f, p_o = small.w_peep[0], small.w_peep[1], small.w_peep[2]
@@ -143,8 +203,7 @@ class VariantPointwise:
         o = gate_fn(z_o)
         c_out = c_new
         if variant.layer_norm:
-            epsilon = variant.layer_norm_epsilon
-            c_out = layer_norm(c_new, epsilon) * _row(small.ln_c_scale, c_new) + _row(small.ln_c_bias, c_new)
+            c_out = normalize_c(c_new) * _row(small.ln_c_scale, c_new) + _row(small.ln_c_bias, c_new)
         h = (o.astype(c.dtype) * activation_fn(c_out)).astype(z.dtype)
         if variant.zoneout_c > 0.0:
             if self.training:
@@ -154,18 +213,43 @@ class VariantPointwise:
         return h, c_new
 
     def forward(self, small, z, c, zone_c=None):
-        h, c_new = self.step(small, z, c, zone_c)
-        parts = z if self.separate else (z,)
-        return h, c_new, tuple(piece for part in parts for piece in jnp.split(part, 4, axis=-1))
+        if not self.separate:
+            h, c_new = self.step(small, z, c, zone_c)
+            return h, c_new, tuple(jnp.split(z, 4, axis=-1))
+        # Layer norm: the statistics are taken here once; the backward pass reads the normalized
+        # values and 1/σ back instead of normalizing again.
+        epsilon = self.variant.layer_norm_epsilon
+        (normalized_input, inv_input), (normalized_h, inv_h) = (normalize(part, epsilon) for part in z)
+        saved_c = []
+
+        def normalize_c(c_new):
+            normalized_c, inv_c = normalize(c_new, epsilon)
+            saved_c.extend((normalized_c, inv_c))
+            return normalized_c
+
+        h, c_new = self._core(small, self._combine(small, normalized_input, normalized_h), c, zone_c, normalize_c)
+        pieces = (*jnp.split(normalized_input, 4, axis=-1), *jnp.split(normalized_h, 4, axis=-1))
+        return h, c_new, (*pieces, inv_input, inv_h, *saved_c)
 
     def backward(self, small, residuals, c_prev, zone_c, dh, dc):
-        """The VJP of ``step`` at the saved pre-activations."""
-        if self.separate:
-            z = (jnp.concatenate(residuals[:4], axis=-1), jnp.concatenate(residuals[4:], axis=-1))
-        else:
+        """The VJP of ``step`` at the saved residuals: pre-activations, or under layer norm the
+        normalized values and 1/σ (the normalizations' own derivative then written out)."""
+        if not self.separate:
             z = jnp.concatenate(residuals, axis=-1)
-        _, pullback = jax.vjp(lambda small, z, c: self.step(small, z, c, zone_c), small, z, c_prev)
-        d_small, dz, dc_prev = pullback((dh, dc))
+            _, pullback = jax.vjp(lambda small, z, c: self.step(small, z, c, zone_c), small, z, c_prev)
+            d_small, dz, dc_prev = pullback((dh, dc))
+            return dz, dc_prev, d_small
+        normalized_input = jnp.concatenate(residuals[:4], axis=-1)
+        normalized_h = jnp.concatenate(residuals[4:8], axis=-1)
+        inv_input, inv_h, normalized_c, inv_c = residuals[8:]
+
+        def from_normalized(small, normalized_input, normalized_h, c):
+            pre = self._combine(small, normalized_input, normalized_h)
+            return self._core(small, pre, c, zone_c, lambda c_new: _normalized_as_saved(c_new, normalized_c, inv_c))
+
+        _, pullback = jax.vjp(from_normalized, small, normalized_input, normalized_h, c_prev)
+        d_small, d_input, d_h, dc_prev = pullback((dh, dc))
+        dz = (normalize_backward(d_input, normalized_input, inv_input), normalize_backward(d_h, normalized_h, inv_h))
         return dz, dc_prev, d_small
 
 
