@@ -41,6 +41,11 @@ class LSTMParams(NamedTuple):
         """H, the size of the state vector (``units``, ``features``)."""
         return self.w_hh.shape[-2]
 
+    @property
+    def recurrent_size(self) -> int:
+        """R, the size of ``h``: H, as a plain cell has no projection (``VariantParams.recurrent_size`` may be P)."""
+        return self.w_hh.shape[-2]
+
 
 class LSTMCarry(NamedTuple):
     """The state an LSTM carries from one time step to the next.

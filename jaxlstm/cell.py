@@ -25,6 +25,7 @@ their weights convert by a transpose, not a shuffle.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,8 @@ __all__ = ["LSTMParams", "LSTMCarry", "init_params", "zeros_carry", "lstm_cell",
 INIT_SCHEMES = ("keras", "torch")
 
 Activation = Callable[[Array], Array]
+# The weights of one cell: LSTMParams, or a variant's VariantParams (any pytree of arrays); kept through promotion.
+AnyParams = TypeVar("AnyParams")
 """An elementwise function, e.g. ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.hard_sigmoid``."""
 
 
@@ -171,7 +174,9 @@ def state_dtype(compute_dtype) -> jnp.dtype:
         return jnp.promote_types(compute_dtype, jnp.float32)
 
 
-def split_promote(params: LSTMParams, x, carry: LSTMCarry, *more_carries):
+def split_promote(
+    params: AnyParams, x: Array, carry: LSTMCarry, *more_carries: LSTMCarry | None
+) -> tuple[AnyParams, Array, LSTMCarry, *tuple[LSTMCarry | None, ...]]:
     """Promotes params, inputs and the carries' ``h`` to one computation dtype.
 
     Each carry's ``c`` keeps its own dtype unless the computation is wider:
