@@ -163,8 +163,8 @@ def _indent_continuations(text: str) -> str:
             if _ITEM.match(line.lstrip()):
                 seen_item = True
                 names = _NAMES.match(line)
-                if names:  # "a, b: ..." names two items; a no-break space keeps griffe from reading b as a type
-                    lines[i] = names.group(1) + names.group(2).replace(", ", ",\u00a0") + names.group(3)
+                if names:  # "a, b: ..." names two items; a thin space keeps griffe from reading b as a type
+                    lines[i] = names.group(1) + names.group(2).replace(", ", ",\u2009") + names.group(3)
             elif seen_item:
                 lines[i] = "    " + line
             elif line.rstrip().endswith(",") and i + 1 < len(lines):  # "a, b,\n c: ..." names one item
