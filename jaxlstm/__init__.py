@@ -15,6 +15,8 @@ from .cell import LSTMParams as LSTMParams
 from .cell import init_params as init_params
 from .cell import lstm_cell as lstm_cell
 from .cell import zeros_carry as zeros_carry
+from .cudnn import BackendChoice as BackendChoice
+from .cudnn import backend_for as backend_for
 from .explain import explain as explain
 from .scan import lstm as lstm
 from .scan import lstm_variant as lstm_variant
@@ -58,6 +60,8 @@ __all__ = [
     "zeros_carry",
     "lstm_cell",
     "lstm",
+    "backend_for",
+    "BackendChoice",
     "MERGE_MODES",
     "StackCarry",
     "StackParams",

@@ -224,7 +224,8 @@ def ineligible(
     other arguments are the call's own.
     """
     if variant is not None and not variant.is_plain:
-        return f"variant={variant!r} is not the plain LSTM cell cuDNN computes"
+        options = ", ".join(f"{name}={value!r}" for name, value in variant.options.items())
+        return f"variant=LSTMVariant({options}) is not the plain LSTM cell cuDNN computes"
     if gate_fn not in _GATE_FNS:
         return f"gate_fn={_name(gate_fn)} is not jax.nn.sigmoid"
     if activation_fn not in _ACTIVATION_FNS:

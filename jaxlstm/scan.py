@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from . import _checks
+from . import _checks, cudnn
 from .cell import Activation, LSTMCarry, LSTMParams, split_promote, state_dtype
 from .pointwise import PlainPointwise, VariantPointwise, plain_bias, pointwise_for
 from .variants import (
@@ -553,6 +553,8 @@ def lstm(
     variant: LSTMVariant | None = None,
     dropout_key: PRNGKeyArray | None = None,
     deterministic: bool | None = None,
+    backend: str = "auto",
+    cudnn_precision: str = "float32",
 ) -> tuple[LSTMCarry, Float[Array, "*batch time hidden"]]:
     """Runs one LSTM layer (one direction) over whole sequences: the plain cell or any ``variant``.
 
@@ -610,6 +612,12 @@ def lstm(
             expectation). ``False``: draw masks from ``dropout_key`` (required
             when a variant's rate is > 0). ``None`` (default): not
             deterministic exactly when a ``dropout_key`` is given.
+        backend: ``"auto"`` (default): cuDNN on a CUDA GPU when it computes
+            this call exactly, else jaxlstm's XLA loop; ``"xla"``: always the
+            loop; ``"cudnn"``: cuDNN, or a ValueError saying why not.
+            ``jaxlstm.backend_for`` tells which a call gets; see docs/gpu.md.
+        cudnn_precision: the matmuls' precision on cuDNN: ``"float32"``
+            (default) or ``"tf32"`` (TensorFloat-32, faster, ~1e-3 relative).
 
     Returns:
         ``(final_carry, hs)``: ``final_carry`` is each sequence's carry after
@@ -639,6 +647,23 @@ def lstm(
             unroll, masked_output, gradient, gate_fn, activation_fn, checkpoint_every
         )
         reverse = bool(reverse)
+        call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
+        call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
+        given = [c for c in (carry, reset_carry) if c is not None]
+        if (
+            cudnn.choose(backend, cudnn_precision, ((params,),), xs, given, where="jaxlstm.lstm", **call).backend
+            == "cudnn"
+        ):
+            finals, hs = cudnn.run(
+                ((params,),),
+                xs,
+                ((carry,),),
+                seq_lengths=seq_lengths,
+                reverse=reverse,
+                cudnn_precision=cudnn_precision,
+                layer=lstm,
+            )
+            return finals[0][0], hs
         steps = Steps(
             valid_steps(seq_lengths, mask, batch_shape, time), reset_steps(resets, batch_shape, time, reverse=reverse)
         )

@@ -19,13 +19,14 @@ a projection each direction outputs P = ``proj_size`` features instead of H.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from . import _checks
+from . import _checks, cudnn
 from .cell import Activation, LSTMCarry, LSTMParams, init_params
 from .scan import lstm
 from .variants import LSTMVariant, VariantParams, as_variant_params, check_carry, check_params, init_variant_params
@@ -203,6 +204,8 @@ def stacked_lstm(
     variant: LSTMVariant | None = None,
     deterministic: bool | None = None,
     checkpoint_every: int | None = None,
+    backend: str = "auto",
+    cudnn_precision: str = "float32",
 ) -> tuple[StackCarry, Float[Array, "*batch time features"]]:
     """Runs a stack of LSTM layers, each one or two directions, over sequences.
 
@@ -237,6 +240,9 @@ def stacked_lstm(
 
         checkpoint_every: as ``jaxlstm.lstm``: keep only every K-th carry of
             each layer for the backward pass (plain LSTM only).
+        backend, cudnn_precision: as ``jaxlstm.lstm``, decided once for the
+            whole stack: on cuDNN, one call for the stack (one per layer with
+            a ``merge`` other than "concat"); see docs/gpu.md.
 
     Returns:
         ``(final_carries, hs)``: final carries nested as ``stack``, each
@@ -267,6 +273,26 @@ def stacked_lstm(
         if (dropout > 0.0 and num_layers > 1) or (variant is not None and variant.regularizes):
             raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
     training = dropout_key is not None and deterministic is not True
+    given = [c for tree in (carries, reset_carries) for row in tree or () for c in row]
+    call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
+    call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
+    call.update(dropout_between_layers=dropout if training and num_layers > 1 else 0.0)
+    if (
+        cudnn.choose(backend, cudnn_precision, stack, xs, given, where="jaxlstm.stacked_lstm", **call).backend
+        == "cudnn"
+    ):
+        merge_fn = functools.partial(merge_directions, merge=merge)
+        return cudnn.run(
+            stack,
+            xs,
+            carries,
+            seq_lengths=seq_lengths,
+            reverse=reverse,
+            merge=merge,
+            merge_fn=merge_fn,
+            cudnn_precision=cudnn_precision,
+            layer=lstm,
+        )
     cell_keys = None
     if variant is not None and training and variant.regularizes:
         dropout_key, cells_key = jax.random.split(dropout_key)
@@ -282,6 +308,7 @@ def stacked_lstm(
         activation_fn=activation_fn,
         variant=variant,
         checkpoint_every=checkpoint_every,
+        backend="xla",  # decided above, for the whole stack
     )
     layer_keys = [None] * num_layers  # the key of the dropout on layer l's input (l > 0)
     if dropout > 0.0 and training:

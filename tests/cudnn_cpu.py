@@ -30,6 +30,7 @@ import jaxlstm.cudnn as cudnn
 
 RESERVE_FLOATS = 3  # the stand-in reserve space: any size works, nothing reads it on CPU
 CALLS = {"rnn_fwd": 0, "rnn_bwd": 0}  # how often each CPU lowering was used (the binding really ran)
+LAST_ALLOW_TF32 = None  # the cudnn_allow_tf32 the binding's forward was last lowered with
 
 
 def _reference(x, h_0, c_0, weights, seq_lengths, *, input_size, hidden_size, num_layers, dropout, bidirectional):
@@ -40,7 +41,9 @@ def _reference(x, h_0, c_0, weights, seq_lengths, *, input_size, hidden_size, nu
 
 
 def _forward(x, h_0, c_0, weights, seq_lengths, *, cudnn_allow_tf32, **static):
+    global LAST_ALLOW_TF32
     CALLS["rnn_fwd"] += 1
+    LAST_ALLOW_TF32 = cudnn_allow_tf32
     y, h_n, c_n = _reference(x, h_0, c_0, weights, seq_lengths, **static)
     return y, h_n, c_n, jnp.zeros((RESERVE_FLOATS,), jnp.float32)
 
