@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -96,10 +97,18 @@ def params(p) -> None:
         )
 
 
-def floating(value, name: str) -> None:
+def floating(value, name: str, section: str = "inputs") -> None:
+    """A real floating array (float16, bfloat16, float32, float64); complex and integer refused."""
     _array_like(value, name)
     if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {value.dtype}" + _see("inputs"))
+        raise TypeError(f"{name} must have a real floating dtype, got {value.dtype}" + _see(section))
+
+
+def flag(value, name: str) -> bool:
+    """A bool (Python or NumPy), or a TypeError: a truthy string such as "no" must not mean True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def inputs(xs, input_size: int | None, name: str, *, min_rank: int, layout: str = "(*batch, input)") -> None:
@@ -109,6 +118,11 @@ def inputs(xs, input_size: int | None, name: str, *, min_rank: int, layout: str 
         raise ValueError(
             f"{name} must have shape {layout} with at least {min_rank} dims, "
             f"got {xs.ndim} dims (shape {tuple(xs.shape)})" + _see("inputs")
+        )
+    if xs.shape[-1] == 0:
+        raise ValueError(
+            f"{name} has 0 features ({name}.shape={tuple(xs.shape)}); an LSTM reads at least one "
+            f"feature per step" + _see("inputs")
         )
     if input_size is not None and xs.shape[-1] != input_size:
         raise ValueError(
@@ -129,7 +143,7 @@ def carry(c, batch_shape: tuple[int, ...], hidden_size: int, name: str) -> None:
     expected = (*batch_shape, hidden_size)
     for field in ("h", "c"):
         value = getattr(c, field)
-        _array_like(value, f"{name}.{field}")
+        floating(value, f"{name}.{field}", section="carry")
         if tuple(value.shape) != expected:
             raise ValueError(
                 f"{name}.{field} must have shape (*batch, hidden_size) = {expected}, got {tuple(value.shape)}"
@@ -147,6 +161,29 @@ def per_sequence_ints(values, batch_shape: tuple[int, ...], name: str) -> None:
             f"{name} must have shape (*batch,) = {tuple(batch_shape)}, one entry per sequence, "
             f"got {tuple(values.shape)}" + _see("padding-and-seq_lengths")
         )
+
+
+def seq_lengths(values, batch_shape: tuple[int, ...], time: int, name: str = "seq_lengths"):
+    """``values`` as int32 ``(*batch,)`` lengths in [0, time].
+
+    Concrete values (NumPy arrays, or JAX arrays outside ``jit``) outside that
+    range raise, before any conversion could wrap them (an int64 2**32 + 3 would
+    become 3, a uint32 4294967295 would become -1). Traced values cannot be
+    inspected: they are clamped to [0, time] (a length past the end means every
+    step counts, a negative one none).
+    """
+    per_sequence_ints(values, batch_shape, name)
+    if isinstance(values, jax.core.Tracer):
+        return jnp.clip(values, 0, time).astype(jnp.int32)
+    concrete = np.asarray(values)
+    bad = (concrete < 0) | (concrete > time)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must be in [0, time] = [0, {time}], got {concrete[index]} at index {index} "
+            f"({int(bad.sum())} of {concrete.size} out of range)" + _see("padding-and-seq_lengths")
+        )
+    return jnp.asarray(concrete.astype(np.int32))
 
 
 def per_step_flags(values, expected_shape: tuple[int, ...], name: str) -> None:

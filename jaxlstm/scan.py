@@ -268,7 +268,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
             return new, (output,)
         return new, (output, *residuals, carry_in.h, carry_in.c) + (() if params.w_hr is None else (h_cell,))
 
-    example = Steps(*(None if a is None else a[0] for a in steps))
+    example = Steps(*(None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps))
     shapes = jax.eval_shape(one_step, carry, jax.ShapeDtypeStruct((n, rows), xs.dtype), example)[1]
     buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
 
@@ -484,9 +484,9 @@ def valid_steps(
     """Time-major flags of the steps that count: t < length and mask[t]; ``None`` if all do."""
     valid = None
     if seq_lengths is not None:
-        _checks.per_sequence_ints(seq_lengths, batch_shape, "seq_lengths")
+        lengths = _checks.seq_lengths(seq_lengths, batch_shape, time)
         steps = jnp.arange(time, dtype=jnp.int32).reshape((time,) + (1,) * len(batch_shape))
-        valid = steps < jnp.asarray(seq_lengths, jnp.int32)[None]
+        valid = steps < lengths[None]
     if mask is not None:
         _checks.per_step_flags(mask, (*batch_shape, time), "mask")
         mask_tm = jnp.moveaxis(mask, -1, 0)
@@ -568,8 +568,10 @@ def lstm(
             zeros when ``None``. To stream a long sequence in chunks, pass the
             previous chunk's ``final_carry`` (wrapped in
             ``jax.lax.stop_gradient`` to truncate backpropagation there).
-        seq_lengths: optional ``(*batch,)`` integers. Steps at or past a
+        seq_lengths: optional ``(*batch,)`` integers in [0, T]. Steps at or past a
             sequence's length leave its carry unchanged and output zeros.
+            Concrete lengths outside [0, T] raise a ValueError; traced ones
+            (inside ``jit``) can't be inspected and are clamped to [0, T].
         mask: optional ``(*batch, T)`` bools, any pattern: a ``False`` step
             leaves the carry unchanged. With ``seq_lengths``, a step counts
             when both allow it.
@@ -646,7 +648,9 @@ def lstm(
         unroll, checkpoint_every = _check_options(
             unroll, masked_output, gradient, gate_fn, activation_fn, checkpoint_every
         )
-        reverse = bool(reverse)
+        reverse = _checks.flag(reverse, "reverse")
+        if seq_lengths is not None:  # checked here, once: concrete lengths out of [0, T] raise, traced ones clamp
+            seq_lengths = _checks.seq_lengths(seq_lengths, batch_shape, time)
         call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
         call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
         given = [c for c in (carry, reset_carry) if c is not None]

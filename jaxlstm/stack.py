@@ -150,6 +150,22 @@ def _check_stack(stack, variant: LSTMVariant | None = None) -> tuple[int, int]:
     return len(stack), num_directions
 
 
+def _check_layer_inputs(stack, num_directions: int, merge: str) -> None:
+    """Each layer after the first reads the previous layer's merged outputs: its ``w_ih`` must have
+    that many rows (2R for a bidirectional "concat" stack, else R)."""
+    for layer in range(1, len(stack)):
+        below = stack[layer - 1][0].recurrent_size
+        expected = below * (2 if num_directions == 2 and merge == "concat" else 1)
+        for direction, params in enumerate(stack[layer]):
+            if params.input_size != expected:
+                reads = f"{num_directions} x {below} merged by {merge!r}" if num_directions == 2 else f"{below}"
+                raise ValueError(
+                    f"stack[{layer}][{direction}].w_ih has shape {tuple(params.w_ih.shape)}, but layer {layer} reads "
+                    f"layer {layer - 1}'s outputs ({reads} = {expected} features): expected ({expected}, "
+                    f"{params.w_ih.shape[1]})" + _checks._see("stacking")
+                )
+
+
 def check_stack_carry(
     carries,
     num_layers: int,
@@ -263,9 +279,14 @@ def stacked_lstm(
         stack = tuple(tuple(as_variant_params(params) for params in directions) for directions in stack)
     _checks.one_of(merge, MERGE_MODES, "merge")
     dropout = _checks.rate(dropout, "dropout")
+    reverse = _checks.flag(reverse, "reverse")
     if reverse and num_directions == 2:
         raise ValueError("reverse=True is for one-direction stacks; a bidirectional stack already reads backward")
+    _check_layer_inputs(stack, num_directions, merge)
+    _checks.inputs(xs, stack[0][0].input_size, "xs", min_rank=2, layout="(*batch, time, input)")
     batch_shape, hidden_size = tuple(xs.shape[:-2]), stack[0][0].hidden_size
+    if seq_lengths is not None:  # checked once here, for every layer and for the cuDNN path alike
+        seq_lengths = _checks.seq_lengths(seq_lengths, batch_shape, xs.shape[-2])
     recurrent_size = None if variant is None else stack[0][0].recurrent_size
     for name, given in (("carries", carries), ("reset_carries", reset_carries)):
         check_stack_carry(given, num_layers, num_directions, batch_shape, hidden_size, name, recurrent_size)

@@ -54,7 +54,7 @@ LSTM_CASES = {
         ValueError,
         r"xs has 4 features but params expect input_size=3 \(xs.shape=\(3, 5, 4\)\)",
     ),
-    "int_xs": (dict(xs=jnp.ones((B, T, D), jnp.int32)), TypeError, r"xs must have a floating dtype, got int32"),
+    "int_xs": (dict(xs=jnp.ones((B, T, D), jnp.int32)), TypeError, r"xs must have a real floating dtype, got int32"),
     "list_xs": (dict(xs=[[[1.0] * D] * T] * B), TypeError, r"xs must be a JAX or NumPy array, got list"),
     "carry_size": (
         dict(carry=jl.zeros_carry(H + 1, (B,))),
@@ -98,6 +98,38 @@ LSTM_CASES = {
     ),
     "lengths_list": (dict(seq_lengths=[1, 2, 3]), TypeError, r"seq_lengths must be a JAX or NumPy array, got list"),
     "unroll": (dict(unroll=0), ValueError, r"unroll must be an int >= 1, got 0"),
+    # Issue 16's silent and raw cases: each now refused with the argument, expected and actual.
+    "complex_carry": (
+        dict(carry=jl.LSTMCarry(jnp.zeros((B, H), jnp.complex64), jnp.zeros((B, H), jnp.complex64))),
+        TypeError,
+        r"carry.h must have a real floating dtype, got complex64",
+    ),
+    "zero_features": (
+        dict(xs=jnp.ones((B, T, 0))),
+        ValueError,
+        r"xs has 0 features \(xs.shape=\(3, 5, 0\)\); an LSTM reads at least one feature per step",
+    ),
+    "lengths_int64_past_int32": (
+        dict(seq_lengths=np.array([2**32 + 3, 1, 2], np.int64)),
+        ValueError,
+        r"seq_lengths must be in \[0, time\] = \[0, 5\], got 4294967299 at index \(0,\) \(1 of 3 out of range\)",
+    ),
+    "lengths_uint32_max": (
+        dict(seq_lengths=np.array([1, 4294967295, 2], np.uint32)),
+        ValueError,
+        r"seq_lengths must be in \[0, time\] = \[0, 5\], got 4294967295 at index \(1,\)",
+    ),
+    "lengths_negative": (
+        dict(seq_lengths=jnp.array([1, 2, -1])),
+        ValueError,
+        r"seq_lengths must be in \[0, time\] = \[0, 5\], got -1 at index \(2,\)",
+    ),
+    "lengths_past_the_end": (
+        dict(seq_lengths=jnp.array([T + 1, 2, 3])),
+        ValueError,
+        r"seq_lengths must be in \[0, time\] = \[0, 5\], got 6 at index \(0,\)",
+    ),
+    "reverse_string": (dict(reverse="no"), TypeError, r"reverse must be a bool \(True or False\), got str 'no'"),
 }
 
 
@@ -120,6 +152,15 @@ def test_lstm_bad_input_under_jit(params, xs, case):
         jax.jit(jl.lstm)(params, **kwargs)
 
 
+def test_traced_seq_lengths_are_clamped_to_the_sequence(params, xs):
+    """Inside jit the lengths can't be inspected: past the end counts every step, below 0 none."""
+    run = jax.jit(lambda lengths: jl.lstm(params, xs, seq_lengths=lengths))
+    clamped = run(jnp.array([T + 7, -2, 3]))
+    expected = run(jnp.array([T, 0, 3]))  # the same compiled function, in range
+    for got, want in zip(jax.tree.leaves(clamped), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_bad_params(xs):
     good = jl.init_params(jax.random.key(0), D, H)
     with raises_clean(TypeError, r"params must be a jaxlstm.LSTMParams \(w_ih, w_hh, b\), got tuple"):
@@ -140,7 +181,7 @@ def test_lstm_cell_bad_input(params):
         jl.lstm_cell(params, jl.zeros_carry(H), jnp.ones((B, D)))
     with raises_clean(TypeError, r"carry must be a jaxlstm.LSTMCarry\(h, c\), got a plain tuple"):
         jl.lstm_cell(params, tuple(carry), jnp.ones((B, D)))
-    with raises_clean(TypeError, r"x must have a floating dtype, got int32"):
+    with raises_clean(TypeError, r"x must have a real floating dtype, got int32"):
         jl.lstm_cell(params, carry, jnp.ones((B, D), jnp.int32))
 
 
@@ -230,8 +271,16 @@ def test_stack_bad_structure(bi_stack, xs):
         ValueError, r"every layer must have the same number of directions: stack\[0\] has 2, stack\[1\] has 1"
     ):
         jl.stacked_lstm((bi_stack[0], bi_stack[1][:1]), xs)
-    with raises_clean(ValueError, r"xs has 8 features but params expect input_size=3"):  # layer 1 fed the wrong width
+    with raises_clean(  # layer 1 fed the wrong width: named as the stack's entry, not as an xs never passed
+        ValueError,
+        r"stack\[1\]\[0\].w_ih has shape \(3, 16\), but layer 1 reads layer 0's outputs "
+        r"\(2 x 4 merged by 'concat' = 8 features\): expected \(8, 16\)",
+    ):
         jl.stacked_lstm((bi_stack[0], bi_stack[0]), xs)
+    with raises_clean(TypeError, r"reverse must be a bool \(True or False\), got str 'yes'"):
+        jl.stacked_lstm(bi_stack[:1], xs, reverse="yes")
+    with raises_clean(ValueError, r"seq_lengths must be in \[0, time\] = \[0, 5\], got 9 at index \(1,\)"):
+        jl.stacked_lstm(bi_stack, xs, seq_lengths=np.array([1, 9, 2]))
 
 
 # --------------------------------------------------------------------------- linen and nnx modules
@@ -300,7 +349,7 @@ CALL_CASES = {
         ValueError,
         r"x must have shape \(\*batch, time, input\) with at least 2 dims, got 1 dims",
     ),
-    "int_x": (dict(x=jnp.ones((B, T, D), jnp.int32)), TypeError, r"x must have a floating dtype, got int32"),
+    "int_x": (dict(x=jnp.ones((B, T, D), jnp.int32)), TypeError, r"x must have a real floating dtype, got int32"),
     "lengths_shape": (
         dict(call=dict(seq_lengths=jnp.array([1, 2]))),
         ValueError,
