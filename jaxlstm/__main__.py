@@ -186,12 +186,12 @@ def _guides_folder():
     return Path(__file__).resolve().parent.parent / "docs"
 
 
-# The four guides first, in reading order; any other page after them, by name.
-GUIDE_ORDER = ("shapes", "sequence-state", "variants", "performance")
+# The guides first, in reading order; any other page after them, by name.
+GUIDE_ORDER = ("shapes", "sequence-state", "variants", "performance", "gpu")
 
 
 def guides() -> dict[str, str]:
-    """The guides, name (``shapes``) → Markdown text: the four guides first, then the other pages by name."""
+    """The guides, name (``shapes``) → Markdown text: the guides first, then the other pages by name."""
     folder = _guides_folder()
     entries = [entry for entry in (folder.iterdir() if folder.is_dir() else ()) if entry.name.endswith(".md")]
     texts = {entry.name[: -len(".md")]: entry.read_text(encoding="utf-8") for entry in entries if entry.is_file()}
