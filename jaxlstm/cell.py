@@ -37,7 +37,7 @@ from ._types import LSTMParams as LSTMParams
 
 __all__ = ["LSTMParams", "LSTMCarry", "init_params", "zeros_carry", "lstm_cell", "INIT_SCHEMES"]
 
-INIT_SCHEMES = ("keras", "torch")
+INIT_SCHEMES = ("keras", "torch", "flax")
 
 Activation = Callable[[Array], Array]
 # The weights of one cell: LSTMParams, or a variant's VariantParams (any pytree of arrays); kept through promotion.
@@ -45,13 +45,68 @@ AnyParams = TypeVar("AnyParams")
 """An elementwise function, e.g. ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.hard_sigmoid``."""
 
 
-def initializers(scheme: str, hidden_size: int, *, argument: str = "scheme"):
+def per_gate(init, name: str = "initializer"):
+    """``init`` applied to each gate's block of a packed ``(..., 4H)`` weight, as Flax applies it per gate.
+
+    Flax's ``LSTMCell`` holds one kernel per gate (``ii``, ``if``, ``ig``,
+    ``io`` (D, H); ``hi``, ..., ``ho`` (H, H), with biases (H,)); jaxlstm packs
+    them as (D, 4H), (H, 4H) and (4H,) in gate order i, f, g, o. The returned
+    initializer calls ``init(key_k, (..., H), dtype)`` once per gate, each with
+    its own key, and concatenates the four blocks along the last axis, so
+    fan-based initializers (``lecun_normal``, ``orthogonal``) give every block
+    the distribution Flax gives that gate's kernel. ``name`` (the argument's
+    name, e.g. ``"kernel_init"``) is for the error messages.
+    """
+    if not callable(init):
+        raise TypeError(
+            f"{name} must be an initializer (key, shape, dtype) -> array such as "
+            f"jax.nn.initializers.lecun_normal(), got {type(init).__name__} {init!r}"
+        )
+
+    def packed(key, shape, dtype=jnp.float32):
+        *lead, gates = shape
+        block = (*lead, gates // 4)
+        blocks = []
+        for gate_key in jax.random.split(key, 4):
+            value = jnp.asarray(init(gate_key, block, dtype))
+            if tuple(value.shape) != block:
+                raise ValueError(
+                    f"{name} must return an array of the shape it is given: asked for one gate's block "
+                    f"{block} of a packed {tuple(shape)} weight, got shape {tuple(value.shape)}"
+                )
+            blocks.append(value.astype(dtype))
+        return jnp.concatenate(blocks, axis=-1)
+
+    return packed
+
+
+def initializers(
+    scheme: str,
+    hidden_size: int,
+    *,
+    argument: str = "scheme",
+    kernel_init=None,
+    recurrent_kernel_init=None,
+    bias_init=None,
+):
     """The ``(key, shape, dtype) -> array`` initializers of ``w_ih``, ``w_hh`` and ``b``.
 
     Shared by ``init_params`` and the Flax modules, so both draw the same weights.
+    ``kernel_init``, ``recurrent_kernel_init`` and ``bias_init`` (Flax's names and
+    meanings), when given, replace the scheme's for ``w_ih``, ``w_hh`` and ``b``;
+    each is applied per gate (see ``per_gate``) with the parameter dtype.
     """
     _checks.one_of(scheme, INIT_SCHEMES, argument)
-    if scheme == "keras":
+    overrides = {"kernel_init": kernel_init, "recurrent_kernel_init": recurrent_kernel_init, "bias_init": bias_init}
+    given = {name: per_gate(init, name) for name, init in overrides.items() if init is not None}
+    if scheme == "flax":
+        # Flax's LSTMCell: lecun_normal input kernels, orthogonal recurrent kernels, zero biases, per gate.
+        inits = (
+            per_gate(jax.nn.initializers.lecun_normal()),
+            per_gate(jax.nn.initializers.orthogonal()),
+            jax.nn.initializers.zeros,
+        )
+    elif scheme == "keras":
 
         def forget_bias_one(key, shape, dtype=jnp.float32):
             return jnp.zeros(shape, dtype).at[hidden_size : 2 * hidden_size].set(1.0)
@@ -69,7 +124,9 @@ def initializers(scheme: str, hidden_size: int, *, argument: str = "scheme"):
         # Drawn in float32 and cast, so every dtype (bfloat16 too, which QR lacks) gets the same weights.
         return lambda key, shape, dtype=jnp.float32: init(key, shape, jnp.float32).astype(dtype)
 
-    return tuple(in_float32(init) for init in inits)
+    defaults = (in_float32(init) for init in inits)
+    names = ("kernel_init", "recurrent_kernel_init", "bias_init")
+    return tuple(given.get(name, default) for name, default in zip(names, defaults, strict=True))
 
 
 def init_params(
@@ -89,7 +146,10 @@ def init_params(
         scheme: ``"keras"`` — glorot-uniform ``w_ih``, orthogonal ``w_hh``
             (one (H, 4H) matrix with orthonormal rows, as Keras), zero bias
             except 1.0 on the forget gate; or ``"torch"`` — every entry
-            U(-1/sqrt(H), 1/sqrt(H)), as ``torch.nn.LSTM``.
+            U(-1/sqrt(H), 1/sqrt(H)), as ``torch.nn.LSTM``; or ``"flax"`` —
+            Flax's ``LSTMCell``: each gate's block of ``w_ih`` lecun-normal
+            (truncated normal, variance 1/D), each gate's (H, H) block of
+            ``w_hh`` orthogonal, zero bias.
         dtype: parameter dtype.
 
     Returns:
@@ -105,6 +165,40 @@ def init_params(
         init_w_hh(k_hh, (hidden_size, gates), dtype),
         init_b(k_b, (gates,), dtype),
     )
+
+
+def module_input(x, name: str = "x") -> None:
+    """The modules' input rule, Flax's: a float input as it is; a bool or integer one is accepted
+    (the module casts it to its computation dtype, ``dtype`` or else the params' dtype, as Flax's
+    cells do); anything else (complex, not an array) is refused. The functional core
+    (``lstm_cell``, ``lstm``) takes floating inputs only."""
+    if hasattr(x, "dtype") and (jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.bool_)):
+        return
+    _checks.floating(x, name)
+
+
+def initial_carry(shape: tuple[int, ...], dtype, carry_init=None, keys=None) -> LSTMCarry:
+    """The carry a module's ``initialize_carry`` gives: ``h`` of shape ``shape`` in ``dtype``, ``c`` in
+    ``state_dtype(dtype)``; zeros, or ``carry_init(key, shape, dtype)`` (Flax's ``carry_init``) drawn
+    with ``keys()`` — first for ``c``, then for ``h``, in Flax's order."""
+    c_dtype = state_dtype(dtype)
+    if carry_init is None:
+        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, c_dtype))
+    if not callable(carry_init):
+        raise TypeError(
+            f"carry_init must be an initializer (key, shape, dtype) -> array such as "
+            f"jax.nn.initializers.zeros, got {type(carry_init).__name__} {carry_init!r}"
+        )
+    if keys is None:
+        raise ValueError("carry_init draws random numbers: pass rngs (NNX) or rng (linen) to initialize_carry")
+    c = jnp.asarray(carry_init(keys(), shape, c_dtype))
+    h = jnp.asarray(carry_init(keys(), shape, dtype))
+    for field, value in (("h", h), ("c", c)):
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"carry_init must return the shape it is given, {shape}, got {tuple(value.shape)} for {field}"
+            )
+    return LSTMCarry(h.astype(dtype), c.astype(c_dtype))
 
 
 def zeros_carry(hidden_size: int, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> LSTMCarry:
