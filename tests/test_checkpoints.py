@@ -257,13 +257,15 @@ def test_a_real_sigint_during_compilation_of_digits(runs, tmp_path):
     process = subprocess.Popen(
         cmd, env=env(JAXLSTM_EXAMPLES_PAUSE_AT="compile"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    seen = []
     try:
         for line in process.stderr:
+            seen.append(line)
             if "paused at compile@0" in line:
                 process.send_signal(signal.SIGINT)
                 break
         rest = process.stderr.read()
-        assert process.wait(timeout=240) == 130, rest
+        assert process.wait(timeout=240) == 130, "".join(seen) + rest
     finally:
         process.kill()
     assert f"interrupted at step 1; saved {out / 'checkpoint.json'}; continue with --resume" in rest
