@@ -278,6 +278,10 @@ def choose(backend: str, cudnn_precision: str, stack: Stack, xs, carries=(), *, 
     return choice
 
 
+# Keywords of jl.lstm and jl.stacked_lstm that never change the backend.
+_NEVER_DECIDE = frozenset({"reverse", "merge", "unroll", "reset_carry", "reset_carries"})
+
+
 def backend_for(
     params,
     xs,
@@ -304,9 +308,10 @@ def backend_for(
     ``params`` is one cell's ``LSTMParams`` (a ``jl.lstm`` call) or a stack's
     ``StackParams`` (``jl.stacked_lstm``); ``carry`` an ``LSTMCarry`` or a
     ``StackCarry``. The keywords are the call's own; those that never change
-    the backend (``reverse``, ``merge``, ``unroll``, ``reset_carry``, ...) are
-    accepted and ignored. With ``backend="cudnn"`` on a call cuDNN can't serve
-    it raises the call's ValueError. ``vmap``, ``jax.jvp`` and second
+    the backend (``reverse``, ``merge``, ``unroll``, ``reset_carry``,
+    ``reset_carries``) are accepted and ignored, any other is a TypeError.
+    With ``backend="cudnn"`` on a call cuDNN can't serve it raises the
+    call's ValueError. ``vmap``, ``jax.jvp`` and second
     derivatives fall back to XLA inside the call itself (docs/gpu.md).
 
     >>> import jax, jax.numpy as jnp, jaxlstm as jl
@@ -316,6 +321,12 @@ def backend_for(
     >>> jl.backend_for(params, jnp.ones((2, 5, 3)), backend="xla").reason
     "backend='xla' was asked for"
     """
+    unknown = sorted(set(ignored) - _NEVER_DECIDE)
+    if unknown:
+        raise TypeError(
+            f"jaxlstm.backend_for got unexpected keyword arguments {unknown}; it takes jl.lstm's and "
+            "jl.stacked_lstm's keywords (see help(jaxlstm.backend_for))"
+        )
     stack = ((params,),) if isinstance(params, LSTMParams) or hasattr(params, "w_hr") else params
     carries = [carry] if isinstance(carry, LSTMCarry) else [c for row in carry or () for c in row]
     training = dropout_key is not None and deterministic is not True

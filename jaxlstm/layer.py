@@ -62,6 +62,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, state_dtype
+from .cudnn import BACKENDS, PRECISIONS
 from .scan import GRADIENTS, MASKED_OUTPUTS
 from .stack import MERGE_MODES, StackCarry, StackParams, check_stack_carry, last_output, merged_size, stacked_lstm
 from .variants import LSTMVariant
@@ -144,6 +145,11 @@ class LayerConfig:
             unchanged to ``jaxlstm.stacked_lstm``. ``None`` (or a variant with
             every option off): the plain LSTM on its fused fast path. With a
             projection, R = ``proj_size``; else R = H.
+        backend: ``"auto"`` (cuDNN on a CUDA GPU where it computes the layer
+            exactly, else jaxlstm's XLA loop), ``"xla"`` or ``"cudnn"``, as
+            ``jaxlstm.stacked_lstm``; see docs/gpu.md.
+        cudnn_precision: ``"float32"`` (default) or ``"tf32"``, the matmuls'
+            precision on cuDNN.
 
     >>> import jaxlstm as jl
     >>> config = LayerConfig(32, bidirectional=True, variant=jl.LSTMVariant(proj_size=16))
@@ -171,6 +177,8 @@ class LayerConfig:
     stateful: bool = False
     checkpoint_every: int | None = None
     variant: LSTMVariant | None = None
+    backend: str = "auto"
+    cudnn_precision: str = "float32"
 
     def __post_init__(self):
         _checks.positive_int(self.features, "features")
@@ -183,6 +191,8 @@ class LayerConfig:
         _checks.one_of(self.gradient, GRADIENTS, "gradient")
         _checks.activation(self.gate_fn, "gate_fn")
         _checks.activation(self.activation_fn, "activation_fn")
+        _checks.one_of(self.backend, BACKENDS, "backend")
+        _checks.one_of(self.cudnn_precision, PRECISIONS, "cudnn_precision")
         if self.checkpoint_every is not None:
             _checks.positive_int(self.checkpoint_every, "checkpoint_every")
         if self.variant is not None:
@@ -456,6 +466,8 @@ def run(
         activation_fn=config.activation_fn,
         variant=config.variant,
         checkpoint_every=config.checkpoint_every,
+        backend=config.backend,
+        cudnn_precision=config.cudnn_precision,
     )
     output = hs if config.return_sequences else last_output(carries, config.merge)
     return carries, ((carries, output) if config.return_carry else output)

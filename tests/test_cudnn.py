@@ -355,3 +355,32 @@ def test_precision_reaches_the_binding(gpu):
             jax.make_jaxpr(lambda xs, p=precision: jl.lstm(PARAMS, xs, cudnn_precision=p))(XS)
         )
         del lowered
+
+
+def test_the_flax_modules_take_backend(gpu):
+    """``backend`` and ``cudnn_precision`` are options of ``jl.LSTM`` and ``jl.nnx.LSTM`` (``LayerConfig``),
+    validated where the module is built and handed to ``jl.stacked_lstm`` (traced only)."""
+    from flax import nnx
+
+    def cudnn_calls(fn, *args):
+        return str(jax.make_jaxpr(fn)(*args)).count("jaxlstm_cudnn_lstm[")
+
+    linen = jl.LSTM(4, num_layers=2, bidirectional=True, cudnn_precision="tf32")
+    shapes = jax.eval_shape(linen.init, jax.random.key(0), XS)
+    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    assert cudnn_calls(linen.apply, variables, XS) == 1
+    assert cudnn_calls(linen.clone(backend="xla").apply, variables, XS) == 0
+    with pytest.raises(ValueError, match="can't run on cuDNN: gradient='autodiff'"):
+        linen.clone(backend="cudnn", gradient="autodiff").apply(variables, XS)
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'xla', 'cudnn', got 'gpu'"):
+        jl.LSTM(4, backend="gpu")
+
+    model = jl.nnx.LSTM(3, 4, backend="cudnn", rngs=nnx.Rngs(0))
+    assert model.config.backend == "cudnn" and cudnn_calls(lambda x: model(x), XS) == 1
+    with pytest.raises(ValueError, match="cudnn_precision must be one of 'float32', 'tf32', got 'TF32'"):
+        jl.nnx.LSTM(3, 4, cudnn_precision="TF32", rngs=nnx.Rngs(0))
+
+
+def test_backend_for_refuses_an_unknown_keyword():
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['seq_length'\]"):
+        jl.backend_for(PARAMS, XS, seq_length=jnp.array([5, 2]))
