@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import Activation, LSTMCarry, LSTMParams, initializers, lstm_cell, state_dtype
+from .cell import Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
 from .layer import LayerConfig, cast, check_input, dropout_key, run
 from .layer import cell_name as cell_name
 from .stack import StackCarry
@@ -48,8 +48,9 @@ class LSTMCell(nn.RNNCellBase):
     """One LSTM step as a linen module; works inside ``flax.linen.RNN``.
 
     Attributes:
-        features: H, the size of the state vector (``units``, ``hidden_size``).
-        init_scheme: ``"keras"`` or ``"torch"`` initialisation (see
+        features: H, the size of the state vector (``units``, ``hidden_size``;
+            Flax's ``LSTMCell(features)`` too).
+        init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` initialisation (see
             ``jaxlstm.init_params``; not ``init``, which is linen's method).
         dtype: computation dtype (``None``: from inputs and params).
         param_dtype: parameter dtype.
@@ -57,10 +58,24 @@ class LSTMCell(nn.RNNCellBase):
             activations (default sigmoid and tanh), see ``jaxlstm.lstm_cell``.
         learn_initial_carry: also create trainable ``h0`` and ``c0`` (H,)
             (used by ``jaxlstm.LSTM``).
+        kernel_init, recurrent_kernel_init, bias_init: Flax's initializers
+            ``(key, shape, dtype) -> array`` of the input kernels, the
+            recurrent kernels and the bias; when given, they replace
+            ``init_scheme``'s. Flax keeps one kernel per gate, jaxlstm packs
+            the four: each is called once per gate with Flax's per-gate shape
+            ((D, H), (H, H), (H,)) and the blocks concatenated in gate order
+            i, f, g, o, so each block has the distribution Flax gives it.
+        carry_init: Flax's carry initializer for ``initialize_carry``
+            (``None``: zeros).
 
     Call ``cell(carry, x)`` with ``carry`` an ``LSTMCarry`` of ``(*batch, H)``
     arrays and ``x`` of shape ``(*batch, D)``; returns ``(new_carry, h)`` with
-    ``h`` of shape ``(*batch, H)``.
+    ``h`` of shape ``(*batch, H)``. A bool or integer ``x`` is cast to the
+    computation dtype (``dtype``, else the params' dtype), as Flax's cells
+    cast it; the functional ``jaxlstm.lstm_cell`` refuses it.
+
+    Unlike Flax's ``(c, h)`` tuple, the carry is ``LSTMCarry(h, c)``: read it
+    by name (``carry.h``, ``carry.c``), not by unpacking in Flax's order.
 
     >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxlstm as jl
     >>> rnn = nn.RNN(jl.LSTMCell(features=32))
@@ -76,13 +91,24 @@ class LSTMCell(nn.RNNCellBase):
     gate_fn: Activation = jax.nn.sigmoid
     activation_fn: Activation = jnp.tanh
     learn_initial_carry: bool = False
+    kernel_init: Any = None
+    recurrent_kernel_init: Any = None
+    bias_init: Any = None
+    carry_init: Any = None
 
     @nn.compact
     def weights(self, input_size: int) -> LSTMParams:
         """This cell's ``LSTMParams`` for ``input_size`` D, created on first use."""
         features = _checks.positive_int(self.features, "features")
         _check_trained_input_size(self, input_size)
-        init_w_ih, init_w_hh, init_b = initializers(self.init_scheme, features, argument="init_scheme")
+        init_w_ih, init_w_hh, init_b = initializers(
+            self.init_scheme,
+            features,
+            argument="init_scheme",
+            kernel_init=self.kernel_init,
+            recurrent_kernel_init=self.recurrent_kernel_init,
+            bias_init=self.bias_init,
+        )
         gates = 4 * features
         if self.learn_initial_carry:
             self.param("h0", nn.initializers.zeros_init(), (features,), self.param_dtype)
@@ -98,16 +124,18 @@ class LSTMCell(nn.RNNCellBase):
         return LSTMCarry(self.get_variable("params", "h0"), self.get_variable("params", "c0"))
 
     def __call__(self, carry: LSTMCarry, x: Float[Array, "*batch input"]) -> tuple[LSTMCarry, Array]:
-        _checks.floating(x, "x")
+        module_input(x, "x")
         params, x = cast(self.weights(x.shape[-1]), x, self.dtype)
         return lstm_cell(params, carry, x, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape: tuple[int, ...]) -> LSTMCarry:
-        """Zeros of shape ``(*input_shape[:-1], H)`` for ``h`` and ``c``."""
+        """``h`` and ``c`` of shape ``(*input_shape[:-1], H)``: zeros, or ``carry_init``'s draw from ``rng``
+        (split in two, the first key for ``c``, as Flax). ``h`` has the computation dtype, ``c`` at least float32."""
         shape = (*input_shape[:-1], self.features)
         dtype = self.param_dtype if self.dtype is None else self.dtype
-        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, state_dtype(dtype)))
+        keys = None if rng is None else iter(jax.random.split(rng)).__next__
+        return initial_carry(shape, dtype, self.carry_init, keys)
 
     @property
     def num_feature_axes(self) -> int:

@@ -22,7 +22,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import Activation, LSTMCarry, LSTMParams, initializers, lstm_cell, state_dtype
+from .cell import Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
 from .layer import LayerConfig, cast, cell_name, check_input, draws_masks, dropout_key, run
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
@@ -39,8 +39,20 @@ class LSTMCell(nnx.Module):
 
     Args:
         in_features: D, the size of one step's input.
-        features: H, the size of the state vector (``units``).
-        init_scheme: ``"keras"`` or ``"torch"`` (see ``jaxlstm.init_params``).
+        hidden_features: H, the size of the state vector (Flax's name).
+        features: H too (jaxlstm's name, as ``jaxlstm.nnx.LSTM``): give
+            exactly one of ``hidden_features`` and ``features``.
+        init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` (see
+            ``jaxlstm.init_params``).
+        kernel_init, recurrent_kernel_init, bias_init: Flax's initializers
+            ``(key, shape, dtype) -> array`` of the input kernels, the
+            recurrent kernels and the bias; when given, they replace
+            ``init_scheme``'s. Flax keeps one kernel per gate, jaxlstm packs
+            the four: each is called once per gate with Flax's per-gate shape
+            ((D, H), (H, H), (H,)) and the blocks concatenated in gate order
+            i, f, g, o, so each block has the distribution Flax gives it.
+        carry_init: the default carry initializer of ``initialize_carry``
+            (``None``: zeros); Flax prefers it as ``initialize_carry``'s argument.
         dtype: computation dtype (``None``: from inputs and params).
         param_dtype: parameter dtype.
         gate_fn, activation_fn: the gates' and the candidate/cell-output
@@ -50,14 +62,31 @@ class LSTMCell(nnx.Module):
 
     Call ``cell(carry, x)``: ``carry`` an ``LSTMCarry`` of ``(*batch, H)``,
     ``x`` of shape ``(*batch, D)``; returns ``(new_carry, h)``, ``h`` ``(*batch, H)``.
+    A bool or integer ``x`` is cast to the computation dtype (``dtype``, else
+    the params' dtype), as Flax's cells cast it; the functional
+    ``jaxlstm.lstm_cell`` refuses it. Unlike Flax's ``(c, h)`` tuple, the
+    carry is ``LSTMCarry(h, c)``: read it by name, not by unpacking in Flax's order.
+
+    >>> import jax.numpy as jnp, jaxlstm as jl
+    >>> from flax import nnx
+    >>> cell = jl.nnx.LSTMCell(in_features=3, hidden_features=4, init_scheme="flax", rngs=nnx.Rngs(0))
+    >>> carry = cell.initialize_carry((2, 3), nnx.Rngs(1))
+    >>> carry, h = cell(carry, jnp.ones((2, 3), jnp.int32))   # cast to float32, as Flax does
+    >>> h.shape, h.dtype
+    ((2, 4), dtype('float32'))
     """
 
     def __init__(
         self,
         in_features: int,
-        features: int,
+        hidden_features: int | None = None,
         *,
+        features: int | None = None,
         init_scheme: str = "keras",
+        kernel_init: Any = None,
+        recurrent_kernel_init: Any = None,
+        bias_init: Any = None,
+        carry_init: Any = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         gate_fn: Activation = jax.nn.sigmoid,
@@ -66,12 +95,20 @@ class LSTMCell(nnx.Module):
         rngs: nnx.Rngs,
     ):
         in_features = _checks.positive_int(in_features, "in_features")
-        features = _checks.positive_int(features, "features")
+        features = _hidden_size(hidden_features, features)
         _checks.activation(gate_fn, "gate_fn")
         _checks.activation(activation_fn, "activation_fn")
-        init_w_ih, init_w_hh, init_b = initializers(init_scheme, features, argument="init_scheme")
+        init_w_ih, init_w_hh, init_b = initializers(
+            init_scheme,
+            features,
+            argument="init_scheme",
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+        )
         gates = 4 * features
-        self.in_features, self.features, self.dtype = in_features, features, dtype
+        self.in_features, self.features, self.hidden_features = in_features, features, features
+        self.dtype, self.param_dtype, self.carry_init = dtype, param_dtype, carry_init
         self.gate_fn, self.activation_fn = gate_fn, activation_fn
         if learn_initial_carry:
             self.h0 = nnx.Param(jnp.zeros((features,), param_dtype))
@@ -86,15 +123,22 @@ class LSTMCell(nnx.Module):
         return LSTMParams(self.w_ih[...], self.w_hh[...], self.b[...])
 
     def __call__(self, carry: LSTMCarry, x: Float[Array, "*batch input"]) -> tuple[LSTMCarry, Array]:
-        _checks.floating(x, "x")
+        module_input(x, "x")
         params, x = cast(self.params, x, self.dtype)
         return lstm_cell(params, carry, x, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
 
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: nnx.Rngs | None = None) -> LSTMCarry:
-        """Zeros of shape ``(*input_shape[:-1], H)`` for ``h`` and ``c``."""
+    def initialize_carry(
+        self, input_shape: tuple[int, ...], rngs: nnx.Rngs | nnx.RngStream | None = None, carry_init: Any = None
+    ) -> LSTMCarry:
+        """``h`` and ``c`` of shape ``(*input_shape[:-1], H)``: zeros, or drawn by ``carry_init`` (else the
+        constructor's ``carry_init``) from ``rngs`` (its ``carry`` stream, as Flax; ``c`` first, then ``h``).
+        ``h`` has the computation dtype, ``c`` at least float32."""
         shape = (*input_shape[:-1], self.features)
         dtype = self.w_hh[...].dtype if self.dtype is None else self.dtype
-        return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, state_dtype(dtype)))
+        keys = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs
+        if isinstance(keys, jax.Array):  # a plain key
+            keys = iter(jax.random.split(keys)).__next__
+        return initial_carry(shape, dtype, self.carry_init if carry_init is None else carry_init, keys)
 
     @property
     def num_feature_axes(self) -> int:
@@ -273,6 +317,22 @@ class LSTM(nnx.Module):
         if config.stateful:
             self.carry.set_value(carries)
         return result
+
+
+def _hidden_size(hidden_features, features) -> int:
+    """H for ``LSTMCell``, given as exactly one of ``hidden_features`` (Flax's name) and ``features``."""
+    if hidden_features is not None and features is not None:
+        raise TypeError(
+            f"jl.nnx.LSTMCell takes H once, as hidden_features (Flax's name) or features, "
+            f"got both: hidden_features={hidden_features!r}, features={features!r}"
+        )
+    if hidden_features is None and features is None:
+        raise TypeError(
+            "jl.nnx.LSTMCell needs H, the size of the state: pass hidden_features (Flax's name) or features"
+        )
+    if hidden_features is not None:
+        return _checks.positive_int(hidden_features, "hidden_features")
+    return _checks.positive_int(features, "features")
 
 
 def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
