@@ -680,6 +680,11 @@ def lstm(
         if isinstance(cell, PlainPointwise):
             params = params._replace(b=plain_bias(params.b, variant))
         params, xs, carry, restart = split_promote(params, xs, carry, restart)
+        # The cell state sums over every step: kept in at least float32 whatever carry is given
+        # (a bfloat16 c stops growing at 256), as the default carry is. See docs/variants.md#mixed-precision.
+        carry, restart = (
+            None if k is None else k._replace(c=k.c.astype(state_dtype(k.c.dtype))) for k in (carry, restart)
+        )
         loop = Loop(
             cell,
             reverse=reverse,

@@ -60,3 +60,18 @@ def test_core_with_bfloat16_inputs_defaults_to_a_float32_cell_state():
     params = jl.init_params(jax.random.key(0), 4, 8, dtype=jnp.bfloat16)
     final, hs = jl.lstm(params, jnp.ones((2, 5, 4), jnp.bfloat16))
     assert hs.dtype == jnp.bfloat16 and final.h.dtype == jnp.bfloat16 and final.c.dtype == jnp.float32
+
+
+def test_a_bfloat16_carry_given_by_the_user_is_promoted_and_does_not_saturate():
+    """c grows by ~1 per step (i, f, o and g saturated at 1): a bfloat16 c would stop at 256."""
+    steps, hidden = 400, 2
+    params = jl.init_params(jax.random.key(0), 1, hidden)
+    params = params._replace(
+        w_ih=jnp.zeros_like(params.w_ih), w_hh=jnp.zeros_like(params.w_hh), b=jnp.full((4 * hidden,), 20.0)
+    )
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)  # a bfloat16 computation throughout
+    xs = jnp.zeros((1, steps, 1), jnp.bfloat16)
+    carry = jl.LSTMCarry(jnp.zeros((1, hidden), jnp.bfloat16), jnp.zeros((1, hidden), jnp.bfloat16))
+    final, hs = jl.lstm(params, xs, carry)
+    assert final.c.dtype == jnp.float32 and hs.dtype == jnp.bfloat16
+    assert float(final.c[0, 0]) == pytest.approx(steps, rel=1e-3)  # float32 counts 400 steps; bfloat16 stops at 256
