@@ -121,14 +121,24 @@ def _jax_closures(apply: Callable, params: Any, data: Data) -> tuple[Callable, C
     return compiled(apply, params, xs), compiled(grad, params, xs, ct)
 
 
+# --precision: the matmuls' precision on a GPU (None: leave JAX's and torch's defaults alone).
+PRECISION: str | None = None
+
+
+def _cudnn_precision() -> str:
+    """jaxlstm's ``cudnn_precision`` for this run: TF32 only under ``--precision tf32``."""
+    return "tf32" if PRECISION == "tf32" else "float32"
+
+
 def make_jaxlstm(shape: Shape, data: Data):
-    """``jl.lstm(params, xs)``: the functional core, batch-first."""
+    """``jl.lstm(params, xs)``: the functional core, batch-first (``backend="auto"``: cuDNN on a CUDA GPU)."""
     import jax
 
     import jaxlstm as jl
 
     params = jl.init_params(jax.random.key(data.seed), shape.D, shape.H)
-    return _jax_closures(lambda p, xs: jl.lstm(p, xs)[1], params, data)
+    precision = _cudnn_precision()
+    return _jax_closures(lambda p, xs: jl.lstm(p, xs, cudnn_precision=precision)[1], params, data)
 
 
 def make_jaxlstm_variant(cell=None, **options):
@@ -159,6 +169,8 @@ def make_jaxlstm_variant(cell=None, **options):
         if options.get("resets"):
             flags["resets"] = (jnp.arange(shape.T) % 32 == 0)[None].repeat(shape.B, axis=0)
         gradient = options.get("gradient", "fused")
+        if "backend" in options:
+            flags["backend"] = options["backend"]
         return _jax_closures(lambda p, xs: jl.lstm(p, xs, gradient=gradient, **flags)[1], params, data)
 
     return make
@@ -171,7 +183,7 @@ def make_jaxlstm_linen(shape: Shape, data: Data):
 
     import jaxlstm as jl
 
-    model = jl.LSTM(shape.H)
+    model = jl.LSTM(shape.H, cudnn_precision=_cudnn_precision())
     variables = model.init(jax.random.key(data.seed), jnp.asarray(data.xs))
     return _jax_closures(model.apply, variables, data)
 
@@ -360,6 +372,41 @@ def make_torch(shape: Shape, data: Data):
     return fwd, fwdbwd
 
 
+def make_torch_cuda(shape: Shape, data: Data):
+    """``torch.nn.LSTM(D, H, batch_first=True)`` on CUDA (cuDNN), each call ending in ``torch.cuda.synchronize()``.
+
+    TF32 follows ``--precision``: off for ``float32`` (``torch.backends.cudnn.allow_tf32 = False``, whose
+    default is True), on for ``tf32``; torch's own defaults without it.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch has no CUDA device here (torch.cuda.is_available() is False)")
+    if PRECISION is not None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = PRECISION == "tf32"
+    torch.manual_seed(data.seed)
+    device = torch.device("cuda")
+    lstm = torch.nn.LSTM(shape.D, shape.H, batch_first=True).to(device)
+    params = list(lstm.parameters())
+    xs = torch.from_numpy(data.xs.copy()).to(device)
+    ct = torch.from_numpy(data.cotangent.copy()).to(device)
+
+    def fwd():
+        with torch.inference_mode():
+            out = lstm(xs)[0]
+        torch.cuda.synchronize()
+        return out
+
+    def fwdbwd():
+        x = xs.detach().requires_grad_(True)
+        loss = (lstm(x)[0] * ct).sum()
+        grads = torch.autograd.grad(loss, [*params, x])
+        torch.cuda.synchronize()
+        return grads
+
+    return fwd, fwdbwd
+
+
 class Impl(NamedTuple):
     factory: Callable[[Shape, Data], tuple[Callable, Callable]]
     requires: tuple[str, ...]  # importable modules it needs
@@ -374,6 +421,7 @@ IMPLS: dict[str, Impl] = {
     "jaxlstm.autodiff": Impl(
         make_jaxlstm_variant(gradient="autodiff"), ("jax",), '`jl.lstm(..., gradient="autodiff")`'
     ),
+    "jaxlstm.xla": Impl(make_jaxlstm_variant(backend="xla"), ("jax",), '`jl.lstm(..., backend="xla")`'),
     **{
         f"jaxlstm+{name}": Impl(
             make_jaxlstm_variant(cell=cell, gradient=gradient),
@@ -396,6 +444,7 @@ IMPLS: dict[str, Impl] = {
     ),
     "equinox": Impl(make_equinox, ("jax", "equinox"), "`vmap` over batch of `lax.scan` of `eqx.nn.LSTMCell`"),
     "torch": Impl(make_torch, ("torch",), "`torch.nn.LSTM(batch_first=True)`, forward in `inference_mode`"),
+    "torch.cuda": Impl(make_torch_cuda, ("torch",), "`torch.nn.LSTM(batch_first=True)` on CUDA (cuDNN)"),
     "xla.gemms": Impl(
         make_gemm_floor,
         ("jax",),
@@ -405,7 +454,9 @@ IMPLS: dict[str, Impl] = {
 JAX_ANCHORS = ("flax.OptimizedLSTMCell", "flax.LSTMCell", "haiku", "equinox")
 # The LSTM family against the plain LSTM: run only when named in --impls (e.g. --family).
 FAMILY = tuple(name for name in IMPLS if name.startswith("jaxlstm+") and name not in ("jaxlstm+mask", "jaxlstm+resets"))
-DEFAULT_IMPLS = [name for name in IMPLS if name not in FAMILY]
+# For GPU runs (benchmarks/gpu.sh), run only when named: on CPU jaxlstm's default already is its XLA loop.
+GPU_ONLY = ("jaxlstm.xla", "torch.cuda")
+DEFAULT_IMPLS = [name for name in IMPLS if name not in FAMILY and name not in GPU_ONLY]
 FLOOR = "xla.gemms"  # not an implementation: the matmuls alone
 
 
@@ -454,6 +505,19 @@ def check_against_flax(shape: Shape, data: Data) -> float:
     theirs = np.asarray(jax.jit(model.apply)(variables, xs))
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5, err_msg=f"jl.lstm vs flax at {shape}")
     return float(np.max(np.abs(ours - theirs)))
+
+
+def jaxlstm_backend(shape: Shape) -> dict:
+    """Where ``jl.lstm(params, xs)`` (the "jaxlstm" row) runs at this shape, and why: ``jl.backend_for``."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxlstm as jl
+
+    params = jax.eval_shape(lambda: jl.init_params(jax.random.key(0), shape.D, shape.H))
+    xs = jax.ShapeDtypeStruct((shape.B, shape.T, shape.D), jnp.float32)
+    choice = jl.backend_for(params, xs, cudnn_precision=_cudnn_precision())
+    return {"backend": choice.backend, "reason": choice.reason}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -786,6 +850,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="CI smoke run: shape (2, 8, 4, 8), 2 reps, small matmul")
     p.add_argument("--check", action="store_true", help="first check jl.lstm == flax OptimizedLSTMCell per shape")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default os.cpu_count())")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "tf32"),
+        default=None,
+        help="GPU matmul precision: JAX's default_matmul_precision, jaxlstm's cudnn_precision, torch's TF32 "
+        "flags (default: leave each library's own default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -798,8 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     matmul_n = args.matmul_size or (256 if args.quick else 2048)
     if reps < 1:
         raise SystemExit("--reps must be at least 1")
-    global TORCH_THREADS
+    global TORCH_THREADS, PRECISION
     TORCH_THREADS = args.torch_threads or os.cpu_count() or 1
+    PRECISION = args.precision
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -816,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    if args.precision is not None:  # XLA's float32 dots (jaxlstm's XLA loop, flax, the matmul reference)
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if args.precision == "tf32" else "float32")
     matmul = make_matmul(matmul_n)
     check = {}
     results = []
@@ -825,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             check[str(shape)] = check_against_flax(shape, make_data(shape, args.seed))
             log(f"  check: jl.lstm matches flax OptimizedLSTMCell (max |diff| {check[str(shape)]:.1e})")
         results.append(bench_shape(shape, impls, reps=reps, warmup=warmup, seed=args.seed, matmul=matmul, log=log))
+        results[-1]["jaxlstm_backend"] = jaxlstm_backend(shape)
 
     matmul_samples = [s for r in results for s in r.pop("matmul_samples_s")]
     matmul_median = statistics.median(matmul_samples)
@@ -840,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": "float32",
             "loss": "sum(outputs * fixed random cotangent), grads w.r.t. params and inputs",
             "device": str(jax.devices()[0]),
+            "device_kind": jax.devices()[0].device_kind,
+            "precision": args.precision,
             "torch_threads": TORCH_THREADS if "torch" in impls else None,
         },
         "skipped": skipped,

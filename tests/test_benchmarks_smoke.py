@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 COMPARE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+GPU_SH = COMPARE.parent / "gpu.sh"
 ALWAYS = {
     "jaxlstm",
     "jaxlstm.LSTM",
@@ -36,6 +39,7 @@ FAMILY = {
     "jaxlstm+proj_size",
     "jaxlstm+peepholes.autodiff",
 }
+GPU_ONLY = {"jaxlstm.xla", "torch.cuda"}  # run only when named (benchmarks/gpu.sh)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,8 @@ def run(compare, tmp_path, *argv) -> tuple[int, dict]:
 
 def test_quick_run_reports_every_installed_implementation(compare, tmp_path):
     installed = ALWAYS | {name for name, package in OPTIONAL.items() if importlib.util.find_spec(package)}
-    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY
+    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY | GPU_ONLY
+    assert not GPU_ONLY & set(compare.DEFAULT_IMPLS) and set(compare.GPU_ONLY) == GPU_ONLY
 
     rc, report = run(compare, tmp_path, "--check")
 
@@ -146,3 +151,35 @@ def test_gemm_floor_runs_exactly_an_lstms_matmuls(compare, T):
     assert _matmul_flops(fwd.jaxpr.jaxpr) == shape.fwd_flops()
     assert _matmul_flops(fwdbwd.jaxpr.jaxpr) == 3 * shape.fwd_flops()
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(fwdbwd()))
+
+
+def test_gpu_script_dry_run(tmp_path):
+    """``benchmarks/gpu.sh --dry-run`` on this CPU: every implementation it can run here in float32, jaxlstm
+    again with TF32, RESULTS-gpu.md and .json written (into tmp_path), with where jl.lstm ran and the goals'
+    ratios."""
+    done = subprocess.run(
+        ["bash", str(GPU_SH), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "RESULTS-gpu.json").read_text())
+    assert summary["dry_run"] and not summary["skipped"]
+    assert [(run["precision"], run["shape"]) for run in summary["runs"]] == [
+        ("float32", [2, 8, 4, 8]),
+        ("tf32", [2, 8, 4, 8]),
+    ]
+    every = {"jaxlstm", "jaxlstm.xla", "jaxlstm.autodiff", "flax.OptimizedLSTMCell"} | (
+        {"torch.cuda"} & set(summary["impls"])
+    )
+    for run in summary["runs"]:
+        assert run["result"]["errors"] == {}
+        assert set(run["result"]["impls"]) == (every if run["precision"] == "float32" else {"jaxlstm"})
+        assert run["result"]["jaxlstm_backend"]["backend"] == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+        for entry in run["result"]["impls"].values():
+            assert all(entry[mode]["median_ms"] > 0 for mode in ("fwd", "fwdbwd"))
+    text = (tmp_path / "RESULTS-gpu.md").read_text()
+    assert "## float32" in text and "## tf32" in text and "DRY RUN" in text
+    assert "jaxlstm.xla / flax.OptimizedLSTMCell (fwd+bwd) ≤ 0.8" in text
