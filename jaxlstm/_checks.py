@@ -20,7 +20,8 @@ GUIDE = "docs/shapes.md"
 
 
 def _see(section: str) -> str:
-    return f"; see {GUIDE}#{section}"
+    """Where the message is explained: the guide's section, also printed by ``jaxlstm docs``."""
+    return f"; see {GUIDE}#{section} (jaxlstm docs shapes#{section})"
 
 
 # The guide's section for an option, by argument name (for messages of one_of and rate).

@@ -68,7 +68,7 @@ GUIDE = "docs/variants.md"
 
 
 def _pointer(section: str) -> str:
-    return f"; see {GUIDE}#{section}"
+    return f"; see {GUIDE}#{section} (jaxlstm docs variants#{section})"
 
 
 # The guide's section for each option (error messages point there).
