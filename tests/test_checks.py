@@ -215,9 +215,9 @@ def test_init_bad_sizes_and_scheme():
         jl.init_params(key, D, True)
     with raises_clean(ValueError, r"hidden_size must be an int >= 1, got 0"):
         jl.zeros_carry(0, (B,))
-    with raises_clean(ValueError, r"scheme must be one of 'keras', 'torch', got 'xavier'"):
+    with raises_clean(ValueError, r"scheme must be one of 'keras', 'torch', 'flax', got 'xavier'"):
         jl.init_params(key, D, H, scheme="xavier")
-    with raises_clean(ValueError, r"scheme must be one of 'keras', 'torch', got 'glorot'"):
+    with raises_clean(ValueError, r"scheme must be one of 'keras', 'torch', 'flax', got 'glorot'"):
         jl.init_stack(key, D, H, scheme="glorot")
     with raises_clean(ValueError, r"num_layers must be an int >= 1, got 0"):
         jl.init_stack(key, D, H, num_layers=0)
@@ -313,7 +313,7 @@ CONFIG_CASES = {
     "init_scheme": (
         dict(init_scheme="xavier"),
         ValueError,
-        r"init_scheme must be one of 'keras', 'torch', got 'xavier'",
+        r"init_scheme must be one of 'keras', 'torch', 'flax', got 'xavier'",
     ),
     "reverse_bidirectional": (
         dict(bidirectional=True, reverse=True),
