@@ -177,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             argv += ["--matmul-size", "256" if args.dry_run else "4096"]
             if precision == "float32" and not args.dry_run:
                 argv.append("--check")
-            failed |= compare.main(argv) != 0
+            try:
+                failed |= compare.main(argv) != 0
+            except Exception as exc:  # e.g. --check's tolerance: record it, measure the rest
+                failed = True
+                summary["notes"].append(f"{label}: compare.py FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+                write(out, summary)
+                continue
             report = json.loads(path.read_text())
             summary["runs"].append({"precision": precision, "shape": list(shape), "result": report["results"][0]})
             summary.setdefault("machine", report["machine"])
