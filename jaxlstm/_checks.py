@@ -102,7 +102,13 @@ def floating(value, name: str, section: str = "inputs") -> None:
     """A real floating array (float16, bfloat16, float32, float64); complex and integer refused."""
     _array_like(value, name)
     if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a real floating dtype, got {value.dtype}" + _see(section))
+        hint = ""
+        if jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.bool_):
+            hint = (
+                f": cast it, e.g. {name.split('.')[0]}.astype(jnp.float32) (jaxlstm's Flax modules cast bool "
+                f"and integer inputs themselves, as Flax's cells do)"
+            )
+        raise TypeError(f"{name} must have a real floating dtype, got {value.dtype}{hint}" + _see(section))
 
 
 def flag(value, name: str) -> bool:
@@ -112,9 +118,14 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
-def inputs(xs, input_size: int | None, name: str, *, min_rank: int, layout: str = "(*batch, input)") -> None:
-    """Checks an input array: floating, rank >= ``min_rank``, last axis ``input_size`` (if given)."""
-    floating(xs, name)
+def inputs(
+    xs, input_size: int | None, name: str, *, min_rank: int, layout: str = "(*batch, input)", allow_integers=False
+) -> None:
+    """Checks an input array: floating (or, with ``allow_integers``, bool or integer: the modules
+    cast those), rank >= ``min_rank``, last axis ``input_size`` (if given)."""
+    _array_like(xs, name)
+    if not (allow_integers and (jnp.issubdtype(xs.dtype, jnp.integer) or jnp.issubdtype(xs.dtype, jnp.bool_))):
+        floating(xs, name)
     if xs.ndim < min_rank:
         raise ValueError(
             f"{name} must have shape {layout} with at least {min_rank} dims, "

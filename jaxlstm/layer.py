@@ -116,7 +116,7 @@ class LayerConfig:
             parameters'); with bfloat16 or float16 the matmuls run in that
             dtype while the cell state c stays float32 (mixed precision).
         param_dtype: the parameters' dtype.
-        init_scheme: ``"keras"`` or ``"torch"`` initialisation (see
+        init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` initialisation (see
             ``jaxlstm.init_params``; not ``init``, which is linen's method).
         unroll: ``lax.scan`` unroll (speed only).
         reverse: a single direction that reads each sequence from its last
@@ -276,8 +276,9 @@ class LayerConfig:
 
 
 def check_input(x, input_size: int | None = None) -> None:
-    """Checks a layer's input ``x``: floating, ``(*batch, T, D)``, D = ``input_size`` when given."""
-    _checks.inputs(x, input_size, "x", min_rank=2, layout="(*batch, time, input)")
+    """Checks a layer's input ``x``: ``(*batch, T, D)``, D = ``input_size`` when given; floating, or
+    bool/integer, which ``cast`` turns into the computation dtype as Flax's modules do."""
+    _checks.inputs(x, input_size, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
 
 
 def cast(params: LSTMParams, xs: Array, dtype) -> tuple[LSTMParams, Array]:

@@ -349,7 +349,11 @@ CALL_CASES = {
         ValueError,
         r"x must have shape \(\*batch, time, input\) with at least 2 dims, got 1 dims",
     ),
-    "int_x": (dict(x=jnp.ones((B, T, D), jnp.int32)), TypeError, r"x must have a real floating dtype, got int32"),
+    "complex_x": (
+        dict(x=jnp.ones((B, T, D), jnp.complex64)),
+        TypeError,
+        r"x must have a real floating dtype, got complex64",
+    ),
     "lengths_shape": (
         dict(call=dict(seq_lengths=jnp.array([1, 2]))),
         ValueError,
@@ -384,6 +388,14 @@ def test_module_bad_call(module, case):
     inputs, exc_type, match = CALL_CASES[case]
     with raises_clean(exc_type, match):
         MODULES[module](**inputs)
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_modules_cast_integer_and_bool_inputs_as_flax_does(module):
+    """Flax's modules compute integer inputs in their float dtype; jaxlstm's do the same (the core refuses)."""
+    ints = jnp.arange(B * T * D, dtype=jnp.int32).reshape(B, T, D) % 3
+    np.testing.assert_array_equal(MODULES[module](ints), MODULES[module](ints.astype(jnp.float32)))
+    np.testing.assert_array_equal(MODULES[module](ints > 0), MODULES[module]((ints > 0).astype(jnp.float32)))
 
 
 def test_module_bad_carry_leaf_in_bidirectional_layer():
