@@ -51,29 +51,36 @@ def _row(vector, like):
 _LN_SAFE_EXPONENT = 50
 
 
-def normalize(a, epsilon: float):
+def normalize(a, epsilon: float, *, any_magnitude: bool = True):
     """``(â, 1/σ)``: â = (a − mean(a)) / σ with σ = sqrt(var(a) + ε), over the last axis.
 
-    Finite for any finite ``a``, up to the float32 limit: a row whose largest
-    magnitude is 2**50 or more is first multiplied by a power of two 2**-k (exact,
-    it changes no rounding), its statistics taken there, and ε scaled by 2**-2k to
-    match, which is the same math. ``1/σ`` is ``(*batch, 1)``.
+    With ``any_magnitude`` it is finite for any finite ``a``, up to the float32
+    limit: a row whose largest magnitude is 2**50 or more is first multiplied by a
+    power of two 2**-k (exact, it changes no rounding), its statistics taken there,
+    and ε scaled by 2**-2k to match, which is the same math. Without it (one
+    reduction fewer) the squares must not overflow: rows below ~1e19, as
+    ``h·W_hh`` (|h| <= 1) and the cell state are. ``1/σ`` is ``(*batch, 1)``.
     """
-    largest = jnp.max(jnp.abs(a), axis=-1, keepdims=True)
-    _, exponent = jnp.frexp(largest)  # largest = m · 2**exponent, 0.5 <= m < 1
-    k = jnp.clip(exponent - _LN_SAFE_EXPONENT, 0, 126 - _LN_SAFE_EXPONENT).astype(jnp.int32)
-    scale = jax.lax.bitcast_convert_type((127 - k) << 23, jnp.float32).astype(a.dtype)  # 2**-k, exact
-    scaled = a * scale
-    mean = jnp.mean(scaled, axis=-1, keepdims=True)
-    centered = scaled - mean
+    scale = None
+    if any_magnitude:
+        largest = jnp.max(jnp.abs(a), axis=-1, keepdims=True)
+        _, exponent = jnp.frexp(largest)  # largest = m · 2**exponent, 0.5 <= m < 1
+        k = jnp.clip(exponent - _LN_SAFE_EXPONENT, 0, 126 - _LN_SAFE_EXPONENT).astype(jnp.int32)
+        scale = jax.lax.bitcast_convert_type((127 - k) << 23, jnp.float32).astype(a.dtype)  # 2**-k, exact
+        a = a * scale
+    mean = jnp.mean(a, axis=-1, keepdims=True)
+    centered = a - mean
     variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
+    if scale is None:
+        inv_sigma = jax.lax.rsqrt(variance + epsilon)
+        return centered * inv_sigma, inv_sigma
     inv_scaled = jax.lax.rsqrt(variance + (epsilon * scale) * scale)
     return centered * inv_scaled, inv_scaled * scale
 
 
-def layer_norm(a, epsilon: float):
+def layer_norm(a, epsilon: float, *, any_magnitude: bool = True):
     """(a − mean(a)) / sqrt(var(a) + ε) over the last axis (``normalize``'s â)."""
-    return normalize(a, epsilon)[0]
+    return normalize(a, epsilon, any_magnitude=any_magnitude)[0]
 
 
 def normalize_backward(d_normalized, normalized, inv_sigma):
@@ -170,7 +177,7 @@ class VariantPointwise:
             return self._core(small, z, c, zone_c, self._normalize_c)
         epsilon = self.variant.layer_norm_epsilon
         from_input, from_h = z
-        pre = self._combine(small, layer_norm(from_input, epsilon), layer_norm(from_h, epsilon))
+        pre = self._combine(small, layer_norm(from_input, epsilon), layer_norm(from_h, epsilon, any_magnitude=False))
         return self._core(small, pre, c, zone_c, self._normalize_c)
 
     def _combine(self, small: VariantParams, normalized_input, normalized_h):
@@ -182,7 +189,7 @@ class VariantPointwise:
         )
 
     def _normalize_c(self, c_new):
-        return layer_norm(c_new, self.variant.layer_norm_epsilon)
+        return layer_norm(c_new, self.variant.layer_norm_epsilon, any_magnitude=False)
 
     def _core(self, small: VariantParams, z, c, zone_c, normalize_c):
         """The step from its pre-activation ``z`` (N, 4H); ``normalize_c`` gives LN(c') under layer norm."""
@@ -219,11 +226,14 @@ class VariantPointwise:
         # Layer norm: the statistics are taken here once; the backward pass reads the normalized
         # values and 1/σ back instead of normalizing again.
         epsilon = self.variant.layer_norm_epsilon
-        (normalized_input, inv_input), (normalized_h, inv_h) = (normalize(part, epsilon) for part in z)
+        from_input, from_h = z
+        # Only the input side can be huge (xs up to the float32 limit); |h| <= 1 bounds h·W_hh.
+        normalized_input, inv_input = normalize(from_input, epsilon)
+        normalized_h, inv_h = normalize(from_h, epsilon, any_magnitude=False)
         saved_c = []
 
         def normalize_c(c_new):
-            normalized_c, inv_c = normalize(c_new, epsilon)
+            normalized_c, inv_c = normalize(c_new, epsilon, any_magnitude=False)
             saved_c.extend((normalized_c, inv_c))
             return normalized_c
 

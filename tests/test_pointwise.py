@@ -39,6 +39,10 @@ def test_normalize_equals_numpy_from_tiny_to_the_float32_limit(rng):
     expected_inv = 1.0 / np.sqrt((centered**2).mean(axis=-1, keepdims=True) + EPSILON)
     np.testing.assert_allclose(inv_sigma, expected_inv, rtol=2e-5, atol=1e-37)  # below 1e-37: flushed to zero
     assert np.isfinite(np.asarray(normalized)).all()
+    ordinary = jnp.asarray(rows[:5])  # the path for bounded rows (h·W_hh, c): the same values, no rescaling
+    np.testing.assert_allclose(
+        normalize(ordinary, EPSILON, any_magnitude=False)[0], _numpy_layer_norm(rows[:5]), rtol=2e-5, atol=2e-6
+    )
 
 
 def test_normalize_gradient_from_saved_statistics_equals_autodiff_in_float64(rng):
