@@ -178,6 +178,29 @@ class VariantWeights(nn.Module):
         return LSTMCarry(self.get_variable("params", "h0"), self.get_variable("params", "c0"))
 
 
+def _check_no_unused_params(module: nn.Module, config: LayerConfig, stack) -> None:
+    """Refuses variables with parameters this configuration never reads: Flax would drop them
+    without a word (e.g. a bidirectional model's ``layer_0_reverse`` applied to a one-direction one)."""
+    if not module.has_variable("params", cell_name(0, 0)):
+        return
+    given = module.variables["params"]
+    expected = {}
+    for layer, row in enumerate(stack):
+        for direction, params in enumerate(row):
+            names = {name for name, value in params._asdict().items() if value is not None}
+            expected[cell_name(layer, direction)] = names | ({"h0", "c0"} if config.learn_initial_carry else set())
+    extra = sorted(set(given) - set(expected))
+    for cell in (cell for cell in expected if cell in given):
+        extra += sorted(f"{cell}/{name}" for name in set(given[cell]) - expected[cell])
+    if extra:
+        raise ValueError(
+            f"the variables hold parameters this LSTM does not use: {', '.join(extra)} (this model: "
+            f"num_layers={config.num_layers}, bidirectional={config.bidirectional}, "
+            f"learn_initial_carry={config.learn_initial_carry}, variant={config.variant!r}); were they made for "
+            f"another configuration? Build the model with that configuration, or drop those entries."
+        )
+
+
 class LSTM(nn.Module):
     """An LSTM layer, or a stack of them, over whole sequences (batch-first).
 
@@ -298,6 +321,8 @@ class LSTM(nn.Module):
             tuple(cell.weights(config.layer_input_size(layer, x.shape[-1])) for cell in row)
             for layer, row in enumerate(cells)
         )
+        if not self.is_initializing():
+            _check_no_unused_params(self, config, stack)
         learned = None
         if config.learn_initial_carry:
             learned = tuple(tuple(cell.learned_carry() for cell in row) for row in cells)

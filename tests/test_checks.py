@@ -398,6 +398,17 @@ def test_modules_cast_integer_and_bool_inputs_as_flax_does(module):
     np.testing.assert_array_equal(MODULES[module](ints > 0), MODULES[module]((ints > 0).astype(jnp.float32)))
 
 
+def test_linen_refuses_variables_made_for_another_configuration():
+    """Flax would drop unused parameters silently: a bidirectional model's backward cells, a variant's weights."""
+    x = jnp.ones((B, T, D))
+    bidirectional = jl.LSTM(H, bidirectional=True).init(jax.random.key(0), x)
+    with raises_clean(ValueError, r"the variables hold parameters this LSTM does not use: layer_0_reverse \(this"):
+        jl.LSTM(H).apply(bidirectional, x)
+    peepholes = jl.LSTM(H, variant=jl.LSTMVariant(peepholes=True)).init(jax.random.key(0), x)
+    with raises_clean(ValueError, r"does not use: layer_0/w_peep \(this model: num_layers=1, bidirectional=False"):
+        jl.LSTM(H).apply(peepholes, x)
+
+
 def test_module_bad_carry_leaf_in_bidirectional_layer():
     """In a 2-direction layer, a plain (h, c) pair where an LSTMCarry belongs gets the 'plain tuple' message."""
     pair = (jnp.zeros((B, H)), jnp.zeros((B, H)))
