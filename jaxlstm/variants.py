@@ -336,16 +336,17 @@ def variant_initializers(scheme: str, hidden_size: int, *, argument: str = "sche
     """``{name: (key, shape, dtype) -> array}`` for every ``VariantParams`` field.
 
     ``w_ih``, ``w_hh``, ``b`` as ``jaxlstm.init_params``; ``w_hr`` glorot-uniform
-    ("keras") or U(−1/√H, 1/√H) ("torch", as ``torch.nn.LSTM``); peepholes
+    ("keras"), lecun-normal ("flax", as Flax's ``Dense``) or U(−1/√H, 1/√H)
+    ("torch", as ``torch.nn.LSTM``); peepholes
     zero (the cell starts as a plain LSTM); layer-norm gains one, bias zero.
     Shared by ``init_variant_params`` and the Flax modules.
     """
     init_w_ih, init_w_hh, init_b = initializers(scheme, hidden_size, argument=argument)
-    if scheme == "keras":
-        glorot = jax.nn.initializers.glorot_uniform()
+    if scheme in ("keras", "flax"):  # Keras' Dense default, glorot-uniform; Flax's Dense default, lecun-normal
+        dense = jax.nn.initializers.glorot_uniform() if scheme == "keras" else jax.nn.initializers.lecun_normal()
 
         def init_w_hr(key, shape, dtype=jnp.float32):
-            return glorot(key, shape, jnp.float32).astype(dtype)
+            return dense(key, shape, jnp.float32).astype(dtype)
 
     else:
         bound = 1.0 / hidden_size**0.5

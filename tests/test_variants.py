@@ -497,3 +497,10 @@ def test_every_pointer_to_the_variants_guide_has_a_section():
     pointed |= set(jl.variants.SECTIONS.values())
     assert {"projection", "zoneout", "parameters", "options"} <= pointed
     assert not pointed - anchors, f"pointers to sections docs/variants.md lacks: {sorted(pointed - anchors)}"
+
+
+def test_flax_scheme_projection_is_lecun_normal_as_flax_dense():
+    """init_scheme="flax": w_hr as Flax's Dense kernel, variance 1/fan_in (and not Keras' glorot, 2/(H+P))."""
+    params = jl.init_variant_params(jax.random.key(0), 8, 256, jl.LSTMVariant(proj_size=64), scheme="flax")
+    variance = float(np.var(np.asarray(params.w_hr))) * 256
+    assert abs(variance - 1.0) < 0.05, variance  # glorot would give 2 * 256 / 320 = 1.6
