@@ -24,19 +24,47 @@ collect_ignore = ["typing"]
 # file may also mark its own tests with `@pytest.mark.slow`. An entry whose file is collected but which
 # matches no test is reported as a warning (a renamed test must be renamed here too).
 SLOW = (
-    # the examples trained in subprocesses, and the benchmark's smoke run
+    # whole files: the engine's float64 gradient checks of every variant, the golden outputs, training runs
+    # (the benchmark's smoke runs, checkpoints interrupted and resumed), long sequences, Flax's own RNN tests
+    "tests/test_engine.py",
+    "tests/test_golden.py",
+    "tests/test_benchmarks_smoke.py",
+    "tests/test_checkpoints.py",
+    "tests/test_long_sequences.py",
+    "tests/test_flax_dropin.py",
+    # the examples trained in subprocesses
     "tests/test_examples.py::test_smoke_run_writes_metrics_plot_and_checkpoint",
     "tests/test_examples.py::test_resumed_run_ends_exactly_like_an_uninterrupted_one",
     "tests/test_examples.py::test_four_devices_give_the_loss_of_one",
-    "tests/test_benchmarks_smoke.py::test_quick_run_reports_every_installed_implementation",
-    "tests/test_benchmarks_smoke.py::test_family_runs_when_asked_for",
-    # training runs interrupted and resumed (checkpoints)
-    "tests/test_checkpoints.py::test_a_flipped_byte_in_any_checkpoint_file_is_refused_and_nothing_changes",
-    "tests/test_checkpoints.py::test_a_real_sigint_during_compilation_of_digits",
     # the cuDNN path's checks that compile many XLA fallbacks on the CPU
     "tests/test_cudnn.py::test_cudnn_path_matches_the_fused_xla_path",
     "tests/test_cudnn.py::test_under_vmap_jvp_and_second_derivatives_the_call_falls_back_to_xla",
     "tests/test_cudnn.py::test_lstm_ref_on_packed_weights_equals_stacked_lstm",
+    # single tests (all their cases) that took 8 s or more in a run of the whole suite
+    "tests/test_linen.py::test_bidirectional_matches_reference",
+    "tests/test_linen.py::test_output_shapes_and_param_tree",
+    "tests/test_linen.py::test_jit_matches_eager_and_grad_flows",
+    "tests/test_linen.py::test_return_carry_structure",
+    "tests/test_layer.py::test_linen_and_nnx_compute_the_same_variant_layer_with_seq_lengths",
+    "tests/test_nnx.py::test_identical_to_linen_for_identical_weights",
+    "tests/test_issue14_regressions.py::test_nan_in_padding_gives_finite_gradients",
+    "tests/test_interop_keras.py::test_dropout_converts_to_the_variant",
+    "tests/test_interop_keras.py::test_masks_match_everywhere",
+    "tests/test_interop_torch.py::test_from_torch_parity",
+    "tests/test_variants.py::test_gradients_are_right_in_training",
+    "tests/test_stack.py::test_deep_stack_gradients_equal_autodiff_float64",
+    "tests/test_stack.py::test_dropout_off_cases_and_keys",
+    "tests/test_input_sweep.py::test_lstm_works_or_says_why",
+    "tests/test_checks.py::test_mixed_dtypes_promote_instead_of_failing",
+    "jaxlstm/scan.py::jaxlstm.scan.lstm",
+    # the guides' and the README's doctests, each one long session
+    "docs/sequence-state.md::sequence-state.md",
+    "docs/shapes.md::shapes.md",
+    "docs/variants.md::variants.md",
+    "docs/interop.md::interop.md",
+    "docs/from-flax.md::from-flax.md",
+    "docs/from-keras.md::from-keras.md",
+    "README.md::README.md",
 )
 
 
