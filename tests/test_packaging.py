@@ -104,6 +104,7 @@ def dist(tmp_path_factory) -> pathlib.Path:
     return out
 
 
+@pytest.mark.slow  # builds the sdist and the wheel (about 5 s)
 def test_sdist_carries_what_its_tests_read(dist):
     (sdist,) = dist.glob("jaxlstm-*.tar.gz")
     with tarfile.open(sdist) as archive:
@@ -118,6 +119,7 @@ def test_sdist_carries_what_its_tests_read(dist):
     assert not {n for n in names if n.endswith(".pyc") or "__pycache__" in n}
 
 
+@pytest.mark.slow  # builds the sdist and the wheel (about 5 s)
 def test_wheel_ships_types_licence_and_only_the_package(dist):
     (wheel,) = dist.glob("jaxlstm-*.whl")
     with zipfile.ZipFile(wheel) as archive:
