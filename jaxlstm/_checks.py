@@ -11,6 +11,7 @@ import operator
 from collections.abc import Sequence
 
 import jax
+import jax.core  # jax.core.Tracer: imported by name, so that type checkers know the submodule
 import jax.numpy as jnp
 import numpy as np
 
