@@ -32,9 +32,10 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import jax
+import jax.core  # jax.core.ShapedArray: imported by name, so that type checkers know the submodule
 import jax.extend.backend
 import jax.extend.core
 import jax.numpy as jnp
@@ -44,6 +45,9 @@ from jaxtyping import Array, Float, Int
 
 from . import _checks
 from ._types import LSTMCarry, LSTMParams
+
+if TYPE_CHECKING:
+    from .variants import VariantParams
 
 __all__ = [
     "BACKENDS",
@@ -65,7 +69,10 @@ PRECISIONS = ("float32", "tf32")
 
 logger = logging.getLogger("jaxlstm")
 
-Stack = Sequence[Sequence[LSTMParams]]
+if TYPE_CHECKING:  # choose and ineligible also see a variant's cells; run and to_cudnn only plain ones
+    Stack = Sequence[Sequence[LSTMParams | VariantParams]]
+else:
+    Stack = Sequence[Sequence[LSTMParams]]
 
 
 # ----------------------------------------------------------------------------- packing
@@ -502,7 +509,7 @@ def _xla_batching(xla: Callable, extra: Callable | None = None):
 
     def rule(args, dims, **params):
         outs = jax.vmap(functools.partial(xla, **params), in_axes=tuple(dims))(*args)
-        outs, out_dims = list(outs), [0] * len(outs)
+        outs, out_dims = list(outs), cast("list[int | None]", [0] * len(outs))
         if extra is not None:
             unbatched = [a if d is None else jnp.take(a, 0, axis=d) for a, d in zip(args, dims, strict=True)]
             outs.append(extra(*unbatched, **params))
@@ -600,7 +607,8 @@ def run(
             )
             hs = jnp.where(valid[..., None], y, jnp.zeros_like(y))
             if not whole:
-                hs = merge_fn(hs[..., :hidden], hs[..., hidden:])
+                # two directions: stacked_lstm's call, which always passes merge_fn
+                hs = cast(Callable, merge_fn)(hs[..., :hidden], hs[..., hidden:])
             h_n.append(jnp.where(started, h, h0[cells]))
             c_n.append(jnp.where(started, c, c0[cells]))
         if reverse:

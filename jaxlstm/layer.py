@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,7 @@ from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, state_dtype
 from .cudnn import BACKENDS, PRECISIONS
 from .scan import GRADIENTS, MASKED_OUTPUTS
 from .stack import MERGE_MODES, StackCarry, StackParams, check_stack_carry, last_output, merged_size, stacked_lstm
-from .variants import LSTMVariant
+from .variants import LSTMVariant, VariantParams
 
 __all__ = [
     "LayerConfig",
@@ -281,7 +281,10 @@ def check_input(x, input_size: int | None = None) -> None:
     _checks.inputs(x, input_size, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
 
 
-def cast(params: LSTMParams, xs: Array, dtype) -> tuple[LSTMParams, Array]:
+_Params = TypeVar("_Params", bound="LSTMParams | VariantParams")
+
+
+def cast(params: _Params, xs: Array, dtype) -> tuple[_Params, Array]:
     """Casts params and inputs to the computation dtype (Flax's ``dtype`` convention).
 
     ``dtype=None``: the wider of ``xs``' and ``params.w_ih``'s dtypes. Works
@@ -417,7 +420,7 @@ def run(
     learned: StackCarry | None = None,
     stored: StackCarry | None = None,
     dropout_key: PRNGKeyArray | None = None,
-):
+) -> tuple[StackCarry, Any]:
     """Runs the layer ``config`` describes with the module's parameters.
 
     Args:

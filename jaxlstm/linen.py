@@ -16,6 +16,7 @@ weights next to them: ``w_hr``, ``w_peep``, ``ln_ih_scale``, ... (see
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any
 
 import flax.linen as nn
@@ -299,13 +300,52 @@ class LSTM(nn.Module):
         initial_carry: StackCarry | None = None,
         deterministic: bool = True,
     ):
+        """Runs the layer (or stack) over whole sequences.
+
+        Args:
+            x: the inputs, ``(*batch, T, D)``, batch-first: T time steps of D
+                features each (one cell reads one ``(*batch, D)`` slice per
+                step). Floating, or bool/integer (cast to the computation dtype,
+                as Flax's modules cast them).
+            seq_lengths: optional ``(*batch,)`` integers in [0, T]: steps at or
+                past a sequence's length leave its carry unchanged and output
+                zeros (the backward direction starts at each sequence's own
+                last valid step). Concrete values outside [0, T] raise; traced
+                ones are clamped.
+            mask: optional ``(*batch, T)`` bools, any pattern: a ``False`` step
+                leaves the carry unchanged and outputs as ``masked_output`` says.
+            resets: optional ``(*batch, T)`` bools marking the first step of a
+                new segment (packed sequences): the carry restarts there, from
+                ``initial_carry`` if given, else from the learned or zero carry.
+            initial_carry: the carries to start from, nested
+                ``[layer][direction]`` → ``LSTMCarry(h (*batch, R), c (*batch, H))``
+                (what ``return_carry=True`` returns); by default a stateful
+                layer's kept carry, else the learned (``learn_initial_carry``)
+                or zero carry.
+            deterministic: ``True`` (the default, inference): no dropout, and
+                zoneout as its expectation. ``False``: draw the dropout and
+                zoneout masks from the ``'dropout'`` rng
+                (``apply(..., rngs={'dropout': key})``); without that rng it
+                raises. Why the default differs from NNX's: ``jaxlstm.layer``'s
+                docstring, "Deterministic or random".
+
+        Returns:
+            With ``return_sequences`` (the default) every step's output
+            ``(*batch, T, F)``, else the last step's ``(*batch, F)`` (for a row
+            whose last steps are masked or padded: the h of its last kept
+            step); F = 2R for bidirectional "concat", else R (R = ``features``,
+            or ``proj_size`` with a projection). With ``return_carry``,
+            ``(carries, output)``, ``carries`` nested ``[layer][direction]``.
+        """
         config = self.config
         check_input(x)
         # One weights module per layer and direction: the plain cell, or one holding a variant's extra weights.
         if config.plain:
             make_cell = functools.partial(LSTMCell, config.features, config.init_scheme, config.dtype)
         else:
-            make_cell = functools.partial(VariantWeights, config.features, config.variant, config.init_scheme)
+            make_cell = functools.partial(  # not config.plain: a variant is set
+                VariantWeights, config.features, typing.cast(LSTMVariant, config.variant), config.init_scheme
+            )
         cells = [
             [
                 make_cell(

@@ -14,7 +14,8 @@ Parameter names match linen's and PyTorch's: ``model.layer_0.w_ih`` (D, 4H),
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +230,10 @@ class LSTM(nnx.Module):
     (3, 32)
     """
 
+    if TYPE_CHECKING:  # __init__ sets the options (num_layers, ...) and the cells (layer_0, ...) by name
+
+        def __getattr__(self, name: str) -> Any: ...
+
     def __init__(self, in_features: int, features: int, *, deterministic: bool = False, rngs: nnx.Rngs, **options):
         config = LayerConfig.from_options(features, options, "jl.nnx.LSTM")
         self.in_features = _checks.positive_int(in_features, "in_features")
@@ -296,6 +301,44 @@ class LSTM(nnx.Module):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | jax.Array | None = None,
     ):
+        """Runs the layer (or stack) over whole sequences.
+
+        Args:
+            x: the inputs, ``(*batch, T, D)``, batch-first: T time steps of D
+                features each (one cell reads one ``(*batch, D)`` slice per
+                step). Floating, or bool/integer (cast to the computation dtype,
+                as Flax's modules cast them).
+            seq_lengths: optional ``(*batch,)`` integers in [0, T]: steps at or
+                past a sequence's length leave its carry unchanged and output
+                zeros (the backward direction starts at each sequence's own
+                last valid step). Concrete values outside [0, T] raise; traced
+                ones are clamped.
+            mask: optional ``(*batch, T)`` bools, any pattern: a ``False`` step
+                leaves the carry unchanged and outputs as ``masked_output`` says.
+            resets: optional ``(*batch, T)`` bools marking the first step of a
+                new segment (packed sequences): the carry restarts there, from
+                ``initial_carry`` if given, else from the learned or zero carry.
+            initial_carry: the carries to start from, nested
+                ``[layer][direction]`` → ``LSTMCarry(h (*batch, R), c (*batch, H))``
+                (what ``return_carry=True`` returns); by default a stateful
+                layer's kept carry, else the learned (``learn_initial_carry``)
+                or zero carry.
+            deterministic: ``None`` (the default): the module's own
+                ``deterministic`` (set by ``model.eval()`` / ``model.train()``).
+                ``False`` draws the dropout and zoneout masks, from ``rngs``
+                or the module's own dropout stream; ``True``: none (zoneout as
+                its expectation).
+            rngs: an ``nnx.Rngs`` with a ``dropout`` stream, or a key, for this
+                call's masks; by default the ``rngs`` given to the constructor.
+
+        Returns:
+            With ``return_sequences`` (the default) every step's output
+            ``(*batch, T, F)``, else the last step's ``(*batch, F)`` (for a row
+            whose last steps are masked or padded: the h of its last kept
+            step); F = 2R for bidirectional "concat", else R (R = ``features``,
+            or ``proj_size`` with a projection). With ``return_carry``,
+            ``(carries, output)``, ``carries`` nested ``[layer][direction]``.
+        """
         config = self.config
         check_input(x, self.in_features)
         deterministic = self.deterministic if deterministic is None else deterministic
@@ -356,7 +399,7 @@ def _make_cell(config: LayerConfig, input_size: int, rngs: nnx.Rngs) -> LSTMCell
     return VariantWeights(
         input_size,
         config.features,
-        config.variant,
+        typing.cast(LSTMVariant, config.variant),  # not config.plain: a variant is set
         init_scheme=config.init_scheme,
         param_dtype=config.param_dtype,
         learn_initial_carry=config.learn_initial_carry,

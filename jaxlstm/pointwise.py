@@ -30,9 +30,11 @@ and of the small parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .cell import Activation, activate_gates, update
 from .variants import LSTMVariant, VariantParams
@@ -196,7 +198,8 @@ class VariantPointwise:
         variant, gate_fn, activation_fn = self.variant, self.gate_fn, self.activation_fn
         z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
         if variant.peepholes:
-            p_i, p_f, p_o = small.w_peep[0], small.w_peep[1], small.w_peep[2]
+            w_peep = cast(Array, small.w_peep)  # peepholes: check_params requires w_peep
+            p_i, p_f, p_o = w_peep[0], w_peep[1], w_peep[2]
             c_in = c.astype(z.dtype)
             z_i = z_i + _row(p_i, z_i) * c_in
             z_f = z_f + _row(p_f, z_f) * c_in

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -268,7 +268,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
             return new, (output,)
         return new, (output, *residuals, carry_in.h, carry_in.c) + (() if params.w_hr is None else (h_cell,))
 
-    example = Steps(*(None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps))
+    example = Steps(*cast(Any, (None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps)))
     shapes = jax.eval_shape(one_step, carry, jax.ShapeDtypeStruct((n, rows), xs.dtype), example)[1]
     buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
 
@@ -311,7 +311,7 @@ def _fused_forward(params, xs, carry, restart, rec_keep, steps, loop):
     return (final, hs), (params, xs, rec_keep, steps, saved)
 
 
-def _no_cotangent(flags):
+def _no_cotangent(flags) -> Any:
     return None if flags is None else np.zeros(flags.shape, jax.dtypes.float0)
 
 
@@ -320,7 +320,7 @@ def _no_cotangent(flags):
 _BACKWARD_CHUNK_ROWS = 1024
 
 
-def _zoneout_h_backward(loop: Loop, dh, zone_t):
+def _zoneout_h_backward(loop: Loop, dh, zone_t) -> tuple[Array, Array | None]:
     """``(d new h, d previous h)`` through ``_zoneout_h``; the second is ``None`` without zoneout."""
     if loop.zoneout_h == 0.0:
         return dh, None
@@ -368,7 +368,8 @@ def _backward_step(loop: Loop, params, small, saved, d_hs, rec_keep, zeros):
         if w_hr_t is not None:
             grads = (*grads, dh_new)
         if valid_t is not None:
-            grads = tuple(jnp.where(keep, g, jnp.zeros_like(g)) for g in grads)
+            # (dz,) only when not cell.separate, and then dz is one array
+            grads = tuple(jnp.where(keep, g, jnp.zeros_like(g)) for g in cast("tuple[Array, ...]", grads))
             dh_prev = jnp.where(keep, dh_prev, dh) + d_passed
             dc_prev = jnp.where(keep, dc_prev, dc)
         if reset_t is not None:
@@ -441,7 +442,7 @@ def _fused_backward(loop: Loop, residuals, cotangents):
         if d_b is not None:
             d_b = d_b + jnp.sum(dz_input, axis=0)
         if d_w_hr is not None:
-            h_cell_chunk = jax.lax.dynamic_slice_in_dim(h_cell, first, length, axis=1)
+            h_cell_chunk = jax.lax.dynamic_slice_in_dim(cast(Array, h_cell), first, length, axis=1)  # w_hr: saved
             d_w_hr = d_w_hr + h_cell_chunk.reshape(-1, h_cell_chunk.shape[-1]).T @ grads_2d[-1]
         return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_b, d_w_hr), d_xs
 
@@ -651,6 +652,7 @@ def lstm(
         reverse = _checks.flag(reverse, "reverse")
         if seq_lengths is not None:  # checked here, once: concrete lengths out of [0, T] raise, traced ones clamp
             seq_lengths = _checks.seq_lengths(seq_lengths, batch_shape, time)
+        call: dict[str, Any]
         call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
         call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
         given = [c for c in (carry, reset_carry) if c is not None]
@@ -674,7 +676,7 @@ def lstm(
         training = variant is not None and training_call(variant, dropout_key, deterministic)
         rec_keep = None
         if training:
-            xs, steps, rec_keep = _draw(dropout_key, variant, params, xs, steps)
+            xs, steps, rec_keep = _draw(dropout_key, cast(LSTMVariant, variant), params, xs, steps)  # training: set
         restart = None if steps.reset is None else (carry if reset_carry is None else reset_carry)
         cell = pointwise_for(variant, gate_fn, activation_fn, training)
         if isinstance(cell, PlainPointwise):
@@ -690,11 +692,11 @@ def lstm(
             reverse=reverse,
             unroll=unroll,
             masked_output=masked_output,
-            recurrent_dropout=0.0 if rec_keep is None else variant.recurrent_dropout,
+            recurrent_dropout=0.0 if rec_keep is None else cast(LSTMVariant, variant).recurrent_dropout,  # training
             zoneout_h=0.0 if variant is None else variant.zoneout_h,
             zone_h_flags=steps.zone_h is not None,
         )
-        fused = gradient == "fused" and cell.fusable and carry.c.dtype == xs.dtype
+        fused = gradient == "fused" and cell.fusable and cast(LSTMCarry, carry).c.dtype == xs.dtype  # a carry: given
 
         def run(carry, xs, steps):
             """The loop over a batch-first stretch of time ``(*batch, t, D)``; outputs batch-first."""
@@ -757,7 +759,7 @@ def _fused_flat(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep):
     def flat(carry):
         return None if carry is None else LSTMCarry(*(a.reshape(n, a.shape[-1]) for a in carry))
 
-    final, hs = _fused(
+    final, hs = cast(Any, _fused)(  # jax types a partial(custom_vjp, ...)-decorated function's result as object
         params,
         xs.reshape(n, time, input_size),
         flat(carry),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ __all__ = ["MERGE_MODES", "StackParams", "StackCarry", "init_stack", "stacked_ls
 
 MERGE_MODES = ("concat", "sum", "mul", "ave")
 
-StackParams = tuple[tuple[LSTMParams, ...], ...]
+StackParams = tuple[tuple[LSTMParams | VariantParams, ...], ...]
 """``[layer][direction]`` → ``LSTMParams`` (``VariantParams`` with a variant); one or two directions per layer."""
 
 StackCarry = tuple[tuple[LSTMCarry, ...], ...]
@@ -147,7 +148,7 @@ def _check_stack(stack, variant: LSTMVariant | None = None) -> tuple[int, int]:
             else:
                 name = f"stack[{layer}][{direction}]"
                 check_params(as_variant_params(params, name), variant, name)
-    return len(stack), num_directions
+    return len(stack), cast(int, num_directions)  # set by the loop: stack is non-empty (checked above)
 
 
 def _check_layer_inputs(stack, num_directions: int, merge: str) -> None:
@@ -295,6 +296,7 @@ def stacked_lstm(
             raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
     training = dropout_key is not None and deterministic is not True
     given = [c for tree in (carries, reset_carries) for row in tree or () for c in row]
+    call: dict[str, Any]
     call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
     call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
     call.update(dropout_between_layers=dropout if training and num_layers > 1 else 0.0)
@@ -316,7 +318,7 @@ def stacked_lstm(
         )
     cell_keys = None
     if variant is not None and training and variant.regularizes:
-        dropout_key, cells_key = jax.random.split(dropout_key)
+        dropout_key, cells_key = jax.random.split(cast(PRNGKeyArray, dropout_key))  # training: not None
         cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
     options = dict(
         seq_lengths=seq_lengths,
@@ -334,7 +336,7 @@ def stacked_lstm(
     layer_keys = [None] * num_layers  # the key of the dropout on layer l's input (l > 0)
     if dropout > 0.0 and training:
         for layer in range(1, num_layers):
-            dropout_key, layer_keys[layer] = jax.random.split(dropout_key)
+            dropout_key, layer_keys[layer] = jax.random.split(cast(PRNGKeyArray, dropout_key))  # training: not None
     per_layer = [
         (
             stack[layer],
@@ -379,7 +381,9 @@ def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, drop
             )
             outputs.append(out)
             finals.append(final)
-        return tuple(finals), outputs[0] if num_directions == 1 else merge_directions(*outputs, merge)
+        return tuple(finals), outputs[0] if num_directions == 1 else merge_directions(
+            *cast(tuple[Array, Array], outputs), merge
+        )
 
     unrolled, hs = (num_layers if num_layers < 3 else 1), xs
     if num_layers >= 3 and xs.shape[-1] <= per_layer[1][0][0].input_size:

@@ -145,3 +145,14 @@ def test_each_api_keeps_its_frameworks_deterministic_default():
     assert "Deterministic or random" in jl.layer.__doc__
     for module in (jl.LSTM, jl.nnx.LSTM):
         assert '"Deterministic or random"' in " ".join(module.__doc__.split())
+
+
+def test_module_calls_document_every_argument():
+    """help(jl.LSTM.__call__) and the NNX one describe each argument they take, and what they return."""
+    import jaxlstm.nnx
+
+    for call in (jl.LSTM.__call__, jaxlstm.nnx.LSTM.__call__):
+        doc = inspect.getdoc(call) or ""
+        names = [name for name in inspect.signature(call).parameters if name != "self"]
+        missing = [name for name in names if f"\n    {name}:" not in doc]
+        assert not missing and "Returns:" in doc, (call.__qualname__, missing)
