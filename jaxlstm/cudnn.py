@@ -127,7 +127,8 @@ def from_cudnn(
         raise ValueError(
             f"weights must be cuDNN's flat vector of shape ({expected},) for input_size={input_size}, "
             f"hidden_size={hidden_size}, num_layers={num_layers}, bidirectional={bidirectional}, "
-            f"got {getattr(weights, 'shape', type(weights).__name__)}; see docs/gpu.md#weights"
+            f"got {getattr(weights, 'shape', type(weights).__name__)}; "
+            "see docs/gpu.md#weights (jaxlstm docs gpu#weights)"
         )
     directions = 2 if bidirectional else 1
     gates, offset = 4 * hidden_size, 0
@@ -275,7 +276,8 @@ def choose(backend: str, cudnn_precision: str, stack: Stack, xs, carries=(), *, 
         if reason is not None and backend == "cudnn":
             raise ValueError(
                 f"{where}(..., backend='cudnn') can't run on cuDNN: {reason}. Use backend='auto' to fall back "
-                "to jaxlstm's XLA loop where cuDNN can't serve a call; see docs/gpu.md#what-falls-back"
+                "to jaxlstm's XLA loop where cuDNN can't serve a call; "
+                "see docs/gpu.md#what-falls-back (jaxlstm docs gpu#what-falls-back)"
             )
         choice = BackendChoice("xla", reason) if reason else BackendChoice("cudnn", None)
     logger.debug("%s: backend=%s (%s)", where, choice.backend, choice.reason or "cuDNN computes this call exactly")

@@ -472,9 +472,9 @@ def _lines(e: Explanation) -> list[str]:
     if not e.variant.is_plain:
         out += _heading("Variant") + _variant_lines(e)
     out += _heading("Parameters (one cell per layer and direction, shared by all steps)") + _parameter_lines(e)
-    out += ["", f"More: {GUIDE}#units-cells-and-time-steps"]
+    out += ["", f"More: {GUIDE}#units-cells-and-time-steps (jaxlstm docs shapes#units-cells-and-time-steps)"]
     if not e.variant.is_plain:
-        out.append(f"Variants: {VARIANTS_GUIDE}")
+        out.append(f"Variants: {VARIANTS_GUIDE} (jaxlstm docs variants)")
     return out
 
 

@@ -199,7 +199,8 @@ class LayerConfig:
             if not isinstance(self.variant, LSTMVariant):
                 raise TypeError(
                     f"variant must be None or a jaxlstm.LSTMVariant, got {type(self.variant).__name__} "
-                    f"{self.variant!r}; e.g. variant=jl.LSTMVariant(peepholes=True) (see docs/variants.md)"
+                    f"{self.variant!r}; e.g. variant=jl.LSTMVariant(peepholes=True) "
+                    "(see docs/variants.md, or run jaxlstm docs variants)"
                 )
             self.variant.check_hidden_size(self.features, "features")
         if self.reverse and self.bidirectional:
@@ -232,7 +233,8 @@ class LayerConfig:
             if name in variant_names:
                 raise TypeError(
                     f"{where} got {name}={value!r}: the LSTM variant options are one option now, "
-                    f"write variant=jl.LSTMVariant({name}={value!r}) (see docs/variants.md)"
+                    f"write variant=jl.LSTMVariant({name}={value!r}) "
+                    "(see docs/variants.md, or run jaxlstm docs variants)"
                 )
             if name not in cls.names():
                 raise TypeError(

@@ -433,8 +433,11 @@ def _table(s: Summary) -> str:
         out.append(
             "Carry per cell: h and c, each (batch, H), kept by every recurrent cell; a jaxlstm layer has one cell "
             "per layer and direction (x layers x directions), nested [layer][direction]. See "
-            f"{_checks.GUIDE}#carry"
+            f"{_checks.GUIDE}#carry (jaxlstm docs shapes#carry)"
         )
     if any(row.carry_shapes is not None and row.carry_shapes[0][0].h != row.carry_shapes[0][0].c for row in s.rows):
-        out.append("With proj_size P, h is (batch, P) and c stays (batch, H); see docs/variants.md#projection")
+        out.append(
+            "With proj_size P, h is (batch, P) and c stays (batch, H); "
+            "see docs/variants.md#projection (jaxlstm docs variants#projection)"
+        )
     return "\n".join(out)

@@ -571,7 +571,7 @@ def _check_keras_has(module: LSTM, flip: bool | None) -> None:
         options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
         raise ValueError(
             f"to_keras: keras.layers.LSTM has no {options}; of jaxlstm's LSTM variants it has input_dropout "
-            "(its dropout) and recurrent_dropout only (see docs/variants.md)"
+            "(its dropout) and recurrent_dropout only (see docs/variants.md, or run jaxlstm docs variants)"
         )
     if module.learn_initial_carry:
         raise ValueError(

@@ -474,7 +474,7 @@ def to_torch(module, variables, *, bias: bool = True):
         options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
         raise ValueError(
             f"to_torch: torch.nn.LSTM has no {options}; of jaxlstm's LSTM variants it has proj_size only "
-            "(see docs/variants.md)"
+            "(see docs/variants.md, or run jaxlstm docs variants)"
         )
     stack = read_stack(module, variables) if variant.proj_size is None else _read_projected_stack(module, variables)
     input_size = stack[0][0][0].shape[0]
