@@ -313,7 +313,8 @@ def save_checkpoint(run: Run, state, losses: np.ndarray, step: int) -> None:
     staging.mkdir()
     leaves = [np.asarray(leaf) for leaf in jax.device_get(jax.tree.leaves(state))]
     ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(
-        staging / "state", ocp.args.StandardSave({"leaves": leaves, "losses": losses})
+        (staging / "state").absolute(),
+        ocp.args.StandardSave({"leaves": leaves, "losses": losses}),  # orbax: absolute
     )
     for path in [*sorted(staging.rglob("*"), reverse=True), staging]:  # files, then their folders
         _fsync(path)
@@ -395,7 +396,7 @@ def restore_checkpoint(run: Run, template, steps: int):
     }
     try:
         saved = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
-            run.out / manifest["directory"] / "state", ocp.args.StandardRestore(target)
+            (run.out / manifest["directory"] / "state").absolute(), ocp.args.StandardRestore(target)
         )
     except Exception as e:  # verified files orbax still can't read (another orbax version, ...)
         fail(f"cannot restore the checkpoint in {run.out} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
