@@ -398,7 +398,7 @@ def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, drop
         final_carries.append(finals)
     if unrolled < num_layers:
         scanned = per_layer[unrolled:]
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *scanned)
+        stacked = _stack(scanned)
 
         def body(hs, inputs):
             layer, rest = inputs
@@ -406,8 +406,82 @@ def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, drop
             return hs, finals
 
         hs, finals = jax.lax.scan(body, hs, (jnp.arange(unrolled, num_layers), stacked))
-        final_carries += [jax.tree.map(lambda leaf, i=i: leaf[i], finals) for i in range(len(scanned))]
+        final_carries += _unstack(finals)
     return tuple(final_carries), hs
+
+
+# ----------------------------------------------------------------------------- layers stacked for the scan
+#
+# XLA:CPU compiles one kernel per distinct fusion and reuses it for identical ones (24 elementwise
+# ops on 24 arrays compile in 0.06 s when they are the same op, 0.33 s when each has its own
+# constant). Splitting a stacked (L, ...) array into its L layers with static slices, as the
+# gradient of jnp.stack does, gives L distinct kernels, since each slice's offset is a constant
+# inside it: 24 kernels for an 8-layer stack's three weights. Writing and reading the layers at
+# indices XLA only learns at run time gives one kernel per leaf shape for all L layers: jit(grad)
+# of an 8-layer stack at (8, 64, 64) -> 128 compiled in 1.10 s instead of 1.29 (bidirectional
+# 1.57 instead of 1.89), one process, interleaved, medians of 5.
+
+
+def _runtime_zero(x) -> Array:
+    """An int32 0 that XLA can't fold: the sign bit of ``|x|``'s first element (always clear)."""
+    if x.size == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return jnp.int32(0)
+    magnitude = jnp.abs(x.reshape(-1)[0])
+    bits = jnp.finfo(magnitude.dtype).bits
+    unsigned = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}[bits]
+    return (jax.lax.bitcast_convert_type(magnitude, unsigned) >> (bits - 1)).astype(jnp.int32)
+
+
+def _layer_indices(count: int, like) -> list[Array]:
+    """``0, 1, ..., count - 1`` as separate scalars XLA can't constant-fold or relate to one another:
+    the initial values of a loop that never runs (its bound, a run-time 0, is opaque to XLA; its
+    update is the same non-affine map for every index, so one kernel serves them all)."""
+    zero = _runtime_zero(like)
+
+    def never(state):
+        steps, *indices = state
+        return (steps + 1, *(i * i + 1 for i in indices))
+
+    _, *indices = jax.lax.while_loop(
+        lambda state: state[0] < zero, never, (jnp.int32(0), *(jnp.int32(i) for i in range(count)))
+    )
+    return indices
+
+
+def _unstack(stacked) -> list:
+    """The layers of a pytree of (L, ...) arrays, as a list of L pytrees: ``[tree[i] for i in range(L)]``
+    with one compiled kernel per leaf shape for all L layers."""
+    leaves, tree = jax.tree.flatten(stacked)
+    count = leaves[0].shape[0]
+    if count == 1:
+        return [jax.tree.map(lambda leaf: leaf[0], stacked)]
+    indices = _layer_indices(count, next((leaf for leaf in leaves if leaf.size), leaves[0]))
+    return [
+        jax.tree.unflatten(tree, [jax.lax.dynamic_index_in_dim(leaf, i, keepdims=False) for leaf in leaves])
+        for i in indices
+    ]
+
+
+def _stack(layers: list):
+    """The list of L same-structured pytrees ``layers`` as one pytree of (L, ...) arrays, like
+    ``jnp.stack`` per leaf, but written layer by layer at run-time indices: the gradient (dynamic
+    slices at the same indices) then compiles to one kernel per leaf shape, as ``_unstack``."""
+    columns = list(zip(*(jax.tree.leaves(layer) for layer in layers)))
+    floating = [column for column in columns if jnp.issubdtype(column[0].dtype, jnp.floating)]
+    like = next((column[0] for column in floating if column[0].size), None)
+    if like is None or len(layers) == 1:
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *layers)
+    indices = _layer_indices(len(layers), like)
+    stacked = []
+    for column in columns:
+        if not jnp.issubdtype(column[0].dtype, jnp.floating):  # keys and flags: no gradient
+            stacked.append(jnp.stack(column))
+            continue
+        buffer = jnp.zeros((len(layers), *column[0].shape), column[0].dtype)
+        for leaf, index in zip(column, indices, strict=True):
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, leaf, index, axis=0)
+        stacked.append(buffer)
+    return jax.tree.unflatten(jax.tree.structure(layers[0]), stacked)
 
 
 def last_output(final_carries: StackCarry, merge: str = "concat") -> Float[Array, "*batch features"]:
