@@ -482,12 +482,13 @@ def valid_steps(
     batch_shape: tuple[int, ...],
     time: int,
 ) -> Bool[Array, "time *batch"] | None:
-    """Time-major flags of the steps that count: t < length and mask[t]; ``None`` if all do."""
+    """Time-major flags of the steps that count: t < length and mask[t]; ``None`` if all do.
+
+    ``seq_lengths`` must come checked (``_checks.seq_lengths``, which ``lstm`` runs once)."""
     valid = None
     if seq_lengths is not None:
-        lengths = _checks.seq_lengths(seq_lengths, batch_shape, time)
         steps = jnp.arange(time, dtype=jnp.int32).reshape((time,) + (1,) * len(batch_shape))
-        valid = steps < lengths[None]
+        valid = steps < seq_lengths[None]
     if mask is not None:
         _checks.per_step_flags(mask, (*batch_shape, time), "mask")
         mask_tm = jnp.moveaxis(mask, -1, 0)
