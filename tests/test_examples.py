@@ -178,10 +178,9 @@ def test_a_relative_out_folder_works_as_the_readme_runs_it(tmp_path):
     """The README's main job uses the default, relative --out (runs/NAME): orbax needs absolute paths."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(EXAMPLES / "sunspots.py"), "--smoke", "--out", "runs/relative"]
-    for _ in range(2):  # the second run sets the first aside and checkpoints again
-        result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-        assert result.returncode == 0, result.stderr[-2000:]
+    # (A second run setting the first aside is tested in test_checkpoints; one subprocess fewer here.)
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "runs" / "relative" / "checkpoint.json").is_file()
-    assert (tmp_path / "runs" / "relative.1" / "checkpoint.json").is_file()
     resumed = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
