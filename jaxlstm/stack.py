@@ -422,21 +422,26 @@ def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, drop
 # 1.57 instead of 1.89), one process, interleaved, medians of 5.
 
 
+def _floating(leaf) -> bool:
+    return jnp.issubdtype(leaf.dtype, jnp.floating)
+
+
 def _runtime_zero(x) -> Array:
-    """An int32 0 that XLA can't fold: the sign bit of ``|x|``'s first element (always clear)."""
-    if x.size == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
-        return jnp.int32(0)
+    """An int32 0 that XLA can't fold: the sign bit of ``|x|``'s first element (always clear);
+    ``x`` a non-empty floating array."""
     magnitude = jnp.abs(x.reshape(-1)[0])
     bits = jnp.finfo(magnitude.dtype).bits
     unsigned = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}[bits]
     return (jax.lax.bitcast_convert_type(magnitude, unsigned) >> (bits - 1)).astype(jnp.int32)
 
 
-def _layer_indices(count: int, like) -> list[Array]:
+def _layer_indices(count: int, leaves) -> list[Array]:
     """``0, 1, ..., count - 1`` as separate scalars XLA can't constant-fold or relate to one another:
-    the initial values of a loop that never runs (its bound, a run-time 0, is opaque to XLA; its
-    update is the same non-affine map for every index, so one kernel serves them all)."""
-    zero = _runtime_zero(like)
+    the initial values of a loop that never runs (its bound, a run-time 0 read from the first
+    non-empty floating array of ``leaves``, is opaque to XLA; its update is the same non-affine map
+    for every index, so one kernel serves them all). Without such an array, plain constants."""
+    like = next((leaf for leaf in leaves if leaf.size and _floating(leaf)), None)
+    zero = jnp.int32(0) if like is None else _runtime_zero(like)
 
     def never(state):
         steps, *indices = state
@@ -452,13 +457,9 @@ def _unstack(stacked) -> list:
     """The layers of a pytree of (L, ...) arrays, as a list of L pytrees: ``[tree[i] for i in range(L)]``
     with one compiled kernel per leaf shape for all L layers."""
     leaves, tree = jax.tree.flatten(stacked)
-    count = leaves[0].shape[0]
-    if count == 1:
-        return [jax.tree.map(lambda leaf: leaf[0], stacked)]
-    indices = _layer_indices(count, next((leaf for leaf in leaves if leaf.size), leaves[0]))
     return [
         jax.tree.unflatten(tree, [jax.lax.dynamic_index_in_dim(leaf, i, keepdims=False) for leaf in leaves])
-        for i in indices
+        for i in _layer_indices(leaves[0].shape[0], leaves)
     ]
 
 
@@ -467,21 +468,17 @@ def _stack(layers: list):
     ``jnp.stack`` per leaf, but written layer by layer at run-time indices: the gradient (dynamic
     slices at the same indices) then compiles to one kernel per leaf shape, as ``_unstack``."""
     columns = list(zip(*(jax.tree.leaves(layer) for layer in layers)))
-    floating = [column for column in columns if jnp.issubdtype(column[0].dtype, jnp.floating)]
-    like = next((column[0] for column in floating if column[0].size), None)
-    if like is None or len(layers) == 1:
-        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *layers)
-    indices = _layer_indices(len(layers), like)
-    stacked = []
-    for column in columns:
-        if not jnp.issubdtype(column[0].dtype, jnp.floating):  # keys and flags: no gradient
-            stacked.append(jnp.stack(column))
-            continue
-        buffer = jnp.zeros((len(layers), *column[0].shape), column[0].dtype)
+    indices = _layer_indices(len(layers), [column[0] for column in columns])
+
+    def stack(column):
+        if not _floating(column[0]):  # keys and flags: no gradient to split
+            return jnp.stack(column)
+        buffer = jnp.zeros((len(column), *column[0].shape), column[0].dtype)
         for leaf, index in zip(column, indices, strict=True):
             buffer = jax.lax.dynamic_update_index_in_dim(buffer, leaf, index, axis=0)
-        stacked.append(buffer)
-    return jax.tree.unflatten(jax.tree.structure(layers[0]), stacked)
+        return buffer
+
+    return jax.tree.unflatten(jax.tree.structure(layers[0]), [stack(column) for column in columns])
 
 
 def last_output(final_carries: StackCarry, merge: str = "concat") -> Float[Array, "*batch features"]:

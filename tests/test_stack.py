@@ -321,7 +321,8 @@ def test_layers_stack_and_unstack_exactly_at_run_time_indices(dtype):
     """The scan's stacking (written at run-time indices, so that XLA compiles one kernel for all
     layers) gives exactly jnp.stack and list(): NaN, -0.0 and inf first elements included (the
     run-time zero is read from the first element's sign bit), keys stacked alongside."""
-    from jaxlstm.stack import _stack, _unstack
+    from jaxlstm.stack import _stack as stack_layers
+    from jaxlstm.stack import _unstack as unstack_layers
 
     with jax.enable_x64(dtype == jnp.float64):
         a = jnp.arange(5 * 3 * 2, dtype=jnp.float32).reshape(5, 3, 2).astype(dtype)
@@ -329,11 +330,11 @@ def test_layers_stack_and_unstack_exactly_at_run_time_indices(dtype):
             a = a.at[0, 0, 0].set(first)
             layers = [{"w": a[i], "key": jax.random.key(i)} for i in range(5)]
             for run in (lambda f, x: f(x), lambda f, x: jax.jit(f)(x)):
-                stacked = run(_stack, layers)
+                stacked = run(stack_layers, layers)
                 np.testing.assert_array_equal(np.asarray(stacked["w"], np.float64), np.asarray(a, np.float64))
                 assert stacked["w"].dtype == dtype
                 assert jax.random.key_data(stacked["key"]).shape[0] == 5
-                for i, layer in enumerate(run(_unstack, {"w": a})):
+                for i, layer in enumerate(run(unstack_layers, {"w": a})):
                     np.testing.assert_array_equal(np.asarray(layer["w"], np.float64), np.asarray(a[i], np.float64))
 
 
