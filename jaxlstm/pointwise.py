@@ -12,7 +12,7 @@ math, one object per kind of cell, each with the same three methods::
 ``z`` is what the engine's matmuls produced for one step: the summed
 pre-activation ``x·W_ih + h·W_hh + b`` ``(N, 4H)``, or, for a cell whose
 ``separate`` is set (layer norm normalizes the two apart), the pair
-``(x·W_ih, h·W_hh)`` with ``b`` among the small parameters. ``h̃`` ``(N, H)``
+``(normalize_input(x·W_ih), h·W_hh)`` with ``b`` among the small parameters. ``h̃`` ``(N, H)``
 is the cell's output before any projection, ``c`` and ``c'`` the cell state
 before and after the step. ``residuals`` is what the fused backward pass
 keeps per step (each array saved as its own ``(N, T, ·)`` buffer); the
@@ -222,17 +222,24 @@ class VariantPointwise:
                 c_new = variant.zoneout_c * c + (1.0 - variant.zoneout_c) * c_new
         return h, c_new
 
+    def normalize_input(self, from_input):
+        """``(â, 1/σ)`` of the input side ``x·W_ih`` ``(..., 4H)`` under layer norm, for any
+        magnitude (xs may reach the float32 limit). It doesn't depend on the recurrence, so the
+        fused loop normalizes a whole chunk of steps at once, and ``forward`` reads the result."""
+        return normalize(from_input, self.variant.layer_norm_epsilon)
+
     def forward(self, small, z, c, zone_c=None):
+        """``(h̃, c', residuals)``; under layer norm ``z`` is ``(normalize_input(x·W_ih), h·W_hh)``."""
         if not self.separate:
             h, c_new = self.step(small, z, c, zone_c)
             return h, c_new, tuple(jnp.split(z, 4, axis=-1))
         # Layer norm: the statistics are taken here once; the backward pass reads the normalized
         # values and 1/σ back instead of normalizing again. They are saved whole, (N, 4H), since
         # that pass reads them whole (in four pieces they cost four reads and a concatenation).
+        # The input side arrives normalized (``normalize_input``).
         epsilon = self.variant.layer_norm_epsilon
-        from_input, from_h = z
-        # Only the input side can be huge (xs up to the float32 limit); |h| <= 1 bounds h·W_hh.
-        normalized_input, inv_input = normalize(from_input, epsilon)
+        (normalized_input, inv_input), from_h = z
+        # |h| <= 1 bounds h·W_hh: its squares can't overflow.
         normalized_h, inv_h = normalize(from_h, epsilon, any_magnitude=False)
         saved_c = []
 

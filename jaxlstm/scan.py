@@ -164,8 +164,8 @@ def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t
     carry = restart_where(carry, restart, steps_t.reset)
     h = carry.h if rec_keep is None else dropped(carry.h, rec_keep, loop.recurrent_dropout)
     from_input = x_t if projected else x_t @ params.w_ih
-    if loop.cell.separate:
-        z = (from_input, h @ params.w_hh)
+    if loop.cell.separate:  # layer norm: the input side normalized (the fused loop's by its chunk)
+        z = (from_input if projected else loop.cell.normalize_input(from_input), h @ params.w_hh)
     else:
         z = from_input + h @ params.w_hh
         if not projected:  # the fused loop's projection already holds b
@@ -269,7 +269,10 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
         return new, (output, *residuals, carry_in.h, carry_in.c) + (() if params.w_hr is None else (h_cell,))
 
     example = Steps(*cast(Any, (None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps)))
-    shapes = jax.eval_shape(one_step, carry, jax.ShapeDtypeStruct((n, rows), xs.dtype), example)[1]
+    from_input = jax.ShapeDtypeStruct((n, rows), xs.dtype)
+    if loop.cell.separate:
+        from_input = jax.eval_shape(loop.cell.normalize_input, from_input)
+    shapes = jax.eval_shape(one_step, carry, from_input, example)[1]
     buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
 
     def chunk(state, first, length):
@@ -280,10 +283,12 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
         if steps_c.valid is not None:  # what padding holds, even NaN, must not reach the gradients
             x_chunk = jnp.where(steps_c.valid.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
         projected = _project(loop, params, x_chunk.reshape(-1, input_size)).reshape(n, length, rows)
+        if loop.cell.separate:  # layer norm of the input side, for the chunk's steps at once
+            projected = loop.cell.normalize_input(projected)
         values = [[None] * length for _ in buffers]
         for j in reversed(range(length)) if loop.reverse else range(length):
             steps_j = Steps(*(None if a is None else a[j] for a in steps_c))
-            carry, step_values = one_step(carry, projected[:, j], steps_j)
+            carry, step_values = one_step(carry, jax.tree.map(lambda a: a[:, j], projected), steps_j)
             for column, value in zip(values, step_values, strict=True):
                 column[j] = value
         buffers = tuple(
