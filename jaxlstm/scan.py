@@ -147,6 +147,11 @@ def _zoneout_h(loop: Loop, previous, new, zone_t):
     return loop.zoneout_h * previous + (1.0 - loop.zoneout_h) * new
 
 
+def _normalized_input(loop: Loop, from_input):
+    """Layer norm's input side ``x·W_ih`` normalized: ``(â, 1/σ)`` (only a ``separate`` cell has it)."""
+    return cast(VariantPointwise, loop.cell).normalize_input(from_input)
+
+
 def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t: Steps, rec_keep, *, projected):
     """One step, shared by both loops: restart where ``reset``; the matmuls around the cell's
     elementwise step (``h·W_hh`` before it, ``·W_hr`` after it); zoneout of ``h``; keep the new
@@ -165,7 +170,7 @@ def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t
     h = carry.h if rec_keep is None else dropped(carry.h, rec_keep, loop.recurrent_dropout)
     from_input = x_t if projected else x_t @ params.w_ih
     if loop.cell.separate:  # layer norm: the input side normalized (the fused loop's by its chunk)
-        z = (from_input if projected else loop.cell.normalize_input(from_input), h @ params.w_hh)
+        z = (from_input if projected else _normalized_input(loop, from_input), h @ params.w_hh)
     else:
         z = from_input + h @ params.w_hh
         if not projected:  # the fused loop's projection already holds b
@@ -271,7 +276,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
     example = Steps(*cast(Any, (None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps)))
     from_input = jax.ShapeDtypeStruct((n, rows), xs.dtype)
     if loop.cell.separate:
-        from_input = jax.eval_shape(loop.cell.normalize_input, from_input)
+        from_input = jax.eval_shape(functools.partial(_normalized_input, loop), from_input)
     shapes = jax.eval_shape(one_step, carry, from_input, example)[1]
     buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
 
@@ -284,7 +289,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
             x_chunk = jnp.where(steps_c.valid.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
         projected = _project(loop, params, x_chunk.reshape(-1, input_size)).reshape(n, length, rows)
         if loop.cell.separate:  # layer norm of the input side, for the chunk's steps at once
-            projected = loop.cell.normalize_input(projected)
+            projected = _normalized_input(loop, projected)
         values = [[None] * length for _ in buffers]
         for j in reversed(range(length)) if loop.reverse else range(length):
             steps_j = Steps(*(None if a is None else a[j] for a in steps_c))
