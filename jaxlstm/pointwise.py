@@ -12,8 +12,8 @@ math, one object per kind of cell, each with the same three methods::
 ``z`` is what the engine's matmuls produced for one step: the summed
 pre-activation ``x·W_ih + h·W_hh + b`` ``(N, 4H)``, or, for a cell whose
 ``separate`` is set (layer norm normalizes the two apart), the pair
-``(normalize_input(x·W_ih), h·W_hh)`` with ``b`` among the small parameters. ``h̃`` ``(N, H)``
-is the cell's output before any projection, ``c`` and ``c'`` the cell state
+``(normalize_input(x·W_ih), h·W_hh)`` with ``b`` among the small parameters.
+``h̃`` ``(N, H)`` is the cell's output before any projection, ``c`` and ``c'`` the cell state
 before and after the step. ``residuals`` is what the fused backward pass
 keeps per step (each array saved as its own ``(N, T, ·)`` buffer); the
 backward pass then returns the gradients of ``z`` (same structure), of ``c``
@@ -29,6 +29,7 @@ and of the small parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -78,11 +79,6 @@ def normalize(a, epsilon: float, *, any_magnitude: bool = True):
         return centered * inv_sigma, inv_sigma
     inv_scaled = jax.lax.rsqrt(variance + (epsilon * scale) * scale)
     return centered * inv_scaled, inv_scaled * scale
-
-
-def layer_norm(a, epsilon: float, *, any_magnitude: bool = True):
-    """(a − mean(a)) / sqrt(var(a) + ε) over the last axis (``normalize``'s â)."""
-    return normalize(a, epsilon, any_magnitude=any_magnitude)[0]
 
 
 def normalize_backward(d_normalized, normalized, inv_sigma):
@@ -174,13 +170,10 @@ class VariantPointwise:
         return params._replace(w_ih=None, w_hh=None, w_hr=None, b=params.b if self.separate else None)
 
     def step(self, small: VariantParams, z, c, zone_c=None):
-        """``(h̃, c')``: the cell's output before any projection, and its new state (after zoneout)."""
-        if not self.separate:
-            return self._core(small, z, c, zone_c, self._normalize_c)
-        epsilon = self.variant.layer_norm_epsilon
-        from_input, from_h = z
-        pre = self._combine(small, layer_norm(from_input, epsilon), layer_norm(from_h, epsilon, any_magnitude=False))
-        return self._core(small, pre, c, zone_c, self._normalize_c)
+        """``(h̃, c')`` of a cell without layer norm: its output before any projection, and its new
+        state (after zoneout), from the summed pre-activation ``z``. Layer norm's step is
+        ``forward``, which keeps its statistics for the backward pass."""
+        return self._core(small, z, c, zone_c, None)
 
     def _combine(self, small: VariantParams, normalized_input, normalized_h):
         """Layer norm's pre-activation from the two normalized matmul outputs: gains, then ``b``."""
@@ -190,11 +183,8 @@ class VariantPointwise:
             + _row(small.b, normalized_input)
         )
 
-    def _normalize_c(self, c_new):
-        return layer_norm(c_new, self.variant.layer_norm_epsilon, any_magnitude=False)
-
-    def _core(self, small: VariantParams, z, c, zone_c, normalize_c):
-        """The step from its pre-activation ``z`` (N, 4H); ``normalize_c`` gives LN(c') under layer norm."""
+    def _core(self, small: VariantParams, z, c, zone_c, normalize_c: Callable[[Array], Array] | None):
+        """The step from its pre-activation ``z`` (N, 4H); ``normalize_c`` gives LN(c') (layer norm only)."""
         variant, gate_fn, activation_fn = self.variant, self.gate_fn, self.activation_fn
         z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
         if variant.peepholes:
@@ -213,7 +203,8 @@ class VariantPointwise:
         o = gate_fn(z_o)
         c_out = c_new
         if variant.layer_norm:
-            c_out = normalize_c(c_new) * _row(small.ln_c_scale, c_new) + _row(small.ln_c_bias, c_new)
+            normalized_c = cast(Callable[[Array], Array], normalize_c)(c_new)  # layer norm: always given
+            c_out = normalized_c * _row(small.ln_c_scale, c_new) + _row(small.ln_c_bias, c_new)
         h = (o.astype(c.dtype) * activation_fn(c_out)).astype(z.dtype)
         if variant.zoneout_c > 0.0:
             if self.training:
