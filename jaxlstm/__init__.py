@@ -10,6 +10,8 @@ docs/shapes.md); neither imports Flax until used.
 import importlib
 from typing import TYPE_CHECKING
 
+from . import _export  # noqa: F401  (registers the NamedTuples for jax.export)
+from . import cells as cells
 from .cell import LSTMCarry as LSTMCarry
 from .cell import LSTMParams as LSTMParams
 from .cell import init_params as init_params
@@ -17,7 +19,14 @@ from .cell import lstm_cell as lstm_cell
 from .cell import zeros_carry as zeros_carry
 from .cudnn import BackendChoice as BackendChoice
 from .cudnn import backend_for as backend_for
+from .cells import Cell as Cell
+from .cells import GRUParams as GRUParams
+from .engine import SequenceOptions as SequenceOptions
+from .engine import rnn as rnn
 from .explain import explain as explain
+from .gru import gru as gru
+from .gru import gru_cell as gru_cell
+from .gru import init_gru_params as init_gru_params
 from .scan import lstm as lstm
 from .scan import lstm_variant as lstm_variant
 from .scan import lstm_variant_cell as lstm_variant_cell
@@ -76,6 +85,14 @@ __all__ = [
     "lstm_variant_cell",
     "explain",
     "summary",
+    "Cell",
+    "cells",
+    "rnn",
+    "SequenceOptions",
+    "GRUParams",
+    "gru",
+    "gru_cell",
+    "init_gru_params",
     "LSTM",
     "LSTMCell",
     "nnx",

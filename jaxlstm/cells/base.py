@@ -1,0 +1,77 @@
+"""The cell protocol: what a recurrent cell states, and what the engine (``jaxlstm.engine``) does for it.
+
+A cell is the elementwise math of one time step. The engine owns everything
+else: time, the two matmuls ``x·W_ih`` and ``h·W_hh``, padding, masks,
+resets, ``reverse``, ``checkpoint_every``, dtype promotion and the fused
+gradient. Notation (docs/cells.md): N rows (the batch dims flattened), D the
+input size, H the hidden size, G the cell's gate count, so both matmuls are
+``G·H`` wide.
+
+A cell's parameters are a ``NamedTuple`` with the fields ``w_ih`` ``(D, G·H)``
+and ``w_hh`` ``(H, G·H)``, which the engine multiplies, and any others (biases,
+norms, peepholes), which only the cell reads. ``input_bias`` may name one
+``(G·H,)`` field that the engine adds to ``x·W_ih`` inside its input GEMM.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+__all__ = ["Cell"]
+
+Params = Any  # a NamedTuple with fields w_ih, w_hh and the cell's own
+Carry = Any  # a pytree of (*batch, size) arrays
+
+
+class Cell:
+    """Base class of a recurrent cell for ``jaxlstm.rnn``: subclass it as a frozen dataclass.
+
+    Required:
+        num_gates: G, so ``w_ih`` is ``(D, G·H)`` and ``w_hh`` ``(H, G·H)``.
+        init_params(key, input_size, hidden_size, dtype): the parameters (a NamedTuple).
+        init_carry(params, batch_shape, dtype): the zero carry, a pytree of ``(*batch, size)``.
+        hidden(carry): the part of the carry that ``h·W_hh`` reads and that is the
+            step's output, ``(N, H)``.
+        step(params, from_input, from_h, carry): the new carry, from
+            ``from_input = x·W_ih (+ params.<input_bias>)`` ``(N, G·H)``,
+            ``from_h = hidden(carry)·W_hh`` ``(N, G·H)`` and the carry. Elementwise
+            along rows: row n of the result reads row n of its arguments only.
+
+    Optional (speed only):
+        save(params, from_input, from_h, carry): what the fused backward pass keeps per
+            step, a dict of ``(N, ·)`` arrays (default: the step's arguments).
+        backward(params, saved, d_carry): ``(d_params, d_from_input, d_from_h, d_carry_prev)``
+            from the cotangent of the new carry (default: the VJP of ``step`` at ``saved``).
+
+    ``params`` as ``step``, ``save`` and ``backward`` see them hold ``None`` in
+    ``w_ih``, ``w_hh`` and the ``input_bias`` field: the engine owns those.
+    """
+
+    num_gates: ClassVar[int]
+    input_bias: ClassVar[str | None] = None
+
+    def init_params(self, key: PRNGKeyArray, input_size: int, hidden_size: int, dtype=None) -> Params:
+        raise NotImplementedError(f"{type(self).__name__} must define init_params")
+
+    def init_carry(self, params: Params, batch_shape: tuple[int, ...], dtype) -> Carry:
+        raise NotImplementedError(f"{type(self).__name__} must define init_carry")
+
+    def hidden(self, carry: Carry) -> Float[Array, "*batch hidden"]:
+        raise NotImplementedError(f"{type(self).__name__} must define hidden")
+
+    def step(
+        self, params: Params, from_input: Float[Array, "n gates"], from_h: Float[Array, "n gates"], carry: Carry
+    ) -> Carry:
+        raise NotImplementedError(f"{type(self).__name__} must define step")
+
+    def save(self, params: Params, from_input, from_h, carry: Carry) -> dict[str, Any]:
+        """What the backward pass keeps per step (default: the step's arguments)."""
+        return {"from_input": from_input, "from_h": from_h, "carry": carry}
+
+    def backward(self, params: Params, saved: dict[str, Any], d_carry: Carry):
+        """``(d_params, d_from_input, d_from_h, d_carry_prev)``: the VJP of ``step`` at ``saved``."""
+        _, pullback = jax.vjp(self.step, params, saved["from_input"], saved["from_h"], saved["carry"])
+        return pullback(d_carry)

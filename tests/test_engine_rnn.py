@@ -1,0 +1,162 @@
+"""jaxlstm.rnn, the engine, for any cell of the protocol: cells the tests write themselves
+(a minimal gated unit, an LSTM) and the GRU, fused gradients against autodiff in float64."""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlstm as jl
+from tests.reference import assert_close, ref_lstm
+
+
+class MGUParams(NamedTuple):
+    w_ih: jax.Array  # (D, 2H)
+    w_hh: jax.Array  # (H, 2H)
+    b: jax.Array  # (2H,)
+
+
+@dataclass(frozen=True)
+class MGU(jl.Cell):
+    """A minimal gated unit, reset-after: f = σ(a_f + u_f), n = tanh(a_n + f·u_n), h' = (1 − f)·h + f·n."""
+
+    num_gates = 2
+    input_bias = "b"
+
+    def init_params(self, key, input_size, hidden_size, dtype=jnp.float32):
+        k1, k2 = jax.random.split(key)
+        return MGUParams(
+            jax.random.normal(k1, (input_size, 2 * hidden_size), dtype) / input_size**0.5,
+            jax.random.normal(k2, (hidden_size, 2 * hidden_size), dtype) / hidden_size**0.5,
+            jnp.zeros((2 * hidden_size,), dtype),
+        )
+
+    def init_carry(self, params, batch_shape, dtype):
+        return jnp.zeros((*batch_shape, params.w_hh.shape[0]), dtype)
+
+    def hidden(self, carry):
+        return carry
+
+    def step(self, params, from_input, from_h, carry):
+        (a_f, a_n), (u_f, u_n) = jnp.split(from_input, 2, axis=-1), jnp.split(from_h, 2, axis=-1)
+        f = jax.nn.sigmoid(a_f + u_f)
+        return (1.0 - f) * carry + f * jnp.tanh(a_n + f * u_n)
+
+
+class TinyLSTMParams(NamedTuple):
+    w_ih: jax.Array
+    w_hh: jax.Array
+    b: jax.Array
+
+
+@dataclass(frozen=True)
+class TinyLSTM(jl.Cell):
+    """The LSTM as a user would write it for the engine: carry (h, c), h·W_hh reads h."""
+
+    num_gates = 4
+    input_bias = "b"
+
+    def init_carry(self, params, batch_shape, dtype):
+        zeros = jnp.zeros((*batch_shape, params.w_hh.shape[0]), dtype)
+        return jl.LSTMCarry(zeros, zeros)
+
+    def hidden(self, carry):
+        return carry.h
+
+    def step(self, params, from_input, from_h, carry):
+        i, f, g, o = jnp.split(from_input + from_h, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        return jl.LSTMCarry(jax.nn.sigmoid(o) * jnp.tanh(c), c)
+
+
+D, H, B, T = 3, 4, 3, 7
+CASES = {
+    "plain": {},
+    "lengths": {"seq_lengths": np.array([7, 3, 0])},
+    "lengths, reverse": {"seq_lengths": np.array([7, 3, 0]), "reverse": True},
+    "mask, previous": {"mask": np.array([[1, 0, 1, 1, 0, 1, 1]] * 3, bool), "masked_output": "previous"},
+    "resets, reverse": {"resets": np.eye(3, 7, 2, dtype=bool) | np.eye(3, 7, 5, dtype=bool), "reverse": True},
+    "checkpoint_every": {"checkpoint_every": 3, "seq_lengths": np.array([7, 5, 1])},
+}
+
+
+def _loss(cell, params, xs, carry, gradient, options):
+    final, hs = jl.rnn(cell, params, xs, carry, gradient=gradient, **options)
+    weights = jnp.cos(jnp.arange(hs.size, dtype=hs.dtype)).reshape(hs.shape)
+    return jnp.sum(weights * hs) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(final))
+
+
+@pytest.mark.parametrize("cell", [MGU(), jl.cells.GRU()], ids=["user MGU", "GRU"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_gradient_equals_autodiff_in_float64(cell, case):
+    with jax.enable_x64(True):
+        params = cell.init_params(jax.random.key(0), D, H, jnp.float64)
+        params = jax.tree.map(lambda a: a + 0.1 * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), params)
+        xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+        carry = 0.5 * jnp.tanh(jax.random.normal(jax.random.key(2), (B, H), jnp.float64))
+        # NaN in padding must reach neither values nor gradients
+        if "seq_lengths" in CASES[case]:
+            lengths = CASES[case]["seq_lengths"]
+            xs = jnp.where(jnp.arange(T)[None, :, None] >= lengths[:, None, None], jnp.nan, xs)
+        options = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in CASES[case].items()}
+        grad = jax.value_and_grad(_loss, argnums=(1, 2, 3))
+        value_f, fused = grad(cell, params, xs, carry, "fused", options)
+        value_a, autodiff = grad(cell, params, xs, carry, "autodiff", options)
+        assert np.isfinite(value_f)
+        np.testing.assert_allclose(value_f, value_a, rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(autodiff), strict=True):
+            assert np.all(np.isfinite(a))
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_lstm_written_as_a_cell_equals_jl_lstm_and_the_reference(reverse):
+    params = jl.init_params(jax.random.key(0), D, H)
+    tiny = TinyLSTMParams(*params)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    lengths = jnp.asarray([7, 4, 2])
+    final, hs = jl.rnn(TinyLSTM(), tiny, xs, seq_lengths=lengths, reverse=reverse)
+    ref_final, ref_hs = jl.lstm(params, xs, seq_lengths=lengths, reverse=reverse)
+    np_h, np_c, np_hs = ref_lstm(*params, np.asarray(xs), seq_lengths=np.asarray(lengths), reverse=reverse)
+    assert_close(hs, np_hs)
+    assert_close(final.h, np_h)
+    assert_close(final.c, np_c)
+    assert_close(hs, ref_hs)
+    assert_close(final.h, ref_final.h)
+
+
+def test_cells_see_none_in_the_engines_fields_and_batch_dims_flatten():
+    seen = []
+
+    @dataclass(frozen=True)
+    class Spy(MGU):
+        def step(self, params, from_input, from_h, carry):
+            seen.append((params.w_ih, params.w_hh, params.b, from_input.shape, carry.shape))
+            return super().step(params, from_input, from_h, carry)
+
+    cell = Spy()
+    params = cell.init_params(jax.random.key(0), D, H)
+    final, hs = jl.rnn(cell, params, jnp.ones((2, 3, T, D)), gradient="autodiff")
+    assert (final.shape, hs.shape) == ((2, 3, H), (2, 3, T, H))
+    assert seen[0] == (None, None, None, (6, 2 * H), (6, H))
+
+
+def test_the_engine_names_what_is_wrong():
+    cell = MGU()
+    params = cell.init_params(jax.random.key(0), D, H)
+    xs = jnp.ones((B, T, D))
+    with pytest.raises(TypeError, match="cell must be a jaxlstm.Cell"):
+        jl.rnn(object(), params, xs)
+    with pytest.raises(ValueError, match=r"params.w_ih must have shape \(input_size, 2 \* hidden_size\)"):
+        jl.rnn(cell, params._replace(w_ih=jnp.ones((D, 3 * H))), xs)
+    with pytest.raises(ValueError, match="gradient must be one of 'fused', 'autodiff', got 'manual'"):
+        jl.rnn(cell, params, xs, gradient="manual")
+    with pytest.raises(TypeError, match="reverse must be"):
+        jl.rnn(cell, params, xs, reverse="no")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'seq_length'"):
+        jl.rnn(cell, params, xs, seq_length=jnp.ones((B,), jnp.int32))
+    with pytest.raises(ValueError, match=r"seq_lengths must be in \[0, time\] = \[0, 7\]"):
+        jl.rnn(cell, params, xs, seq_lengths=jnp.asarray([8, 1, 1]))
