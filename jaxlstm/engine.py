@@ -23,12 +23,12 @@ It imports neither Flax nor any backend.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
@@ -215,9 +215,14 @@ def _fused_loop(loop: _Loop, params, xs, carry, restart, steps: Steps, *, save: 
         )
         return carry, buffers
 
-    size = max(1, min(time, _FORWARD_CHUNK_STEPS))
+    size = _chunk_steps(time, _FORWARD_CHUNK_STEPS)
     final, buffers = _over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
     return final, buffers[0], buffers[1:], (treedef[0] if treedef else None)
+
+
+def _chunk_steps(time, steps: int) -> int:
+    """Steps per chunk: ``steps``, fewer when T is shorter, 1 when T is symbolic (``jax.export``)."""
+    return max(1, min(time, steps)) if isinstance(time, int) else 1
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -326,7 +331,7 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
     zero_carry = jax.tree.map(jnp.zeros_like, d_final)
     d_weights = (jnp.zeros_like(params.w_ih), jnp.zeros_like(params.w_hh), None if bias is None else jnp.zeros_like(bias))
     state = (d_final, zero_carry, jax.tree.map(jnp.zeros_like, small), d_weights, jnp.zeros_like(xs))
-    size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1))))
+    size = _chunk_steps(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
     state = _over_chunks(chunk, state, time, size, backward=not loop.reverse)
     d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs = state
     d_params = d_small._replace(w_ih=d_w_ih, w_hh=d_w_hh)
@@ -429,7 +434,7 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
         restart = None if steps.reset is None else (carry if opts.reset_carry is None else opts.reset_carry)
         params, xs, carry, restart = promote(params, xs, carry, restart)
         loop = _Loop(cell, reverse=opts.reverse, unroll=opts.unroll, masked_output=opts.masked_output)
-        n = int(np.prod(batch_shape, dtype=int))
+        n = math.prod(batch_shape)  # symbolic under jax.export's shape polymorphism
 
         def flat(tree):
             return None if tree is None else jax.tree.map(lambda a: a.reshape(n, *a.shape[len(batch_shape):]), tree)
@@ -443,6 +448,11 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
             return _autodiff_loop(loop, params, xs, carry, flat(restart), steps)
 
         xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)
+        if opts.checkpoint_every is not None and not isinstance(time, int):
+            raise ValueError(
+                f"checkpoint_every needs a concrete number of time steps, got the symbolic T = {time} "
+                f"(jax.export shape polymorphism): export with a concrete T, or without checkpoint_every"
+            )
         if opts.checkpoint_every is None or opts.checkpoint_every >= time:
             final, hs = run(flat(carry), xs_flat, steps_flat)
         else:

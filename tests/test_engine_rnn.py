@@ -160,3 +160,30 @@ def test_the_engine_names_what_is_wrong():
         jl.rnn(cell, params, xs, seq_length=jnp.ones((B,), jnp.int32))
     with pytest.raises(ValueError, match=r"seq_lengths must be in \[0, time\] = \[0, 7\]"):
         jl.rnn(cell, params, xs, seq_lengths=jnp.asarray([8, 1, 1]))
+
+
+@pytest.mark.parametrize("gradient", ["fused", "autodiff"])
+def test_exports_with_symbolic_batch_and_time_and_serializes(gradient):
+    cell = jl.cells.GRU()  # its GRUParams is registered for serialization (jaxlstm/_export.py)
+    params = cell.init_params(jax.random.key(0), D, H)
+
+    def grads(params, xs):
+        return jax.grad(lambda p: jnp.sum(jl.rnn(cell, p, xs, gradient=gradient)[1] ** 2))(params)
+
+    batch, time = jax.export.symbolic_shape("b, t")
+    exported = jax.export.export(jax.jit(grads))(params, jax.ShapeDtypeStruct((batch, time, D), jnp.float32))
+    restored = jax.export.deserialize(exported.serialize())
+    for shape in ((2, 5, D), (3, 8, D)):
+        xs = jax.random.normal(jax.random.key(1), shape)
+        for a, b in zip(jax.tree.leaves(restored.call(params, xs)), jax.tree.leaves(grads(params, xs)), strict=True):
+            assert_close(a, b)
+
+
+def test_checkpoint_every_with_a_symbolic_time_is_refused_clearly():
+    cell = MGU()
+    params = cell.init_params(jax.random.key(0), D, H)
+    (time,) = jax.export.symbolic_shape("t")
+    with pytest.raises(ValueError, match="checkpoint_every needs a concrete number of time steps"):
+        jax.export.export(jax.jit(lambda p, x: jl.rnn(cell, p, x, checkpoint_every=2)[1]))(
+            params, jax.ShapeDtypeStruct((2, time, D), jnp.float32)
+        )
