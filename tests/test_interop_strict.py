@@ -21,7 +21,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxlstm as jl  # noqa: E402
-from jaxlstm.interop import from_flax, from_keras, from_torch, from_torch_state_dict, load_torch, to_flax  # noqa: E402
+from jaxlstm.interop import (  # noqa: E402
+    from_flax,
+    from_keras,
+    from_torch,
+    from_torch_state_dict,
+    load_torch,
+    to_flax,
+    to_torch,
+)
 
 D, H = 2, 3  # w_ih has 4H x D = 24 values, w_hh 4H x H = 36
 
@@ -210,6 +218,153 @@ def test_torch_tensors_without_dense_values_are_named():
         quantized = torch.quantize_per_tensor(state["bias_ih_l0"], 0.1, 0, torch.qint8)
     with pytest.raises(ValueError, match=r"'bias_ih_l0' is a quantized tensor \(torch.qint8\).*dequantize"):
         from_torch_state_dict({**state, "bias_ih_l0": quantized})
+
+
+# --- every entry accounted for: nothing extra ignored, the wrong entry named, the rest listed ------
+
+
+def linen_tree(seed=0):
+    """A flax.linen LSTMCell's parameter subtree (D inputs, H units), random values."""
+    return to_flax(jl.init_params(jax.random.key(seed), D, H, scheme="torch"))
+
+
+def test_from_flax_refuses_entries_a_cell_does_not_have():
+    from flax import nnx
+
+    tree = linen_tree()
+    for extra, message in [
+        ({"extra": {"kernel": jnp.zeros((D, H))}}, r"params has entries \['extra'\] that a Flax LSTM cell does not"),
+        ({"if_": tree["if"]}, r"params has entries \['if_'\]"),  # linen's and nnx's names at once
+        ({"hi": {**tree["hi"], "scale": jnp.ones(H)}}, r"params\['hi'\] has unexpected entries \['scale'\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            from_flax({**tree, **extra})
+        with pytest.raises(ValueError, match=message):  # wrapped as nn.RNN's variables too
+            from_flax({"params": {"cell": {**tree, **extra}}})
+    packed = nnx.to_pure_dict(nnx.state(nnx.OptimizedLSTMCell(D, H, rngs=nnx.Rngs(0)), nnx.Param))
+    with pytest.raises(ValueError, match=r"params has entries \['hi'\] .*expected 'dense_i', 'dense_h'"):
+        from_flax({**packed, "hi": tree["hi"]})
+    # What a cell may have still converts: an input Dense's bias is added into b.
+    biased = {**tree, "ig": {**tree["ig"], "bias": jnp.full((H,), 0.5)}}
+    expected = np.concatenate([np.asarray(tree[n]["bias"]) + (0.5 if n == "hg" else 0) for n in ("hi", "hf", "hg", "ho")])
+    assert same_bits(from_flax(biased).b, expected.astype(np.float32))
+
+
+def test_from_flax_names_the_misshaped_entry_itself():
+    """Each entry in turn gets a wrong size: the error names that entry, whichever is read first."""
+    tree = linen_tree()
+    for name, entry in tree.items():
+        for field, array in entry.items():
+            for axis in range(array.ndim):
+                shape = list(array.shape)
+                shape[axis] += 1
+                bad = {**tree, name: {**entry, field: jnp.zeros(shape, jnp.float32)}}
+                with pytest.raises(ValueError, match=rf"^params\['{name}'\]\['{field}'\] has shape") as error:
+                    from_flax(bad)
+                expected = tuple(array.shape)
+                assert f"expected {expected}" in str(error.value), str(error.value)
+    # The reported case: a square 'hi' kernel of the wrong size is 'hi''s fault, not 'ii''s.
+    with pytest.raises(ValueError, match=rf"params\['hi'\]\['kernel'\] has shape \(4, 4\), expected \({H}, {H}\)"):
+        from_flax({**tree, "hi": {**tree["hi"], "kernel": jnp.zeros((4, 4))}})
+
+
+def test_from_flax_refuses_integer_and_mixed_dtype_weights():
+    tree = linen_tree()
+    integers = jax.tree.map(lambda a: np.asarray(a).astype(np.int32), tree)
+    with pytest.raises(ValueError, match=r"params\['ii'\]\['kernel'\] must hold floating-point values, got dtype int32"):
+        from_flax(integers)
+    mixed = {**tree, "hg": {**tree["hg"], "bias": np.asarray(tree["hg"]["bias"], np.float16)}}
+    with pytest.raises(ValueError, match=r"params\['hg'\]\['bias'\] has dtype float16, the other entries float32"):
+        from_flax(mixed)
+
+
+class _Model:
+    """A whole torch model's parts: an embedding, a 2-layer LSTM under 'encoder.lstm.', a head."""
+
+    def __init__(self, seed=0):
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(seed)
+        self.model = torch.nn.ModuleDict(
+            {
+                "embed": torch.nn.Embedding(5, D),
+                "encoder": torch.nn.ModuleDict({"lstm": torch.nn.LSTM(D, H, num_layers=2, batch_first=True)}),
+                "head": torch.nn.Linear(H, 1),
+            }
+        )
+        self.lstm = self.model["encoder"]["lstm"]
+
+
+def test_load_torch_names_the_keys_it_left_unused():
+    torch = pytest.importorskip("torch")
+    whole = _Model()
+    state = whole.model.state_dict()
+    others = [k for k in state if not k.startswith("encoder.lstm.")]
+    assert others == ["embed.weight", "head.weight", "head.bias"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    for prefix in (None, "encoder.lstm."):
+        buffer.seek(0)
+        with pytest.warns(UserWarning, match=r"3 keys of the state dict are not the LSTM's and were left unused: "
+                          r"'embed.weight', 'head.weight', 'head.bias'.*return_unused=True") as record:
+            module, variables = load_torch(buffer, prefix=prefix)
+        assert record[0].filename == __file__  # the warning points at the caller's line
+        buffer.seek(0)
+        _, again, unused = load_torch(buffer, prefix=prefix, return_unused=True)
+        assert unused == others
+        assert jax.tree.all(jax.tree.map(same_bits, again, variables))
+    assert same_bits(variables["params"]["layer_1"]["w_hh"], whole.lstm.weight_hh_l1.detach().numpy().T)
+    # A state dict of the LSTM alone leaves nothing unused: no warning, an empty list.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_torch_state_dict(whole.lstm.state_dict(), return_unused=True)[2] == []
+        from_torch(whole.lstm)
+
+
+def test_to_torch_writes_back_into_a_whole_models_state_dict():
+    torch = pytest.importorskip("torch")
+    whole = _Model()
+    module, _ = from_torch(whole.lstm)
+    x = np.random.default_rng(0).standard_normal((2, 4, D)).astype(np.float32)
+    trained = module.init(jax.random.key(7), x)  # new weights, as after training in JAX
+    before = {k: v.clone() for k, v in whole.model.state_dict().items()}
+
+    state = to_torch(module, trained, state_dict=whole.model.state_dict())  # the prefix is found
+    assert list(state) == list(before)
+    assert all(torch.equal(state[k], before[k]) for k in before if not k.startswith("encoder.lstm."))
+    assert all(torch.equal(v, before[k]) for k, v in whole.model.state_dict().items())  # not changed in place
+    assert str(whole.model.load_state_dict(state, strict=True)) == "<All keys matched successfully>"
+    with torch.no_grad():
+        out = whole.lstm(torch.from_numpy(x))[0].numpy()
+    assert np.allclose(out, jax.jit(module.apply)(trained, x), atol=1e-6)
+    back = from_torch_state_dict(state, prefix="encoder.lstm.", return_unused=True)[1]
+    assert jax.tree.all(jax.tree.map(same_bits, back, trained))
+
+    alone = to_torch(module, trained, prefix="encoder.lstm.")  # the LSTM's entries alone, under the prefix
+    assert sorted(alone) == sorted(k for k in before if k.startswith("encoder.lstm."))
+    assert all(torch.equal(alone[k], state[k]) for k in alone)
+
+    one_layer, one_variables = from_torch(torch.nn.LSTM(D, H, batch_first=True))
+    with pytest.raises(ValueError, match=r"has LSTM entries \['encoder.lstm.weight_ih_l1', .* this module does not"):
+        to_torch(one_layer, one_variables, state_dict=before)
+    as_double = {k: v.double() if k.startswith("encoder") else v for k, v in before.items()}
+    with pytest.raises(ValueError, match=r"'encoder.lstm.weight_ih_l0' has shape \(12, 2\) and dtype torch.float64; "
+                       r"this module writes shape \(12, 2\) and dtype torch.float32"):
+        to_torch(module, trained, prefix="encoder.lstm.", state_dict=as_double)
+
+
+def test_torch_converters_refuse_arguments_of_the_wrong_kind():
+    pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"path must be a file path \(a str or os.PathLike\) or a binary file "
+                       r"object with read\(\), got int 12345"):
+        load_torch(12345)
+    state = torch_lstm().state_dict()
+    with pytest.raises(TypeError, match=r"prefix must be a str such as 'encoder.lstm.' or None, got int 0"):
+        from_torch_state_dict(state, prefix=0)
+    with pytest.raises(TypeError, match=r"allow_nonfinite must be .*got str 'no'"):
+        from_torch_state_dict(state, allow_nonfinite="no")
+    module, variables = from_torch_state_dict(state)
+    with pytest.raises(TypeError, match=r"state_dict must be a whole model's state dict .* got list"):
+        to_torch(module, variables, state_dict=[])
 
 
 # --- Keras' backend ------------------------------------------------------------------------------

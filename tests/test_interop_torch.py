@@ -232,7 +232,8 @@ def test_load_torch_bias_false_and_prefixed_model_state_dict():
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
-    module, variables = load_torch(buffer)
+    module, variables, unused = load_torch(buffer, return_unused=True)
+    assert unused == ["head.weight", "head.bias"]
     assert (module.num_layers, module.bidirectional) == (1, False)
     assert not variables["params"]["layer_0"]["b"].any()
     out, _, _ = torch_run(model.encoder, inputs())
@@ -246,7 +247,8 @@ def test_state_dict_of_numpy_arrays_and_ambiguous_prefix():
     two = {**{"a." + k: v for k, v in state.items()}, **{"b." + k: v for k, v in state.items()}}
     with pytest.raises(ValueError, match="prefix"):
         from_torch_state_dict(two)
-    assert from_torch_state_dict(two, prefix="b.")[0].features == H
+    module, _, unused = from_torch_state_dict(two, prefix="b.", return_unused=True)
+    assert module.features == H and unused == ["a." + k for k in state]
 
 
 def _save(tmp_path, obj, name="bad.pt"):

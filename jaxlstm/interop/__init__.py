@@ -17,6 +17,10 @@ Loading is strict (docs/interop-loading.md): ``load_torch`` checks the
 file's CRC-32 checksums before reading it; every ``from_*`` converter
 refuses NaN or ±Inf weights unless ``allow_nonfinite=True``, and torch
 tensors without dense values (``meta``, sparse, ...) with the key named.
+Every entry is accounted for: ``from_flax`` refuses entries a Flax cell
+does not have, and ``load_torch`` names the keys of a whole model's state
+dict that are not the LSTM's (``return_unused=True`` returns them);
+``to_torch(..., state_dict=model.state_dict())`` writes the weights back.
 
 PyTorch and Keras are optional (``pip install jaxlstm[torch]`` /
 ``jaxlstm[keras]``) and imported only inside the functions that need them.

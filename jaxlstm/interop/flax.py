@@ -34,13 +34,15 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ..cell import LSTMParams
-from ._common import check_finite
+import numpy as np
+
+from ._common import check_finite, floating, warn_if_x64_disabled
 
 __all__ = ["from_flax", "to_flax"]
 
@@ -71,12 +73,19 @@ def from_flax(params, cell="LSTMCell", *, allow_nonfinite: bool = False) -> LSTM
         A bias on the input Dense layers, if present, is added into ``b``.
 
     Raises:
-        ValueError: a missing or misshaped entry (named), one holding NaN
-            or ±Inf (named, with the count; see ``allow_nonfinite``), or a
-            cell with other gate/activation functions.
+        ValueError: a missing or misshaped entry (named: the sizes are
+            those most entries agree on, so the wrong entry is the one
+            named), an entry a Flax LSTM cell does not have (refused, not
+            ignored), integer weights or entries of different dtypes, one
+            holding NaN or ±Inf (named, with the count; see
+            ``allow_nonfinite``), or a cell with other gate/activation
+            functions.
     """
     from flax import nnx
 
+    from .. import _checks
+
+    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
     if isinstance(params, nnx.Module):
         _check_cell(params)
         params = nnx.state(params, nnx.Param)
@@ -88,40 +97,10 @@ def from_flax(params, cell="LSTMCell", *, allow_nonfinite: bool = False) -> LSTM
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params) if hasattr(nnx, "to_pure_dict") else params.to_pure_dict()
     tree = _cell_tree(params)
-    strict = not allow_nonfinite
-    if "dense_i" in tree or "dense_h" in tree:
-        kernel_i = _leaf(tree, ("dense_i", "kernel"), 2, strict)
-        kernel_h = _leaf(tree, ("dense_h", "kernel"), 2, strict)
-        bias = _leaf(tree, ("dense_h", "bias"), 1, strict)
-        bias_i = _leaf(tree, ("dense_i", "bias"), 1, strict) if "bias" in tree["dense_i"] else None
-        hidden = kernel_h.shape[0]
-        _shape(kernel_i, (kernel_i.shape[0], 4 * hidden), ("dense_i", "kernel"))
-        _shape(kernel_h, (hidden, 4 * hidden), ("dense_h", "kernel"))
-        _shape(bias, (4 * hidden,), ("dense_h", "bias"))
-        if bias_i is not None:
-            _shape(bias_i, (4 * hidden,), ("dense_i", "bias"))
-            bias = _finite_sum(bias, bias_i, ("dense_h", "dense_i"), strict)
-        return LSTMParams(jnp.asarray(kernel_i), jnp.asarray(kernel_h), jnp.asarray(bias))
-
-    forget = "if_" if "if_" in tree and "if" not in tree else "if"
-    names = {gate: ("i" + gate if gate != "f" else forget, "h" + gate) for gate in GATES}
-    hidden = _leaf(tree, ("hi", "kernel"), 2, False).shape[0]
-    input_size = _leaf(tree, ("ii", "kernel"), 2, False).shape[0]
-    kernels_i, kernels_h, biases = [], [], []
-    for gate in GATES:
-        name_i, name_h = names[gate]
-        kernel_i = _shape(_leaf(tree, (name_i, "kernel"), 2, strict), (input_size, hidden), (name_i, "kernel"))
-        kernel_h = _shape(_leaf(tree, (name_h, "kernel"), 2, strict), (hidden, hidden), (name_h, "kernel"))
-        bias = _shape(_leaf(tree, (name_h, "bias"), 1, strict), (hidden,), (name_h, "bias"))
-        if "bias" in tree[name_i]:
-            bias_i = _shape(_leaf(tree, (name_i, "bias"), 1, strict), (hidden,), (name_i, "bias"))
-            bias = _finite_sum(bias, bias_i, (name_h, name_i), strict)
-        kernels_i.append(kernel_i)
-        kernels_h.append(kernel_h)
-        biases.append(bias)
-    return LSTMParams(
-        jnp.concatenate(kernels_i, axis=-1), jnp.concatenate(kernels_h, axis=-1), jnp.concatenate(biases, axis=-1)
-    )
+    layout = _layout(tree)
+    arrays = _read_entries(tree, layout, finite=not allow_nonfinite)
+    _check_shapes(arrays, packed=layout.inputs is None)
+    return _pack(arrays, layout, finite=not allow_nonfinite)
 
 
 def to_flax(params: LSTMParams, cell="LSTMCell") -> dict:
@@ -200,20 +179,136 @@ def _cell_tree(params) -> Mapping:
     return tree
 
 
-def _leaf(tree: Mapping, path: tuple[str, str], ndim: int, finite: bool) -> Any:
-    """``tree[path[0]][path[1]]``, which must be a ``ndim``-d array (and hold no NaN or ±Inf if ``finite``)."""
-    node: Any = tree
-    for depth, key in enumerate(path):
-        if not isinstance(node, Mapping) or key not in node:
-            where = "".join(f"[{k!r}]" for k in path[: depth + 1])
-            raise ValueError(f"params{where} is missing")
-        node = node[key]
-    if not hasattr(node, "shape") or len(node.shape) != ndim:
-        where = "".join(f"[{k!r}]" for k in path)
-        raise ValueError(f"params{where} must be a {ndim}-d array, got {getattr(node, 'shape', type(node).__name__)}")
-    if finite:
-        check_finite(node, "from_flax: params" + "".join(f"[{k!r}]" for k in path))
-    return node
+_Fields = tuple[tuple[str, ...], tuple[str, ...]]  # a Dense's (required fields, optional fields)
+
+
+class _Layout(NamedTuple):
+    """The entries a Flax LSTM cell's tree must have."""
+
+    entries: dict[str, _Fields]  # name -> its fields
+    inputs: dict[str, str] | None  # gate -> the name of its input Dense; None: the gates packed
+
+
+def _layout(tree: Mapping) -> _Layout:
+    """The layout of ``tree``, whose entries must be exactly the layout's.
+
+    ``OptimizedLSTMCell`` (nnx) packs the gates in ``dense_i``, ``dense_h``; the other cells keep one
+    Dense per gate, ``ii``, ``if`` (nnx: ``if_``), ``ig``, ``io`` and ``hi``, ..., ``ho``.
+    """
+    dense: _Fields = (("kernel",), ("bias",))  # an input Dense's bias is optional
+    biased: _Fields = (("kernel", "bias"), ())
+    if "dense_i" in tree or "dense_h" in tree:
+        layout = _Layout({"dense_i": dense, "dense_h": biased}, None)
+    else:
+        forget = "if_" if "if_" in tree and "if" not in tree else "if"
+        inputs = {gate: "i" + gate if gate != "f" else forget for gate in GATES}
+        entries: dict[str, _Fields] = {name: dense for name in inputs.values()}
+        entries |= {"h" + gate: biased for gate in GATES}
+        layout = _Layout(entries, inputs)
+    extra = sorted(set(tree) - set(layout.entries), key=str)
+    if extra:
+        raise ValueError(
+            f"params has entries {extra} that a Flax LSTM cell does not have (expected "
+            f"{', '.join(map(repr, layout.entries))}): refused rather than ignored, as they may hold weights "
+            "that the conversion would drop"
+        )
+    return layout
+
+
+def _read_entries(tree: Mapping, layout: _Layout, *, finite: bool) -> dict[tuple[str, str], Any]:
+    """``(name, field)`` → array for every entry of ``layout``: present, arrays of the right rank, real
+    floating, all of one dtype and (if ``finite``) without NaN or ±Inf. Anything else is named."""
+    arrays: dict[tuple[str, str], Any] = {}
+    for name, (required, optional) in layout.entries.items():
+        node = tree.get(name)
+        if not isinstance(node, Mapping):
+            got = "is missing" if node is None else f"must be a dict of Dense parameters, got {type(node).__name__}"
+            raise ValueError(f"params[{name!r}] {got}")
+        unexpected = sorted(set(node) - set(required) - set(optional), key=str)
+        if unexpected:
+            allowed = ", ".join(map(repr, required + optional))
+            raise ValueError(f"params[{name!r}] has unexpected entries {unexpected}; a Flax Dense has {allowed}")
+        for field in required + tuple(f for f in optional if f in node):
+            where = f"params[{name!r}][{field!r}]"
+            if field not in node:
+                raise ValueError(f"{where} is missing")
+            array = node[field]
+            ndim = 2 if field == "kernel" else 1
+            if not hasattr(array, "shape") or not hasattr(array, "dtype") or len(array.shape) != ndim:
+                got = getattr(array, "shape", type(array).__name__)
+                raise ValueError(f"{where} must be a {ndim}-d array, got {got}")
+            floating(array, where)
+            if finite:
+                check_finite(array, "from_flax: " + where)
+            arrays[(name, field)] = array
+    dtype = _consensus({path: np.dtype(array.dtype) for path, array in arrays.items()})
+    for (name, field), array in arrays.items():
+        if np.dtype(array.dtype) != dtype:
+            raise ValueError(
+                f"params[{name!r}][{field!r}] has dtype {np.dtype(array.dtype)}, the other entries {dtype}: a Flax "
+                "cell's parameters share one dtype (its param_dtype); cast them to one"
+            )
+    warn_if_x64_disabled(dtype, "from_flax")
+    return arrays
+
+
+def _consensus(values: dict) -> Any:
+    """The value most entries have (the first entry's on a tie)."""
+    counts: dict = {}
+    for value in values.values():
+        counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=lambda value: counts[value])
+
+
+def _check_shapes(arrays: dict[tuple[str, str], Any], *, packed: bool) -> None:
+    """Checks every entry's shape against the sizes most entries agree on, so that a misshaped entry is
+    the one named, not a well-shaped one read after it.
+
+    Every entry's last axis is its output width (H per gate, 4H packed); an input kernel's first axis is
+    the input size, a hidden kernel's the hidden size.
+    """
+    width = _consensus({path: array.shape[-1] for path, array in arrays.items()})
+    if packed and width % 4:
+        shape = tuple(arrays[("dense_h", "kernel")].shape)
+        raise ValueError(
+            f"params['dense_h']['kernel'] has shape {shape}: its last axis packs the gates i, f, g, o, "
+            "so its size must be a multiple of 4"
+        )
+    hidden = width // 4 if packed else width
+    kernels_i = {path: array.shape[0] for path, array in arrays.items() if path[1] == "kernel" and _input(path[0])}
+    input_size = _consensus(kernels_i)
+    for (name, field), array in arrays.items():
+        shape = (width,) if field == "bias" else (input_size if _input(name) else hidden, width)
+        if tuple(array.shape) != shape:
+            raise ValueError(
+                f"params[{name!r}][{field!r}] has shape {tuple(array.shape)}, expected {shape} (hidden size "
+                f"{hidden} and input size {input_size}, which the other entries agree on)"
+            )
+
+
+def _input(name: str) -> bool:
+    """Whether ``name`` is an input Dense (``ii``, ``if``, ``if_``, ..., ``dense_i``), not a hidden one."""
+    return name.startswith("i") or name == "dense_i"
+
+
+def _pack(arrays: dict[tuple[str, str], Any], layout: _Layout, *, finite: bool) -> LSTMParams:
+    """The checked entries packed as jaxlstm's ``w_ih``, ``w_hh``, ``b`` (gates i, f, g, o); an input
+    Dense's bias, if any, is added into ``b``."""
+    if layout.inputs is None:
+        names = [("dense_i", "dense_h")]
+    else:
+        names = [(layout.inputs[gate], "h" + gate) for gate in GATES]
+    kernels_i, kernels_h, biases = [], [], []
+    for name_i, name_h in names:
+        bias = arrays[(name_h, "bias")]
+        if (name_i, "bias") in arrays:
+            bias = _finite_sum(bias, arrays[(name_i, "bias")], (name_h, name_i), finite)
+        kernels_i.append(arrays[(name_i, "kernel")])
+        kernels_h.append(arrays[(name_h, "kernel")])
+        biases.append(bias)
+    return LSTMParams(
+        jnp.concatenate(kernels_i, axis=-1), jnp.concatenate(kernels_h, axis=-1), jnp.concatenate(biases, axis=-1)
+    )
 
 
 def _finite_sum(bias_h, bias_i, names: tuple[str, str], finite: bool):
@@ -222,10 +317,3 @@ def _finite_sum(bias_h, bias_i, names: tuple[str, str], finite: bool):
     if finite:
         check_finite(bias, f"from_flax: params[{names[0]!r}]['bias'] + params[{names[1]!r}]['bias']")
     return bias
-
-
-def _shape(array, shape: tuple[int, ...], path: tuple[str, str]):
-    if tuple(array.shape) != shape:
-        where = "".join(f"[{k!r}]" for k in path)
-        raise ValueError(f"params{where} has shape {tuple(array.shape)}, expected {shape}")
-    return array

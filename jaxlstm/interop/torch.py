@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _checks
 from ._common import check_finite, floating, lstm_module, params_tree, read_stack, require, warn_if_x64_disabled
 
 __all__ = ["from_torch", "from_torch_state_dict", "load_torch", "to_torch"]
@@ -90,9 +91,9 @@ def from_torch(lstm, *, allow_nonfinite: bool = False):
                 else ""
             )
         )
-    return from_torch_state_dict(
-        lstm.state_dict(), prefix="", dropout=float(lstm.dropout), source="lstm", allow_nonfinite=allow_nonfinite
-    )
+    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
+    module, variables, _ = _convert(lstm.state_dict(), "", float(lstm.dropout), "lstm", allow_nonfinite)
+    return module, variables
 
 
 def from_torch_state_dict(
@@ -102,6 +103,7 @@ def from_torch_state_dict(
     dropout: float = 0.0,
     source: str = "state dict",
     allow_nonfinite: bool = False,
+    return_unused: bool = False,
 ):
     """``from_torch`` for an ``nn.LSTM``'s state dict, without the module.
 
@@ -114,6 +116,8 @@ def from_torch_state_dict(
         dropout: the module's ``dropout`` (a state dict does not record it).
         source: how error messages name the state dict (e.g. its file).
         allow_nonfinite: load NaN or ±Inf weights instead of refusing them.
+        return_unused: return the keys that are not the LSTM's as a third
+            value, instead of warning about them.
 
     ``num_layers``, ``bidirectional``, ``hidden_size``, ``input_size``,
     ``bias`` and ``proj_size`` (from ``weight_hr_l0``) are read from the keys
@@ -123,8 +127,29 @@ def from_torch_state_dict(
     values (``meta``, sparse, nested or quantized tensors are refused).
 
     Returns:
-        ``(module, variables)`` as ``from_torch``.
+        ``(module, variables)`` as ``from_torch``; with ``return_unused=True``,
+        ``(module, variables, unused)``, where ``unused`` lists the keys of
+        ``state_dict`` that are not the LSTM's (a classifier head, an
+        embedding, ...), in the state dict's order.
+
+    Warns:
+        UserWarning: ``state_dict`` holds keys that are not the LSTM's (and
+            ``return_unused`` is False): it names them, as the rest of a
+            whole model that is still to be converted. PyTorch's
+            ``load_state_dict(strict=False)`` returns them likewise.
     """
+    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
+    return_unused = _checks.flag(return_unused, "return_unused")
+    _check_prefix(prefix)
+    module, variables, unused = _convert(state_dict, prefix, dropout, source, allow_nonfinite)
+    if return_unused:
+        return module, variables, unused
+    _warn_unused(unused, source, stacklevel=3)
+    return module, variables
+
+
+def _convert(state_dict, prefix: str | None, dropout: float, source: str, allow_nonfinite: bool):
+    """``from_torch_state_dict``'s ``(module, variables, unused keys)``."""
     from ..linen import LSTM, cell_name
     from ..variants import LSTMVariant
 
@@ -136,7 +161,8 @@ def from_torch_state_dict(
     keys = [k for k in state_dict if isinstance(k, str)]
     if prefix is None:
         prefix = _find_prefix(keys, source)
-    weights = _StateDictLSTM(state_dict, prefix, _weight_keys(keys, prefix, source), source, allow_nonfinite)
+    entries = _weight_keys(keys, prefix, source)
+    weights = _StateDictLSTM(state_dict, prefix, entries, source, allow_nonfinite)
     sizes = _read_sizes(weights)
     warn_if_x64_disabled(sizes.dtype, source)
     params = {
@@ -153,7 +179,28 @@ def from_torch_state_dict(
         param_dtype=params["layer_0"]["w_ih"].dtype,
         variant=None if sizes.proj_size is None else LSTMVariant(proj_size=sizes.proj_size),
     )
-    return module, {"params": params}
+    used = set(entries.values())
+    return module, {"params": params}, [key for key in state_dict if key not in used]
+
+
+def _check_prefix(prefix) -> None:
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str such as 'encoder.lstm.' or None, got {type(prefix).__name__} {prefix!r}")
+
+
+def _warn_unused(unused: list, source: str, stacklevel: int) -> None:
+    """Names the keys a whole model's state dict holds besides the LSTM's: what is still to convert."""
+    if not unused:
+        return
+    shown = ", ".join(map(repr, unused[:12])) + (f", ... ({len(unused) - 12} more)" if len(unused) > 12 else "")
+    warnings.warn(
+        f"{source}: converted the LSTM only; {len(unused)} key{'s' if len(unused) > 1 else ''} of the state dict "
+        f"{'are' if len(unused) > 1 else 'is'} not the LSTM's and {'were' if len(unused) > 1 else 'was'} left "
+        f"unused: {shown}. Convert the rest of the model separately, or pass return_unused=True to get these keys "
+        "as a list instead of this warning",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _find_prefix(keys: list[str], source: str) -> str:
@@ -313,7 +360,14 @@ def _read_cell(weights: _StateDictLSTM, sizes: _Sizes, layer: int, direction: in
     return cell
 
 
-def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0, allow_nonfinite: bool = False):
+def load_torch(
+    path,
+    *,
+    prefix: str | None = None,
+    dropout: float = 0.0,
+    allow_nonfinite: bool = False,
+    return_unused: bool = False,
+):
     """``from_torch`` for a state dict saved with ``torch.save(lstm.state_dict(), path)``.
 
     The file is verified first: ``torch.save`` writes a zip archive that
@@ -336,11 +390,20 @@ def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0, allow_n
             dict with the LSTM inside (``None``: found automatically).
         dropout: the module's ``dropout`` (not recorded in a state dict).
         allow_nonfinite: load NaN or ±Inf weights instead of refusing them.
+        return_unused: return the keys that are not the LSTM's as a third
+            value, instead of warning about them.
 
     Returns:
-        ``(module, variables)`` as ``from_torch``.
+        ``(module, variables)`` as ``from_torch``; with ``return_unused=True``,
+        ``(module, variables, unused)`` as ``from_torch_state_dict``.
+
+    Warns:
+        UserWarning: the file is a whole model's state dict and
+            ``return_unused`` is False: the warning names the keys that are
+            not the LSTM's (the rest of the model, still to be converted).
 
     Raises:
+        TypeError: ``path`` is neither a path nor a binary file object.
         FileNotFoundError: no such file.
         ValueError: naming the file, if it is damaged (the member that fails
             its checksum is named), is not a readable torch file, does not
@@ -349,6 +412,14 @@ def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0, allow_n
     """
     torch = require("torch", "torch", "load_torch")
 
+    if not isinstance(path, (str, os.PathLike)) and not callable(getattr(path, "read", None)):
+        raise TypeError(
+            "path must be a file path (a str or os.PathLike) or a binary file object with read(), "
+            f"got {type(path).__name__} {path!r:.80}"
+        )
+    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
+    return_unused = _checks.flag(return_unused, "return_unused")
+    _check_prefix(prefix)
     source = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
     if isinstance(path, (str, os.PathLike)):
         if not os.path.exists(path):
@@ -378,7 +449,11 @@ def load_torch(path, *, prefix: str | None = None, dropout: float = 0.0, allow_n
             "so it was loaded without an integrity check",
             stacklevel=2,
         )
-    return from_torch_state_dict(obj, prefix=prefix, dropout=dropout, source=source, allow_nonfinite=allow_nonfinite)
+    module, variables, unused = _convert(obj, prefix, dropout, source, allow_nonfinite)
+    if return_unused:
+        return module, variables, unused
+    _warn_unused(unused, source, stacklevel=3)
+    return module, variables
 
 
 def _verify_archive(file, source: str) -> bool:
@@ -430,8 +505,9 @@ def _check_members(file, source: str) -> bool:
     return True
 
 
-def to_torch(module, variables, *, bias: bool = True):
-    """A ``torch.nn.LSTM`` (``batch_first=True``) computing what ``module.apply(variables, ...)`` computes.
+def to_torch(module, variables, *, bias: bool = True, prefix: str | None = None, state_dict=None):
+    """A ``torch.nn.LSTM`` (``batch_first=True``) computing what ``module.apply(variables, ...)`` computes,
+    or, with ``prefix`` or ``state_dict``, its weights for a whole model's state dict.
 
     Args:
         module: a ``jaxlstm.LSTM`` (linen); bidirectional modules must use
@@ -441,13 +517,28 @@ def to_torch(module, variables, *, bias: bool = True):
         variables: its variables, ``{"params": ...}``.
         bias: ``False`` makes a ``bias=False`` torch module, allowed only when
             every ``b`` is exactly zero.
+        prefix: the LSTM's key prefix in a whole model's state dict, e.g.
+            ``"encoder.lstm."``: return the LSTM's state dict with its keys
+            under it (``"encoder.lstm.weight_ih_l0"``, ...) instead of the module.
+        state_dict: a whole model's state dict (``model.state_dict()``) to
+            write the weights back into: returns a copy of it with the LSTM's
+            entries under ``prefix`` replaced (``prefix=None`` finds the one
+            LSTM in it, as ``from_torch_state_dict`` does). Each entry must
+            already be there, with the same shape and dtype, and the model's
+            LSTM must have no entries this one lacks (more layers, a second
+            direction, biases), or a ValueError names the key; the tensors
+            keep the device of the ones they replace. ``state_dict`` is not
+            changed.
 
     Returns:
-        A new ``torch.nn.LSTM`` on the CPU with ``input_size`` from the
+        Without ``prefix`` and ``state_dict``, a new ``torch.nn.LSTM`` on the CPU with ``input_size`` from the
         variables, ``hidden_size=features``, the same ``num_layers``,
         ``bidirectional``, ``dropout`` and ``proj_size``, in the parameter dtype, in torch's
         default (training) mode — call ``.eval()`` for inference when
-        ``dropout > 0``.
+        ``dropout > 0``. With ``prefix`` alone, that module's state dict, a
+        ``dict`` of key → tensor with the keys under ``prefix``; with
+        ``state_dict``, the model's whole state dict, for
+        ``model.load_state_dict(...)`` (``strict=True`` passes).
 
     jaxlstm keeps one bias per cell; torch has two that it adds. The bias is
     written as ``bias_ih = b`` and ``bias_hh = 0``, so torch's sum equals
@@ -457,6 +548,13 @@ def to_torch(module, variables, *, bias: bool = True):
     """
     torch = require("torch", "torch", "to_torch")
 
+    bias = _checks.flag(bias, "bias")
+    _check_prefix(prefix)
+    if state_dict is not None and not isinstance(state_dict, Mapping):
+        raise TypeError(
+            "state_dict must be a whole model's state dict (a mapping of key -> tensor, as model.state_dict()) "
+            f"or None, got {type(state_dict).__name__}"
+        )
     module = lstm_module(module)
     if module.bidirectional and module.merge != "concat":
         raise ValueError(
@@ -515,7 +613,49 @@ def to_torch(module, variables, *, bias: bool = True):
             if w_hr:
                 state["weight_hr" + suffix] = _torch_tensor(torch, w_hr[0].T, torch_dtype)
     lstm.load_state_dict(state, strict=True)
+    if state_dict is not None:
+        return _write_into(torch, state_dict, lstm.state_dict(), prefix)
+    if prefix is not None:
+        return {prefix + key: value for key, value in lstm.state_dict().items()}
     return lstm
+
+
+def _write_into(torch, state_dict: Mapping, lstm_state: Mapping, prefix: str | None) -> Mapping:
+    """A copy of a whole model's ``state_dict`` with its LSTM's entries under ``prefix`` replaced by
+    ``lstm_state``'s, each checked to have the same shape and dtype as the entry it replaces."""
+    import copy
+
+    keys = [k for k in state_dict if isinstance(k, str)]
+    source = "to_torch: state_dict"
+    if prefix is None:
+        prefix = _find_prefix(keys, source)
+    theirs = set(_weight_keys(keys, prefix, source).values())
+    ours = {prefix + key: value for key, value in lstm_state.items()}
+    lacking = [key for key in keys if key in theirs and key not in ours]
+    if lacking:
+        raise ValueError(
+            f"{source} has LSTM entries {lacking} under prefix {prefix!r} that this module does not have "
+            f"(it has {sorted(ours)}): the model's LSTM has another configuration (layers, directions, bias)"
+        )
+    # copy.copy keeps an OrderedDict's _metadata, which load_state_dict reads
+    result: dict = copy.copy(state_dict) if isinstance(state_dict, dict) else dict(state_dict)
+    for key, value in ours.items():
+        if key not in state_dict:
+            raise ValueError(
+                f"{source} has no entry {key!r}, which this module writes: the model's LSTM under prefix "
+                f"{prefix!r} has another configuration (it has {sorted(theirs)})"
+            )
+        old = state_dict[key]
+        if not isinstance(old, torch.Tensor):
+            raise ValueError(f"{source}: {key!r} is a {type(old).__name__}, not a tensor")
+        if tuple(old.shape) != tuple(value.shape) or old.dtype != value.dtype:
+            raise ValueError(
+                f"{source}: {key!r} has shape {tuple(old.shape)} and dtype {old.dtype}; this module writes "
+                f"shape {tuple(value.shape)} and dtype {value.dtype} (a model of other sizes, or another "
+                "parameter dtype: cast one of them first, as a silent cast would change the weights)"
+            )
+        result[key] = value.to(old.device)
+    return result
 
 
 def _read_projected_stack(module, variables) -> list[list[tuple[np.ndarray, ...]]]:
