@@ -27,6 +27,8 @@ from .explain import explain as explain
 from .gru import gru as gru
 from .gru import gru_cell as gru_cell
 from .gru import init_gru_params as init_gru_params
+from .rnn_stack import init_rnn_stack as init_rnn_stack
+from .rnn_stack import stacked_rnn as stacked_rnn
 from .scan import lstm as lstm
 from .scan import lstm_variant as lstm_variant
 from .scan import lstm_variant_cell as lstm_variant_cell
@@ -93,6 +95,8 @@ __all__ = [
     "gru",
     "gru_cell",
     "init_gru_params",
+    "init_rnn_stack",
+    "stacked_rnn",
     "LSTM",
     "LSTMCell",
     "nnx",

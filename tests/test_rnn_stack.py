@@ -1,0 +1,79 @@
+"""jaxlstm.stacked_rnn: stacks of any cell, against torch.nn.GRU (layers, bidirectional) and autodiff."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jaxlstm as jl
+from tests.reference import assert_close
+from tests.test_engine_rnn import MGU
+
+D, H, B, T = 3, 4, 2, 5
+
+
+def _torch_stack(layer: torch.nn.GRU, num_layers: int, bidirectional: bool):
+    suffixes = ("", "_reverse") if bidirectional else ("",)
+
+    def params(l, suffix):
+        w_ih, w_hh, b_ih, b_hh = (
+            getattr(layer, f"{name}_l{l}{suffix}").detach().numpy()
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+        return jl.GRUParams(*(jnp.asarray(a) for a in (w_ih.T, w_hh.T, b_ih, b_hh)))
+
+    return tuple(tuple(params(l, s) for s in suffixes) for l in range(num_layers))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_gru_stack_equals_torch_with_lengths(bidirectional):
+    torch.manual_seed(0)
+    layer = torch.nn.GRU(D, H, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    xs = np.random.default_rng(0).normal(size=(B, T, D)).astype(np.float32)
+    lengths = [5, 3]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(xs), lengths, batch_first=True)
+    out, h_n = layer(packed)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+    stack = _torch_stack(layer, 2, bidirectional)
+    finals, hs = jl.stacked_rnn(jl.cells.GRU(), stack, jnp.asarray(xs), seq_lengths=jnp.asarray(lengths))
+    assert_close(hs, out.detach().numpy())
+    flat = [final for layer_finals in finals for final in layer_finals]
+    assert_close(jnp.stack(flat), h_n.detach().numpy())
+
+
+def test_a_bidirectional_stack_of_a_user_cell_has_fused_gradients_equal_to_autodiff():
+    cell = MGU()
+    with jax.enable_x64(True):
+        stack = jl.init_rnn_stack(
+            cell, jax.random.key(0), D, H, num_layers=2, bidirectional=True, merge="sum", dtype=jnp.float64
+        )
+        xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+        options = dict(seq_lengths=jnp.asarray([5, 2]), checkpoint_every=2, merge="sum")
+
+        def loss(stack, gradient):
+            _, hs = jl.stacked_rnn(cell, stack, xs, gradient=gradient, **options)
+            return jnp.sum(jnp.sin(hs))
+
+        fused, autodiff = (jax.grad(loss)(stack, g) for g in ("fused", "autodiff"))
+        for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(autodiff), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_between_layers_needs_a_key_and_reverse_one_direction():
+    cell = jl.cells.GRU()
+    stack = jl.init_rnn_stack(cell, jax.random.key(0), D, H, num_layers=2, bidirectional=True)
+    xs = jnp.ones((B, T, D))
+    with pytest.raises(ValueError, match="deterministic=False needs a dropout_key"):
+        jl.stacked_rnn(cell, stack, xs, dropout=0.5, deterministic=False)
+    with pytest.raises(ValueError, match=r"stack\[1\]\[0\].w_ih reads 8 features, but layer 0's outputs merged with 'sum' have 4"):
+        jl.stacked_rnn(cell, stack, xs, merge="sum")
+    with pytest.raises(ValueError, match="reverse=True is for one-direction stacks"):
+        jl.stacked_rnn(cell, stack, xs, reverse=True)
+    with pytest.raises(TypeError, match="deterministic must be"):
+        jl.stacked_rnn(cell, stack, xs, dropout=0.5, dropout_key=jax.random.key(1), deterministic="yes")
+    _, dropped = jl.stacked_rnn(cell, stack, xs, dropout=0.5, dropout_key=jax.random.key(1))
+    _, kept = jl.stacked_rnn(cell, stack, xs, dropout=0.5, dropout_key=jax.random.key(1), deterministic=True)
+    _, plain = jl.stacked_rnn(cell, stack, xs)
+    assert_close(kept, plain)
+    assert not np.allclose(dropped, plain)
