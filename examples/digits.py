@@ -107,7 +107,7 @@ def parse(argv, name: str = "digits", description: str = __doc__.split("\n")[0])
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.hidden, args.batch = 6, 8, 8
-    common.positive(args, "hidden", "batch", "lr")
+    common.positive(args, "hidden", "batch", "lr", non_negative=("weight_decay",))
     return args
 
 

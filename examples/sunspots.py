@@ -140,7 +140,7 @@ def parse(argv):
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.members, args.hidden, args.batch = 6, 2, 4, 8
-    common.positive(args, "val_years", "members", "hidden", "batch", "lr")
+    common.positive(args, "val_years", "members", "hidden", "batch", "lr", non_negative=("weight_decay",))
     if args.window < 2:
         common.fail("--window must be at least 2 (the LSTM reads the window's differences)")
     return args

@@ -36,6 +36,8 @@ SLOW = (
     "tests/test_examples.py::test_smoke_run_writes_metrics_plot_and_checkpoint",
     "tests/test_examples.py::test_resumed_run_ends_exactly_like_an_uninterrupted_one",
     "tests/test_examples.py::test_four_devices_give_the_loss_of_one",
+    "tests/test_examples.py::test_a_second_ctrl_c_ends_in_one_line_keeping_the_last_checkpoint",
+    "tests/test_distributed.py",  # the examples in 2 processes and docs/scaling.md on 4 devices, in subprocesses
     # the generic engine's float64 gradient check of a bidirectional 2-layer stack with checkpointing
     "tests/test_rnn_stack.py::test_a_bidirectional_stack_of_a_user_cell_has_fused_gradients_equal_to_autodiff",
     # the cuDNN path's checks that compile many XLA fallbacks on the CPU

@@ -184,3 +184,97 @@ def test_a_relative_out_folder_works_as_the_readme_runs_it(tmp_path):
     assert (tmp_path / "runs" / "relative" / "checkpoint.json").is_file()
     resumed = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- options and Ctrl-C (issue 25)
+
+BAD_OPTIONS = [
+    ("digits", ["--lr", "nan"], "--lr must be a finite number, got nan"),
+    ("digits", ["--weight-decay", "inf"], "--weight-decay must be a finite number, got inf"),
+    ("digits", ["--weight-decay", "-0.1"], "--weight-decay must be at least 0, got -0.1"),
+    ("digits", ["--seed", "-1"], "--seed must be at least 0, got -1"),
+    ("nnx_digits", ["--lr=-inf"], "--lr must be a finite number, got -inf"),
+    ("sunspots", ["--lr", "0"], "--lr must be positive, got 0.0"),
+    ("sunspots", ["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    ("adding", ["--clip", "0"], "--clip must be positive, got 0.0"),
+    ("adding", ["--clip", "nan"], "--clip must be a finite number, got nan"),
+    ("digits", ["--num-processes", "0"], "--num-processes must be positive, got 0"),
+    ("digits", ["--num-processes", "2", "--process-id", "2"], "--process-id must be from 0 to 1, got 2"),
+    ("digits", ["--coordinator", "127.0.0.1"], "--coordinator must be HOST:PORT (a port from 1 to 65535)"),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), BAD_OPTIONS)
+def test_a_numeric_option_out_of_range_is_a_one_line_error(name, argv, message, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        smoke(name, tmp_path / "run", *argv)
+    assert isinstance(exit_info.value.code, str) and "\n" not in exit_info.value.code
+    assert exit_info.value.code.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes | None]:
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_resume_without_the_manifest_refuses_and_keeps_every_file(tmp_path):
+    out = tmp_path / "run"
+    smoke("digits", out, "--stop-after", "3")
+    (out / "checkpoint.json").unlink()  # the checkpoint-* data folder is left without its manifest
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as exit_info:
+        smoke("digits", out, "--resume")
+    assert "holds the checkpoint data checkpoint-000003-" in exit_info.value.code
+    assert "but not its checkpoint.json" in exit_info.value.code and "\n" not in exit_info.value.code
+    assert snapshot(out) == before
+
+
+def run_with_sigints(out: pathlib.Path, phases: list[str]) -> subprocess.Popen:
+    """examples/digits.py --smoke as the command line runs it, sending itself a SIGINT at each of
+    ``phases`` (``phase@step``, as ``_common.phase_hook`` names them; a phase may come twice)."""
+    code = (
+        "import os, runpy, signal, sys\n"
+        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
+        "import _common\n"
+        f"phases = {phases!r}\n"
+        "def send(phase, step):\n"
+        "    for _ in range(phases.count(f'{phase}@{step}')):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "_common.phase_hook = send\n"
+        f"sys.argv = ['digits.py', '--smoke', '--checkpoint-every', '2', '--out', {str(out)!r}]\n"
+        f"runpy.run_path({str(EXAMPLES / 'digits.py')!r}, run_name='__main__')\n"
+    )
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_a_second_ctrl_c_ends_in_one_line_keeping_the_last_checkpoint(tmp_path):
+    """A first Ctrl-C at step 2 (the last checkpoint is step 2's) makes the run save at step 3. A second
+    one during that save: orbax's writes finish, then the half-done save is deleted. A second one as
+    the command leaves (once saved, as jax's clean-up used to run): no traceback either."""
+    during, leaving = tmp_path / "during_save", tmp_path / "leaving"
+    runs = {
+        during: run_with_sigints(during, ["step@2", "save@3"]),
+        leaving: run_with_sigints(leaving, ["step@2", "exit@130"]),
+    }
+    try:
+        results = {out: process.communicate(timeout=240) for out, process in runs.items()}
+    finally:
+        for process in runs.values():
+            process.kill()
+    for out, last_step in ((during, 2), (leaving, 3)):
+        stderr = results[out][1]
+        assert runs[out].returncode == 1, stderr[-3000:]
+        assert (
+            stderr.strip().splitlines()[-1]
+            == "stopped at once by a second Ctrl-C; the last complete checkpoint is kept"
+        )
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+        assert saved(out)["manifest"]["step"] == last_step
+        assert sorted(p.name.split("-")[0] for p in out.iterdir()) == ["checkpoint", "checkpoint.json"]  # no staging
