@@ -15,7 +15,7 @@ import json
 import os
 import pathlib
 import re
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,9 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out: pathlib.Path, processes: int, devices: int, *argv: str) -> list[str]:
+def launch(out: pathlib.Path, processes: int, devices: int, *argv: str, pause: int | None = None) -> list[str]:
     """Runs ``examples/digits.py --smoke --out OUT ARGV`` as ``processes`` processes of ``devices`` CPU
-    devices each; returns their stdout, process 0's first. Fails with their stderr if one fails."""
+    devices each; returns their stdout, process 0's first. Fails with their stderr if one fails.
+
+    With ``pause=I``, process I alone waits at its first step (``JAXLSTM_EXAMPLES_PAUSE_AT=compile``)
+    until it gets a SIGINT, sent from here; every process must then exit with status 130."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -53,9 +56,16 @@ def launch(out: pathlib.Path, processes: int, devices: int, *argv: str) -> list[
     try:
         for i in range(processes):
             which = ["--process-id", str(i)] if processes > 1 else []
+            paused = {"JAXLSTM_EXAMPLES_PAUSE_AT": "compile"} if i == pause else {}
             with open(logs / f"{i}.out", "w") as stdout, open(logs / f"{i}.err", "w") as stderr:
-                running.append(subprocess.Popen([*cmd, *which], env=env, stdout=stdout, stderr=stderr, text=True))
+                process = subprocess.Popen([*cmd, *which], env=env | paused, stdout=stdout, stderr=stderr, text=True)
+                running.append(process)
         deadline = time.monotonic() + SECONDS
+        if pause is not None:
+            while "paused at compile@0" not in (logs / f"{pause}.err").read_text():
+                assert time.monotonic() < deadline and running[pause].poll() is None, "process did not pause"
+                time.sleep(0.1)
+            running[pause].send_signal(signal.SIGINT)
         codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in running]
     finally:
         for p in running:  # each by its pid, whatever happened above
@@ -63,7 +73,8 @@ def launch(out: pathlib.Path, processes: int, devices: int, *argv: str) -> list[
                 p.kill()
                 p.wait()
     errors = [(logs / f"{i}.err").read_text() for i in range(processes)]
-    assert codes == [0] * processes, "\n".join(f"process {i}: {e[-3000:]}" for i, e in enumerate(errors))
+    expected = [0 if pause is None else 130] * processes
+    assert codes == expected, "\n".join(f"process {i}: {e[-3000:]}" for i, e in enumerate(errors))
     return [(logs / f"{i}.out").read_text() for i in range(processes)]
 
 
@@ -89,32 +100,39 @@ def assert_close_checkpoints(a: pathlib.Path, b: pathlib.Path) -> None:
 
 
 def test_two_processes_train_as_one_process_with_the_same_devices(tmp_path):
-    one, from_one, two = tmp_path / "one", tmp_path / "from_one", tmp_path / "two"
+    """Steps 0-2 in one layout, 3-5 in the other, both ways round: the checkpoints of step 3 and of
+    step 6 and the metrics agree to float32 rounding, so each layout computes what the other does."""
+    one_then_two, two_then_one = tmp_path / "one_then_two", tmp_path / "two_then_one"
 
-    launch(one, 1, 4, "--stop-after", "3")
-    shutil.copytree(one, tmp_path / "one_at_3")
-    shutil.copytree(one, from_one)
-    launch(one, 1, 4, "--resume")  # the reference: one process throughout
-
-    outputs = launch(two, 2, 2, "--stop-after", "3")  # orbax writes from both processes
+    launch(one_then_two, 1, 4, "--stop-after", "3")
+    outputs = launch(two_then_one, 2, 2, "--stop-after", "3")  # orbax writes from both processes
     assert "process 1: trained to step 3" in outputs[1]
-    assert_close_checkpoints(two, tmp_path / "one_at_3")
+    assert_close_checkpoints(one_then_two, two_then_one)
 
-    outputs = launch(from_one, 2, 2, "--resume")  # one process's checkpoint, resumed by two
+    outputs = launch(one_then_two, 2, 2, "--resume")  # one process's checkpoint, resumed by two
     assert "resuming from step 3" in outputs[0] and "resuming from step 3" not in outputs[1]
     assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]  # process 0 alone reports
-    launch(two, 1, 4, "--resume")  # two processes' checkpoint, resumed by one
+    assert "process 1: trained to step 6" in outputs[1]
+    launch(two_then_one, 1, 4, "--resume")  # two processes' checkpoint, resumed by one
 
-    reference = metrics(one)
-    assert reference["processes"] == 1 and metrics(from_one)["processes"] == 2 and metrics(two)["processes"] == 1
-    for out in (from_one, two):
-        assert_same_metrics(metrics(out), reference)
-        assert_close_checkpoints(out, one)
-    assert sorted(p.name for p in from_one.iterdir() if not p.name.startswith("checkpoint-")) == [
+    assert metrics(one_then_two)["processes"] == 2 and metrics(two_then_one)["processes"] == 1
+    assert_same_metrics(metrics(one_then_two), metrics(two_then_one))
+    assert_close_checkpoints(one_then_two, two_then_one)
+    assert sorted(p.name for p in one_then_two.iterdir() if not p.name.startswith("checkpoint-")) == [
         "checkpoint.json",
         "confusion.png",
         "metrics.json",
     ]
+
+
+def test_a_ctrl_c_in_one_process_stops_every_process_at_the_same_step(tmp_path):
+    """Process 1 alone gets the SIGINT (at its first step): both processes agree to stop after that
+    step, save the checkpoint of step 1 together and exit 130 (``launch`` checks every exit status)."""
+    out = tmp_path / "run"
+    launch(out, 2, 2, pause=1)
+    assert saved(out)["manifest"]["step"] == 1 and not (out / "metrics.json").exists()
+    for i in (0, 1):
+        assert "interrupted at step 1; saved" in (tmp_path / "run-logs" / f"{i}.err").read_text()
 
 
 def python_snippets(page: pathlib.Path) -> list[str]:
