@@ -3,9 +3,12 @@
 Each runs in-process through its ``main(argv)`` and must write metrics.json, its plot and a checkpoint;
 an interrupted run resumed from its checkpoint must end with exactly (bitwise) the state of an
 uninterrupted one; data parallelism over 4 (forced CPU) devices must give the loss of 1 device; bad
-options and a missing [examples] extra must end in a one-line error. Compiled train steps are cached
-per configuration inside each example, so repeated runs are cheap. Checkpoint integrity, overwrites
-and signals are tested in test_checkpoints.py.
+options (a number that is not finite or out of range) and a missing [examples] extra must end in a
+one-line error; --resume on a checkpoint whose manifest is gone must refuse and keep every file; a
+second Ctrl-C, during a save or as the command leaves, must end in the documented line, without a
+traceback or a half-done save. Compiled train steps are cached per configuration inside each example,
+so repeated runs are cheap. Checkpoint integrity, overwrites and signals are tested in
+test_checkpoints.py, several processes in test_distributed.py.
 
 The examples run under JAX's default dtype promotion, as a user runs them: optax's Adam computes
 ``b1 ** count`` (a float and an int32 step count), which the suite's strict promotion refuses. Run with
