@@ -352,7 +352,16 @@ def test_to_torch_writes_back_into_a_whole_models_state_dict():
         to_torch(module, trained, prefix="encoder.lstm.", state_dict=as_double)
 
 
-def test_torch_converters_refuse_arguments_of_the_wrong_kind():
+def test_converters_refuse_arguments_of_the_wrong_kind():
+    with pytest.raises(TypeError, match=r"allow_nonfinite must be .*got str 'False'"):
+        from_flax(linen_tree(), allow_nonfinite="False")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() == "jax":
+        layer = keras.layers.LSTM(H)
+        with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+            layer.build((None, None, D))
+        with pytest.raises(TypeError, match=r"ignore_dropout must be .*got int 1"):
+            from_keras(layer, ignore_dropout=1)
     pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"path must be a file path \(a str or os.PathLike\) or a binary file "
                        r"object with read\(\), got int 12345"):

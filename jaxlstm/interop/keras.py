@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from .. import _checks
 from ..cell import LSTMCarry
 from ..linen import LSTM, cell_name
 from ..variants import LSTMVariant
@@ -117,6 +118,8 @@ class KerasLSTM(nn.Module):
         initial_carry=None,
         deterministic: bool = True,
     ):
+        _checks.flag(self.return_state, "KerasLSTM.return_state")
+        _checks.flag(self.flip_outputs, "KerasLSTM.flip_outputs")
         if self.return_state and not self.lstm.return_carry:
             raise ValueError("KerasLSTM(return_state=True) needs lstm.return_carry=True")
         if self.flip_outputs and not self.lstm.return_sequences:
@@ -195,6 +198,8 @@ def from_keras(layer, *, ignore_dropout: bool = False, allow_nonfinite: bool = F
             masked steps differently.
     """
     keras = require_keras("from_keras")
+    ignore_dropout = _checks.flag(ignore_dropout, "ignore_dropout")
+    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
     layers = _lstm_layers(keras, layer)
     gate_fn, activation_fn = _activations(keras, layers)
     options = dict(
