@@ -38,6 +38,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks, cudnn
 from .cell import Activation, LSTMCarry, LSTMParams, split_promote, state_dtype
+from .precision import accumulation_dtype, as_dtype, is_mixed, matmul, rows_transposed, weight_transposed
 from .pointwise import PlainPointwise, VariantPointwise, plain_bias, pointwise_for
 from .variants import (
     LSTMVariant,
@@ -142,6 +143,7 @@ def _zoneout_h(loop: Loop, previous, new, zone_t):
     """``h`` after zoneout: units flagged in ``zone_t`` keep ``previous`` (training), else the expectation."""
     if loop.zoneout_h == 0.0:
         return new
+    previous = as_dtype(previous, new.dtype)
     if loop.zone_h_flags:
         return jnp.where(zone_t, previous, new)
     return loop.zoneout_h * previous + (1.0 - loop.zoneout_h) * new
@@ -168,16 +170,17 @@ def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t
         x_t = jnp.where(valid_t[..., None], x_t, jnp.zeros_like(x_t))
     carry = restart_where(carry, restart, steps_t.reset)
     h = carry.h if rec_keep is None else dropped(carry.h, rec_keep, loop.recurrent_dropout)
-    from_input = x_t if projected else x_t @ params.w_ih
+    compute = params.w_hh.dtype  # matmul operands in it; products and the elementwise step in accumulation_dtype
+    from_input = x_t if projected else matmul(x_t, params.w_ih, compute)
     if loop.cell.separate:  # layer norm: the input side normalized (the fused loop's by its chunk)
-        z = (from_input if projected else _normalized_input(loop, from_input), h @ params.w_hh)
+        z = (from_input if projected else _normalized_input(loop, from_input), matmul(h, params.w_hh, compute))
     else:
-        z = from_input + h @ params.w_hh
+        z = from_input + matmul(h, params.w_hh, compute)
         if not projected:  # the fused loop's projection already holds b
-            z = z + jnp.expand_dims(params.b, tuple(range(z.ndim - 1)))
+            z = z + jnp.expand_dims(as_dtype(params.b, z.dtype), tuple(range(z.ndim - 1)))
     h_cell, c_new, residuals = loop.cell.forward(small, z, carry.c, steps_t.zone_c)
-    h_new = h_cell if params.w_hr is None else h_cell @ params.w_hr
-    h_new = _zoneout_h(loop, carry.h, h_new, steps_t.zone_h)
+    h_new = h_cell if params.w_hr is None else matmul(h_cell, params.w_hr, compute)
+    h_new = as_dtype(_zoneout_h(loop, carry.h, h_new, steps_t.zone_h), carry.h.dtype)
     new_carry, output = keep_valid(carry, LSTMCarry(h_new, c_new), valid_t, loop.masked_output)
     return new_carry, output, residuals, carry, h_cell
 
@@ -187,7 +190,7 @@ def _step(loop: Loop, params: VariantParams, small, carry, restart, x_t, steps_t
 
 def _loop(loop: Loop, params: VariantParams, xs_tm, carry: LSTMCarry, restart, steps: Steps, rec_keep):
     """The loop over time-major inputs that JAX differentiates itself (``gradient="autodiff"``)."""
-    small = loop.cell.small_params(params)
+    small = _small_params(loop, params)
 
     def step(carry: LSTMCarry, inputs):
         x_t, steps_t = inputs
@@ -237,9 +240,17 @@ _FORWARD_CHUNK_STEPS = 4
 
 def _project(loop: Loop, params: VariantParams, x_2d):
     """The input matmul of a chunk's rows: ``x·W_ih`` (``+ b`` unless the cell adds ``b`` itself)."""
+    projected = matmul(x_2d, params.w_ih, params.w_ih.dtype)
     if loop.cell.separate:
-        return x_2d @ params.w_ih
-    return x_2d @ params.w_ih + params.b[None]
+        return projected
+    return projected + as_dtype(params.b, projected.dtype)[None]
+
+
+def _small_params(loop: Loop, params: VariantParams):
+    """The cell's elementwise parameters in the accumulation dtype, which its step runs in (so their
+    gradients are summed over steps in it too)."""
+    wide = accumulation_dtype(params.w_hh.dtype)
+    return jax.tree.map(lambda a: as_dtype(a, wide), loop.cell.small_params(params))
 
 
 def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: Steps, rec_keep, *, save):
@@ -262,7 +273,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
     and, under a projection, the cell's output before it.
     """
     n, time, input_size = xs.shape
-    small = loop.cell.small_params(params)
+    small = _small_params(loop, params)
     rows = 4 * params.hidden_size
 
     def one_step(carry, x_t, steps_t):
@@ -274,7 +285,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
         return new, (output, *residuals, carry_in.h, carry_in.c) + (() if params.w_hr is None else (h_cell,))
 
     example = Steps(*cast(Any, (None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps)))
-    from_input = jax.ShapeDtypeStruct((n, rows), xs.dtype)
+    from_input = jax.ShapeDtypeStruct((n, rows), accumulation_dtype(xs.dtype))
     if loop.cell.separate:
         from_input = jax.eval_shape(functools.partial(_normalized_input, loop), from_input)
     shapes = jax.eval_shape(one_step, carry, from_input, example)[1]
@@ -344,6 +355,7 @@ def _backward_step(loop: Loop, params, small, saved, d_hs, rec_keep, zeros):
     """The backward pass's step: carries the (dh, dc) recurrence one step back and writes the
     step's gradients of the matmuls' outputs (dz, and under a projection d h) into the chunk."""
     cell, (zeros_h, zeros_c) = loop.cell, zeros
+    compute = params.w_hh.dtype
     *cell_saved, h_prev, c_prev = saved if params.w_hr is None else saved[:-1]
     w_hh_t = params.w_hh.T
     w_hr_t = None if params.w_hr is None else params.w_hr.T
@@ -364,12 +376,12 @@ def _backward_step(loop: Loop, params, small, saved, d_hs, rec_keep, zeros):
             d_skipped = d_out if loop.masked_output == "previous" else zeros_h
             dh, d_passed = dh + jnp.where(keep, d_out, zeros_h), jnp.where(keep, zeros_h, d_skipped)
         dh_new, dh_kept = _zoneout_h_backward(loop, dh, steps_t.zone_h)
-        dh_cell, dc_cell = dh_new if w_hr_t is None else dh_new @ w_hr_t, dc
+        dh_cell, dc_cell = dh_new if w_hr_t is None else matmul(dh_new, w_hr_t, compute), dc
         if valid_t is not None and premask:
             dh_cell, dc_cell = jnp.where(keep, dh_cell, jnp.zeros_like(dh_cell)), jnp.where(keep, dc, zeros_c)
         dz, dc_prev, d_small_t = cell.backward(small, residuals, c_prev_t, steps_t.zone_c, dh_cell, dc_cell)
-        dz_input, dz_h = dz if cell.separate else (dz, dz)
-        dh_prev = dz_h @ w_hh_t
+        dz_input, dz_h = cast("tuple[Array, Array]", dz if cell.separate else (dz, dz))
+        dh_prev = matmul(dz_h, w_hh_t, compute)
         if rec_keep is not None:
             dh_prev = dropped(dh_prev, rec_keep, loop.recurrent_dropout)
         if dh_kept is not None:
@@ -410,10 +422,12 @@ def _fused_backward(loop: Loop, residuals, cotangents):
     d_final, d_hs = cotangents
     n, time, input_size = xs.shape
     cell, rows = loop.cell, 4 * params.hidden_size
-    small = cell.small_params(params)
+    compute, wide = params.w_hh.dtype, accumulation_dtype(params.w_hh.dtype)
+    small = _small_params(loop, params)
     zeros = (jnp.zeros_like(d_final.h), jnp.zeros_like(d_final.c))
     step = _backward_step(loop, params, small, saved, d_hs, rec_keep, zeros)
     h_prev, h_cell = (saved[-2], None) if params.w_hr is None else (saved[-3], saved[-1])
+    w_ih_t = weight_transposed(params.w_ih, compute) if is_mixed(compute) else None  # float32: as it was
     grad_widths = (rows, rows) if cell.separate else (rows,)
     if params.w_hr is not None:
         grad_widths = (*grad_widths, params.recurrent_size)
@@ -422,7 +436,7 @@ def _fused_backward(loop: Loop, residuals, cotangents):
         """Steps ``first .. first + length - 1`` (``length`` static)."""
         d_carry, d_initial, d_small, d_weights, d_xs = state
         steps_c = steps.slice(first, length)
-        grads_chunk = tuple(jnp.zeros((n, length, width), xs.dtype) for width in grad_widths)
+        grads_chunk = tuple(jnp.zeros((n, length, width), wide) for width in grad_widths)
         (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
             (d_carry, d_initial, d_small, grads_chunk, first),
@@ -442,32 +456,38 @@ def _fused_backward(loop: Loop, residuals, cotangents):
         # XLA would fold Xᵀ into the dot as a transposed operand, which takes its slower GEMM
         # path (measured 12.3 -> 10.6 ms at (32, 128, 128, 256) for the three GEMMs); the
         # barrier makes it write Xᵀ and H_prevᵀ out and run plain GEMMs.
-        x_t, h_t = jax.lax.optimization_barrier(
-            (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
-        )
-        d_xs_chunk = (dz_input @ params.w_ih.T).reshape(n, length, input_size)
+        if is_mixed(compute):  # narrow dots: a transpose XLA keeps, or the dot would run in float32
+            x_t, h_t = rows_transposed(x_chunk, compute), rows_transposed(h_chunk, compute)
+        else:
+            x_t, h_t = jax.lax.optimization_barrier(
+                (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
+            )
+        d_xs_chunk = matmul(dz_input, params.w_ih.T if w_ih_t is None else w_ih_t, compute)
+        d_xs_chunk = d_xs_chunk.reshape(n, length, input_size)
         d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_xs_chunk, first, axis=1)
         d_w_ih, d_w_hh, d_b, d_w_hr = d_weights
-        d_w_ih, d_w_hh = d_w_ih + x_t @ dz_input, d_w_hh + h_t @ dz_h
+        d_w_ih, d_w_hh = d_w_ih + matmul(x_t, dz_input, compute), d_w_hh + matmul(h_t, dz_h, compute)
         if d_b is not None:
             d_b = d_b + jnp.sum(dz_input, axis=0)
         if d_w_hr is not None:
             h_cell_chunk = jax.lax.dynamic_slice_in_dim(cast(Array, h_cell), first, length, axis=1)  # w_hr: saved
-            d_w_hr = d_w_hr + h_cell_chunk.reshape(-1, h_cell_chunk.shape[-1]).T @ grads_2d[-1]
+            if is_mixed(compute):
+                h_cell_t = rows_transposed(h_cell_chunk, compute)
+            else:
+                h_cell_t = h_cell_chunk.reshape(-1, h_cell_chunk.shape[-1]).T
+            d_w_hr = d_w_hr + matmul(h_cell_t, grads_2d[-1], compute)
         return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_b, d_w_hr), d_xs
 
-    d_weights = (
-        jnp.zeros_like(params.w_ih),
-        jnp.zeros_like(params.w_hh),
-        None if cell.separate else jnp.zeros_like(params.b),
-        None if params.w_hr is None else jnp.zeros_like(params.w_hr),
+    d_weights = tuple(  # summed over chunks in the accumulation dtype
+        None if w is None else jnp.zeros(w.shape, wide)
+        for w in (params.w_ih, params.w_hh, None if cell.separate else params.b, params.w_hr)
     )
     state = (
         LSTMCarry(d_final.h, d_final.c),
         LSTMCarry(*zeros),
         jax.tree.map(jnp.zeros_like, small),
         d_weights,
-        jnp.zeros_like(xs),
+        jnp.zeros(xs.shape, wide),
     )
     size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1))))
     state = _over_chunks(chunk, state, time, size, backward=not loop.reverse)  # against the forward loop
@@ -475,6 +495,11 @@ def _fused_backward(loop: Loop, residuals, cotangents):
     d_params = params._replace(w_ih=d_w_ih, w_hh=d_w_hh, b=d_b, w_hr=d_w_hr)
     if d_small is not None:
         d_params = d_params._replace(**{k: v for k, v in d_small._asdict().items() if v is not None})
+    # Each cotangent in its primal's dtype: the compute dtype for params and xs.
+    d_params = d_params._replace(
+        **{k: as_dtype(v, getattr(params, k).dtype) for k, v in d_params._asdict().items() if v is not None}
+    )
+    d_xs = as_dtype(d_xs, xs.dtype)
     d_restart = None if steps.reset is None else d_initial
     d_rec_keep = _no_cotangent(rec_keep)
     return d_params, d_xs, d_carry, d_restart, d_rec_keep, Steps(*(_no_cotangent(a) for a in steps))
@@ -661,6 +686,7 @@ def lstm(
             unroll, masked_output, gradient, gate_fn, activation_fn, checkpoint_every
         )
         reverse = _checks.flag(reverse, "reverse")
+        training = training_call(variant, dropout_key, deterministic)  # checks dropout_key and deterministic
         if seq_lengths is not None:  # checked here, once: concrete lengths out of [0, T] raise, traced ones clamp
             seq_lengths = _checks.seq_lengths(seq_lengths, batch_shape, time)
         call: dict[str, Any]
@@ -684,7 +710,6 @@ def lstm(
         steps = Steps(
             valid_steps(seq_lengths, mask, batch_shape, time), reset_steps(resets, batch_shape, time, reverse=reverse)
         )
-        training = variant is not None and training_call(variant, dropout_key, deterministic)
         rec_keep = None
         if training:
             xs, steps, rec_keep = _draw(dropout_key, cast(LSTMVariant, variant), params, xs, steps)  # training: set
@@ -698,6 +723,10 @@ def lstm(
         carry, restart = (
             None if k is None else k._replace(c=k.c.astype(state_dtype(k.c.dtype))) for k in (carry, restart)
         )
+        # Mixed precision (docs/variants.md#mixed-precision): inside the loops h is carried in the
+        # accumulation dtype and cast down only as a matmul operand; outputs leave in the compute dtype.
+        compute, wide = xs.dtype, accumulation_dtype(xs.dtype)
+        carry, restart = (None if k is None else k._replace(h=as_dtype(k.h, wide)) for k in (carry, restart))
         loop = Loop(
             cell,
             reverse=reverse,
@@ -707,7 +736,7 @@ def lstm(
             zoneout_h=0.0 if variant is None else variant.zoneout_h,
             zone_h_flags=steps.zone_h is not None,
         )
-        fused = gradient == "fused" and cell.fusable and cast(LSTMCarry, carry).c.dtype == xs.dtype  # a carry: given
+        fused = gradient == "fused" and cell.fusable and cast(LSTMCarry, carry).c.dtype == wide  # a carry: given
 
         def run(carry, xs, steps):
             """The loop over a batch-first stretch of time ``(*batch, t, D)``; outputs batch-first."""
@@ -717,8 +746,10 @@ def lstm(
             return final_carry, jnp.moveaxis(hs_tm, 0, -2)
 
         if checkpoint_every is None or checkpoint_every >= time:
-            return run(carry, xs, steps)
-        return _chunked(run, carry, xs, steps, checkpoint_every, reverse)
+            final, hs = run(carry, xs, steps)
+        else:
+            final, hs = _chunked(run, carry, xs, steps, checkpoint_every, reverse)
+        return final._replace(h=as_dtype(final.h, compute)), as_dtype(hs, compute)
 
 
 def _start_carry(carry, reset_carry, batch_shape, params: VariantParams, variant, dtype) -> LSTMCarry:

@@ -5,7 +5,8 @@ The goldens record what the loop/gradient engine computed before its rewrite
 here, so the test and the generator share one definition), says why and how
 to regenerate. Each case is one test, named after it:
 
-* plain cases (``jl.lstm``, plain stacks): bit-identical values, equal dtypes;
+* plain cases (``jl.lstm``, plain stacks): bit-identical values, equal dtypes
+  (but the two mixed-precision cases, ``MIXED_PRECISION``: equal dtypes, values within bfloat16's bound);
 * variant cases (``jl.lstm_variant``, variant stacks): equal dtypes and
   shapes, values within float32 rounding (``VARIANT_RTOL``, ``VARIANT_ATOL``).
 
@@ -34,6 +35,13 @@ import make_golden  # noqa: E402
 # differently (a few ulps per step, compounded over T = 5 steps and the backward pass), but any real
 # change of the math (a gate, a flag, a direction, a missing term) is orders of magnitude larger.
 VARIANT_RTOL, VARIANT_ATOL = 2e-5, 2e-6
+# The mixed-precision cases (bfloat16 params and inputs, a float32 c) changed on purpose with issue 24's
+# precision policy: the gates and their gradients now run in float32 between bfloat16 x bfloat16 -> float32
+# matmuls, where the goldens ran them in bfloat16. They must keep their dtypes exactly and stay within the
+# documented bfloat16 bound (docs/variants.md#mixed-precision) of the goldens; measured against a float64
+# evaluation of the same bfloat16 inputs, the new values are closer (tests/test_mixed_precision.py).
+MIXED_PRECISION = ("lstm.bf16_mixed", "lstm.bf16_default_carry")
+MIXED_ATOL = 2e-2
 
 with np.load(make_golden.GOLDEN, allow_pickle=False) as _data:
     GOLDEN = {key: _data[key] for key in _data.files}
@@ -79,6 +87,9 @@ def test_matches_golden(name, computed):
             elif key == "dtypes":
                 differ = sorted(set(got.tolist()) ^ set(want.tolist()))
                 assert got.tolist() == want.tolist(), f"dtypes (key=dtype), in one but not both: {differ}"
+            elif name in MIXED_PRECISION:
+                assert got.shape == want.shape, f"shape {got.shape}, golden {want.shape}"
+                np.testing.assert_allclose(got, want, rtol=0, atol=MIXED_ATOL)
             elif plain:
                 np.testing.assert_array_equal(got, want, strict=True)  # strict: shapes too, no broadcasting
             else:
@@ -89,6 +100,6 @@ def test_matches_golden(name, computed):
     if problems:
         recorded = ", ".join(f"{key[5:]} {GOLDEN[key]}" for key in sorted(GOLDEN) if key.startswith("meta/"))
         pytest.fail(
-            f"{name} ({'bit-identical' if plain else 'float32 rounding'}; goldens recorded with {recorded}; "
+            f"{name} ({'bit-identical' if plain and name not in MIXED_PRECISION else 'within tolerance'}; goldens recorded with {recorded}; "
             f"running jax {jax.__version__}):\n" + "\n".join(problems)
         )

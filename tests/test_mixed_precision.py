@@ -5,9 +5,15 @@ Documented tolerance (docs/variants.md, the modules' docstrings): over
 T = 1,000 steps the bfloat16 outputs stay within BF16_ATOL of float32 ones.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
+from reference import ref_lstm
+from reference_variants import ref_variant_lstm
 
 import jaxlstm as jl
 
@@ -75,3 +81,140 @@ def test_a_bfloat16_carry_given_by_the_user_is_promoted_and_does_not_saturate():
     final, hs = jl.lstm(params, xs, carry)
     assert final.c.dtype == jnp.float32 and hs.dtype == jnp.bfloat16
     assert float(final.c[0, 0]) == pytest.approx(steps, rel=1e-3)  # float32 counts 400 steps; bfloat16 stops at 256
+
+
+# ----------------------------------------------------------------------------- every path, narrow dtypes
+#
+# Each path runs in the narrow dtype (params and inputs rounded to it) and in float64 on the same
+# rounded values; the narrow run must stay within its dtype's bound of the float64 one, for the outputs
+# and for the gradients, and keep the policy's dtypes. The plain and variant paths are also checked
+# against the NumPy reference loops (tests/reference.py, tests/reference_variants.py).
+
+NARROW_ATOL = {jnp.bfloat16: 2e-2, jnp.float16: 3e-3}  # outputs; gradients: relative to the largest entry
+GRAD_RTOL = {jnp.bfloat16: 3e-2, jnp.float16: 4e-3}
+PB, PT, PD, PH = 2, 6, 3, 4
+LENGTHS = np.array([6, 4])
+MASK = np.array([[1, 1, 0, 1, 1, 1], [1, 0, 1, 1, 0, 0]], bool)
+RESETS = np.array([[0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 1, 0]], bool)
+V_PEEP = jl.LSTMVariant(peepholes=True, proj_size=3, cell_clip=2.0, forget_bias=1.0)
+V_LN = jl.LSTMVariant(layer_norm=True, cifg=True)
+V_TRAIN = jl.LSTMVariant(input_dropout=0.2, recurrent_dropout=0.3, zoneout_h=0.2, zoneout_c=0.1)
+
+
+def _paths():
+    """``{name: (make_params(key, dtype), run(params, xs) -> hs)}``: every path the engine has."""
+    plain = lambda key, dtype: jl.init_params(key, PD, PH, dtype=dtype)  # noqa: E731
+
+    def variant(v):
+        return lambda key, dtype: jax.tree.map(
+            lambda a: a.astype(dtype), jl.init_variant_params(key, PD, PH, v)
+        )
+
+    def stack(**options):
+        return lambda key, dtype: jl.init_stack(key, PD, PH, num_layers=2, dtype=dtype, **options)
+
+    def lstm(**options):
+        return lambda p, xs: jl.lstm(p, xs, **options)[1]
+
+    lengths, mask, resets = jnp.asarray(LENGTHS), jnp.asarray(MASK), jnp.asarray(RESETS)
+    return {
+        "fused": (plain, lstm()),
+        "autodiff": (plain, lstm(gradient="autodiff")),
+        "checkpoint_every": (plain, lstm(checkpoint_every=4)),
+        "seq_lengths.reverse": (plain, lstm(seq_lengths=lengths, reverse=True)),
+        "mask.resets": (plain, lstm(mask=mask, resets=resets)),
+        "peepholes.proj.clip.forget_bias": (variant(V_PEEP), lstm(variant=V_PEEP, seq_lengths=lengths)),
+        "layer_norm.cifg.reverse": (variant(V_LN), lstm(variant=V_LN, reverse=True)),
+        "layer_norm.autodiff": (variant(V_LN), lstm(variant=V_LN, gradient="autodiff")),
+        "dropout.zoneout.training": (
+            variant(V_TRAIN),
+            lstm(variant=V_TRAIN, dropout_key=jax.random.key(3), deterministic=False),
+        ),
+        "stack.bidirectional": (
+            stack(bidirectional=True),
+            lambda p, xs: jl.stacked_lstm(p, xs, seq_lengths=lengths)[1],
+        ),
+    }
+
+
+# Dropout masks drawn under jax.enable_x64 differ from those drawn without it: the training path's
+# reference is its float32 run (the same masks), the others' their float64 run.
+TRAINING = "dropout.zoneout.training"
+
+
+def _evaluate(names, params, xs):
+    """``{path: (hs, grads of sum(hs · w) w.r.t. (params, xs))}`` for the paths ``names``."""
+    paths = _paths()
+    out = {}
+    for name in names:
+        run = paths[name][1]
+
+        def loss(p, x, run=run):
+            hs = run(p, x)
+            weights = jnp.cos(jnp.arange(hs.size, dtype=jnp.float32)).reshape(hs.shape)
+            return jnp.sum(hs.astype(jnp.float32) * weights), hs
+
+        (_, hs), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params[name], xs)
+        out[name] = (hs, grads)
+    return out
+
+
+@pytest.fixture(scope="module", params=[jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def narrow_and_wide(request):
+    """The narrow dtype, its params and inputs, every path's results in it and the references."""
+    dtype, paths = request.param, _paths()
+    keys = jax.random.split(jax.random.key(0), len(paths))
+    params = {name: make(k, jnp.float32) for (name, (make, _)), k in zip(paths.items(), keys, strict=True)}
+    params = jax.tree.map(lambda a: a.astype(dtype), params)  # the values every run shares
+    xs = jax.random.normal(jax.random.key(1), (PB, PT, PD)).astype(dtype)
+    narrow = jax.jit(functools.partial(_evaluate, list(paths)))(params, xs)
+    reference = jax.jit(functools.partial(_evaluate, [TRAINING]))(*jax.tree.map(lambda a: a.astype(jnp.float32), (params, xs)))
+    with jax.enable_x64(True):
+        wide = jax.tree.map(lambda a: a.astype(jnp.float64), (params, xs))
+        reference |= jax.jit(functools.partial(_evaluate, [n for n in paths if n != TRAINING]))(*wide)
+    return dtype, params, xs, narrow, jax.tree.map(np.asarray, reference)
+
+
+@pytest.mark.parametrize("path", list(_paths()))
+def test_every_path_in_a_narrow_dtype_follows_the_policy_and_stays_within_its_bound(narrow_and_wide, path):
+    dtype, _, _, narrow, reference = narrow_and_wide
+    hs, (d_params, d_xs) = narrow[path]
+    hs_ref, (d_params_ref, d_xs_ref) = reference[path]
+    assert hs.dtype == dtype and d_xs.dtype == dtype  # outputs and cotangents in the compute dtype
+    assert all(g.dtype == dtype for g in jax.tree.leaves(d_params))
+    error = np.max(np.abs(np.asarray(hs, np.float64) - hs_ref))
+    assert error < NARROW_ATOL[dtype], f"{path}: max |hs - float64| = {error:.2e}"
+    assert error > 0  # it really computed in the narrow dtype
+    for got, want in zip(jax.tree.leaves((d_params, d_xs)), jax.tree.leaves((d_params_ref, d_xs_ref)), strict=True):
+        scale = max(float(np.max(np.abs(want))), 1e-3)
+        relative = float(np.max(np.abs(np.asarray(got, np.float64) - want))) / scale
+        assert relative < GRAD_RTOL[dtype], f"{path}: gradient off by {relative:.2e} of its largest entry"
+
+
+def test_narrow_plain_and_variant_outputs_match_the_numpy_loops(narrow_and_wide):
+    dtype, params, xs, narrow, _ = narrow_and_wide
+    as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)  # noqa: E731
+    p, x = as64(params["seq_lengths.reverse"]), np.asarray(xs, np.float64)
+    _, _, want = ref_lstm(p.w_ih, p.w_hh, p.b, x, seq_lengths=LENGTHS, reverse=True)
+    got = np.asarray(narrow["seq_lengths.reverse"][0], np.float64)
+    assert np.max(np.abs(got - want)) < NARROW_ATOL[dtype]
+    p = as64(params["peepholes.proj.clip.forget_bias"])
+    weights = {k: v for k, v in p._asdict().items() if v is not None}
+    options = {"peepholes": True, "proj_size": 3, "cell_clip": 2.0, "forget_bias": 1.0}
+    _, _, want = ref_variant_lstm(weights, x, options, seq_lengths=LENGTHS)
+    got = np.asarray(narrow["peepholes.proj.clip.forget_bias"][0], np.float64)
+    assert np.max(np.abs(got - want)) < NARROW_ATOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_narrow_linen_and_nnx_modules_match_their_float32_twins(dtype):
+    x = jax.random.normal(jax.random.key(1), (PB, PT, PD))
+    model = jl.LSTM(PH, num_layers=2, bidirectional=True, dtype=dtype)
+    variables = model.init(jax.random.key(0), x)
+    y = model.apply(variables, x)
+    y32 = jl.LSTM(PH, num_layers=2, bidirectional=True).apply(variables, x)
+    assert y.dtype == dtype and 0 < float(jnp.max(jnp.abs(y.astype(jnp.float32) - y32))) < NARROW_ATOL[dtype]
+    module = jl.nnx.LSTM(PD, PH, dtype=dtype, rngs=nnx.Rngs(0))
+    module32 = jl.nnx.LSTM(PD, PH, rngs=nnx.Rngs(0))
+    y, y32 = module(x), module32(x)
+    assert y.dtype == dtype and 0 < float(jnp.max(jnp.abs(y.astype(jnp.float32) - y32))) < NARROW_ATOL[dtype]

@@ -1,0 +1,116 @@
+"""The precision policy of the engine: which dtype each part of a step runs in.
+
+One rule, applied by ``jaxlstm.scan`` to every matmul of the forward and the
+backward pass (x·W_ih per chunk, h·W_hh per step, ·W_hr, dX, dW_ih, dW_hh,
+dW_hr and dh) and to the elementwise step between them:
+
+* the **compute dtype** is the one dtype params, inputs and ``h`` are promoted
+  to (``jaxlstm.cell.split_promote``); a module's ``dtype`` sets it;
+* matmul operands are in the compute dtype, products come back in the
+  **accumulation dtype**: at least float32 (bfloat16 and float16 → float32);
+* the gates, the cell state and every elementwise step (and its VJP) run in the
+  accumulation dtype; only what feeds the next matmul is cast down;
+* outputs and the carry's ``h`` are in the compute dtype, the carry's ``c`` in
+  the accumulation dtype.
+
+For float32 and float64 the two dtypes are the same and ``matmul`` is exactly
+``a @ b``, so nothing changes. For bfloat16 and float16 this is what PyTorch's
+autocast and TPUs do: the dot runs on the narrow operands and accumulates in
+float32 (``preferred_element_type``), which XLA:CPU runs 3-6x faster than a
+float32 dot on CPUs with AMX or AVX-512 BF16, while bfloat16 elementwise math
+would run slower than float32 there (it is converted op by op).
+
+``matmul`` always hands XLA a 2-D dot, ``(rows, k) · (k, n)``: XLA:CPU 0.10
+refuses some batched or transposed-output forms of a narrow dot with a float32
+result at run time (``UNIMPLEMENTED: Unsupported element type for
+DotThunk::Execute: BF16 x BF16 = F32``, e.g. ``einsum('btd,dg->tbg')``).
+A weight gradient contracts over rows (``Xᵀ·dz``); XLA:CPU runs such a narrow dot
+in float32 when its left operand is a transpose it can fold into the dot
+(measured: 4096x128x1024-sized dW GEMMs took as long as in float32).
+``rows_transposed`` writes ``Xᵀ`` out through a 3-D transpose, which XLA keeps
+as a copy, so the dot stays narrow (0.7 ms against 3 ms for a 128x1024x1024 GEMM).
+See docs/variants.md#mixed-precision.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+__all__ = ["accumulation_dtype", "as_dtype", "is_mixed", "matmul", "rows_transposed", "weight_transposed"]
+
+
+def accumulation_dtype(compute_dtype) -> np.dtype:
+    """The dtype matmuls accumulate in and the elementwise step runs in: at least float32.
+
+    >>> import jax.numpy as jnp
+    >>> accumulation_dtype(jnp.bfloat16), accumulation_dtype(jnp.float32), accumulation_dtype(jnp.float64)
+    (dtype('float32'), dtype('float32'), dtype('float64'))
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return np.dtype(jnp.promote_types(compute_dtype, jnp.float32))
+
+
+def is_mixed(compute_dtype) -> bool:
+    """Whether ``compute_dtype`` is narrower than its accumulation dtype (bfloat16, float16)."""
+    return np.dtype(compute_dtype) != accumulation_dtype(compute_dtype)
+
+
+def as_dtype(array: Array, dtype) -> Array:
+    """``array`` cast to ``dtype``; the array itself when it has it (no op is added)."""
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def matmul(a: Array, b: Array, compute_dtype) -> Array:
+    """``a · b`` for ``a`` ``(*rows, k)`` and ``b`` ``(k, n)``: ``(*rows, n)`` in the accumulation dtype.
+
+    Operands are cast to ``compute_dtype``. When that is narrower than float32,
+    the dot accumulates and returns float32 (``preferred_element_type``), on a
+    2-D view of ``a``; otherwise this is ``a @ b``, bit for bit.
+
+    >>> import jax.numpy as jnp
+    >>> a, b = jnp.ones((2, 3, 4), jnp.bfloat16), jnp.ones((4, 5), jnp.bfloat16)
+    >>> y = matmul(a, b, jnp.bfloat16)
+    >>> y.shape, y.dtype
+    ((2, 3, 5), dtype('float32'))
+    """
+    if not is_mixed(compute_dtype):
+        return a @ b
+    a, b = as_dtype(a, compute_dtype), as_dtype(b, compute_dtype)
+    rows = a.shape[:-1]
+    a_2d = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+    product = jax.lax.dot_general(
+        a_2d, b, (((1,), (0,)), ((), ())), preferred_element_type=accumulation_dtype(compute_dtype)
+    )
+    return product if a.ndim == 2 else product.reshape(*rows, b.shape[-1])
+
+
+def rows_transposed(a: Array, compute_dtype) -> Array:
+    """``a`` ``(n, t, k)`` as the left operand of a GEMM over its ``n·t`` rows: ``(k, n·t)`` in ``compute_dtype``.
+
+    Written as a 3-D transpose, so XLA:CPU copies it instead of folding it into the dot as a
+    transposed operand (which would run a narrow dot in float32).
+
+    >>> import jax.numpy as jnp
+    >>> a = jnp.arange(6.0).reshape(1, 2, 3)
+    >>> rows_transposed(a, jnp.bfloat16).shape
+    (3, 2)
+    """
+    a = as_dtype(a, compute_dtype)
+    return a.transpose(2, 0, 1).reshape(a.shape[2], a.shape[0] * a.shape[1])
+
+
+def weight_transposed(w: Array, compute_dtype) -> Array:
+    """A weight ``(k, 4·m)`` (its columns the four gates) transposed, ``(4·m, k)``, in ``compute_dtype``:
+    the right operand of ``dz·Wᵀ``, written out through a 3-D transpose for the reason ``rows_transposed`` gives.
+
+    >>> import jax.numpy as jnp
+    >>> w = jnp.arange(8.0).reshape(2, 4)
+    >>> bool((weight_transposed(w, jnp.float32) == w.T).all())
+    True
+    """
+    w = as_dtype(w, compute_dtype)
+    k, n = w.shape
+    return w.reshape(k, 4, n // 4).transpose(1, 2, 0).reshape(n, k)
