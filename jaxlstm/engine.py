@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import jax
+import jax.core  # jax.core.ShapedArray: imported by name, so that type checkers know the submodule
+import jax.extend.core
 import jax.numpy as jnp
+from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
@@ -225,27 +228,6 @@ def _chunk_steps(time, steps: int) -> int:
     return max(1, min(time, steps)) if isinstance(time, int) else 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _fused(params, xs, carry, restart, steps, loop):
-    final, hs, _, _ = _fused_loop(loop, params, xs, carry, restart, steps, save=False)
-    return final, hs
-
-
-def _fused_forward(params, xs, carry, restart, steps, loop):
-    final, hs, saved, treedef = _fused_loop(loop, params, xs, carry, restart, steps, save=True)
-    return (final, hs), (params, xs, steps, saved, _Static(treedef))
-
-
-class _Static:
-    """A treedef carried through ``custom_vjp``'s residuals as a pytree node without leaves."""
-
-    def __init__(self, value):
-        self.value = value
-
-
-jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda value, _: _Static(value))
-
-
 def _backward_step(loop: _Loop, params, small, saved, treedef, d_hs):
     """The backward loop's step: the carry's cotangent one step back, and the step's
     gradients of the two matmuls' outputs written into the chunk's buffers."""
@@ -295,7 +277,7 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
     ``d from_h``; then ``dX``, ``dW_ih``, ``dW_hh`` and the input bias' gradient
     follow as GEMMs over the chunk's rows."""
     params, xs, steps, saved, treedef = residuals
-    (h_prev, *saved), treedef = saved, treedef.value
+    h_prev, *saved = saved
     d_final, d_hs = cotangents
     cell, (n, time, input_size) = loop.cell, xs.shape
     small, bias = _cell_params(cell, params), _input_bias(cell, params)
@@ -341,7 +323,117 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
     return d_params, d_xs, d_carry, d_restart, Steps(*(_no_cotangent(a) for a in steps))
 
 
-_fused.defvjp(_fused_forward, _fused_backward)
+# ----------------------------------------------------------------------------- the fused gradient, every mode
+#
+# ``_fused`` is a ``custom_jvp`` whose tangent is one primitive, linear in the tangents of params, xs, carry
+# and restart. Evaluated (forward mode: jvp, jacfwd, linearize), the primitive computes the tangent through
+# the autodiff loop. Transposed (reverse mode: grad, vjp), it is the fused backward pass, which reads what
+# the forward loop saved. So every transformation works on the default path, and reverse mode keeps the
+# fused gradient (a custom_vjp would give the latter only).
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _fused(params, xs, carry, restart, steps, loop):
+    final, hs, _, _ = _fused_loop(loop, params, xs, carry, restart, steps, save=False)
+    return final, hs
+
+
+# Called jitted even outside jit: one program instead of op-by-op dispatch, and eager hessians of
+# padded sequences (jacfwd of jacrev) otherwise hit an XLA:CPU fusion bug ("Failed to translate module
+# to LLVM IR") in one of the ops dispatched alone.
+_fused_jit = cast(Any, jax.jit(_fused, static_argnums=(5,)))
+
+
+@_fused.defjvp
+def _fused_jvp(loop, primals, tangents):
+    params, xs, carry, restart, steps = primals
+    final, hs, saved, treedef = _fused_loop(loop, params, xs, carry, restart, steps, save=True)
+    diff_primals, diff_tangents = (params, xs, carry, restart), tangents[:4]
+    known = jax.tree.leaves((diff_primals, steps, saved))
+    structure = _TangentStructure(
+        loop,
+        jax.tree.structure((diff_primals, steps)),
+        treedef,
+        len(saved),
+        jax.tree.structure((final, hs)),
+    )
+    out = _tangent_p.bind(*known, *jax.tree.leaves(diff_tangents), structure=structure)
+    return (final, hs), jax.tree.unflatten(structure.outputs, out)
+
+
+@dataclass(frozen=True)
+class _TangentStructure:
+    """The static part of a ``_tangent_p`` call: the loop and how its flat operands nest."""
+
+    loop: _Loop
+    primals: Any  # treedef of ((params, xs, carry, restart), steps)
+    saved: Any  # treedef of cell.save's dict
+    num_saved: int  # saved buffers: h before each step, then cell.save's leaves
+    outputs: Any  # treedef of (final, hs)
+
+
+def _split_operands(operands, structure: _TangentStructure):
+    """``(diff_primals, steps, saved, tangent_leaves)`` from the primitive's flat operands."""
+    num_primal = structure.primals.num_leaves
+    diff_primals, steps = jax.tree.unflatten(structure.primals, operands[:num_primal])
+    saved = list(operands[num_primal : num_primal + structure.num_saved])
+    return diff_primals, steps, saved, list(operands[num_primal + structure.num_saved :])
+
+
+def _tangent_impl(*operands, structure: _TangentStructure):
+    """The tangent of ``(final, hs)``, forward mode: the JVP of the autodiff loop."""
+    diff_primals, steps, _, tangent_leaves = _split_operands(operands, structure)
+    tangents = jax.tree.unflatten(jax.tree.structure(diff_primals), tangent_leaves)
+
+    def loop(params, xs, carry, restart):
+        return _autodiff_loop(structure.loop, params, xs, carry, restart, steps)
+
+    return jax.tree.leaves(jax.jvp(loop, diff_primals, tangents)[1])
+
+
+def _tangent_transpose(cotangents, *operands, structure: _TangentStructure):
+    """The fused backward pass: the gradients of params, xs, carry and restart from those of ``(final, hs)``."""
+    (params, xs, carry, restart), steps, saved, tangent_leaves = _split_operands(operands, structure)
+    d_final, d_hs = jax.tree.unflatten(structure.outputs, [ad.instantiate_zeros(ct) for ct in cotangents])
+    residuals = (params, xs, steps, saved, structure.saved)
+    d_params, d_xs, d_carry, d_restart, _ = _fused_backward(structure.loop, residuals, (d_final, d_hs))
+    grads = jax.tree.leaves((d_params, d_xs, d_carry, d_restart))
+    num_known = len(operands) - len(tangent_leaves)
+    return [None] * num_known + [g if ad.is_undefined_primal(t) else None for g, t in zip(grads, tangent_leaves, strict=True)]
+
+
+def _tangent_abstract(*operands, structure: _TangentStructure):
+    shapes = jax.eval_shape(functools.partial(_tangent_impl, structure=structure), *operands)
+    return [jax.core.ShapedArray(s.shape, s.dtype) for s in shapes]
+
+
+def _tangent_jvp(primals, tangents, *, structure: _TangentStructure):
+    """Second derivatives (e.g. ``jax.hessian``): the JVP of ``_tangent_impl`` in its floating operands."""
+    floating = [jnp.issubdtype(p.dtype, jnp.floating) for p in primals]
+    args = list(primals)
+
+    def fn(*values):
+        for index, value in zip([i for i, f in enumerate(floating) if f], values, strict=True):
+            args[index] = value
+        return _tangent_impl(*args, structure=structure)
+
+    differentials = [ad.instantiate_zeros(t) for t, f in zip(tangents, floating, strict=True) if f]
+    return jax.jvp(fn, [p for p, f in zip(primals, floating, strict=True) if f], differentials)
+
+
+def _tangent_batch(args, dims, *, structure: _TangentStructure):
+    outs = jax.vmap(functools.partial(_tangent_impl, structure=structure), in_axes=tuple(dims))(*args)
+    return outs, [0] * len(outs)
+
+
+_tangent_p = jax.extend.core.Primitive("jaxlstm_rnn_tangent")
+_tangent_p.multiple_results = True
+_tangent_p.def_impl(lambda *args, structure: jax.jit(functools.partial(_tangent_impl, structure=structure))(*args))
+_tangent_p.def_abstract_eval(_tangent_abstract)
+mlir.register_lowering(_tangent_p, mlir.lower_fun(_tangent_impl, multiple_results=True))
+ad.primitive_jvps[_tangent_p] = _tangent_jvp
+ad.primitive_transposes[_tangent_p] = _tangent_transpose
+batching.primitive_batchers[_tangent_p] = _tangent_batch
 
 
 # ----------------------------------------------------------------------------- the public entry
@@ -444,7 +536,7 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
         def run(carry, xs, steps):
             """The loop over a stretch of time, rows flattened: ``xs`` ``(N, t, D)``."""
             if fused:
-                return cast(Any, _fused)(params, xs, carry, flat(restart), steps, loop)
+                return _fused_jit(params, xs, carry, flat(restart), steps, loop)
             return _autodiff_loop(loop, params, xs, carry, flat(restart), steps)
 
         xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)

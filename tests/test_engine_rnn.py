@@ -187,3 +187,53 @@ def test_checkpoint_every_with_a_symbolic_time_is_refused_clearly():
         jax.export.export(jax.jit(lambda p, x: jl.rnn(cell, p, x, checkpoint_every=2)[1]))(
             params, jax.ShapeDtypeStruct((2, time, D), jnp.float32)
         )
+
+
+def test_every_transformation_works_on_the_fused_path_and_matches_autodiff():
+    """Forward mode (jvp, jacfwd, linearize), hessian, vmap over inputs and params, jit: each equals the
+    autodiff path's, in float64."""
+    cell = jl.cells.GRU()
+    with jax.enable_x64(True):
+        params = cell.init_params(jax.random.key(0), D, H, jnp.float64)
+        xs = jax.random.normal(jax.random.key(1), (2, 4, D), jnp.float64)
+        lengths = jnp.asarray([4, 2])
+
+        def last(gradient):
+            return lambda p, x: jl.rnn(cell, p, x, seq_lengths=lengths, gradient=gradient)[0]
+
+        fused, autodiff = last("fused"), last("autodiff")
+        tangent = jax.tree.map(jnp.ones_like, params)
+        checks = {
+            "jvp": lambda f: jax.jvp(lambda p: f(p, xs), (params,), (tangent,)),
+            "jacfwd": lambda f: jax.jacfwd(f, argnums=1)(params, xs),
+            "linearize": lambda f: jax.linearize(lambda x: f(params, x), xs)[1](xs),
+            "hessian": lambda f: jax.hessian(lambda x: jnp.sum(f(params, x) ** 2))(xs),
+            "vmap of grad, inputs": lambda f: jax.vmap(jax.grad(lambda x: jnp.sum(f(params, x))))(jnp.stack([xs, -xs])),
+            "vmap over params": lambda f: jax.vmap(f, in_axes=(0, None))(jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params), xs),
+            "jit of grad": lambda f: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p, xs)))))(params),
+        }
+        for name, check in checks.items():
+            for a, b in zip(jax.tree.leaves(check(fused)), jax.tree.leaves(check(autodiff)), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_reverse_mode_runs_the_cells_backward_and_forward_mode_does_not():
+    calls = []
+
+    @dataclass(frozen=True)
+    class Counted(jl.cells.GRU):
+        def backward(self, params, saved, d_carry):
+            calls.append("backward")
+            return super().backward(params, saved, d_carry)
+
+    cell = Counted()
+    params = cell.init_params(jax.random.key(0), D, H)
+    xs = jnp.ones((2, 4, D))
+
+    def loss(p):
+        return jnp.sum(jl.rnn(cell, p, xs)[1])
+
+    jax.jvp(loss, (params,), (params,))
+    assert calls == []
+    jax.grad(loss)(params)
+    assert calls and set(calls) == {"backward"}
