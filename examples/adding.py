@@ -4,13 +4,13 @@ Each input is a (T, 2) sequence: channel 0 holds uniform random values in [0, 1)
 that is 1 at exactly two steps (one in each half of the sequence) and 0 elsewhere. The target is the sum
 of the two marked values. To solve it the LSTM must carry one number across up to 100 steps while
 ignoring everything else. Always answering 1 (the mean) gives an MSE of about 1/6 ≈ 0.167; the goal is
-a test MSE below 0.01.
+a test MSE below 0.01, which the defaults reach at every seed checked (benchmarks/adding_seeds.py).
 
 The data are synthetic: every training batch is a pure function of (--seed, step), and the test set is
 fixed, so nothing is downloaded and a resumed run sees exactly the batches an uninterrupted one would.
 
 Needs: pip install -e ".[examples]"   (tqdm, matplotlib, statsmodels, scikit-learn)
-Run:  python examples/adding.py            (about 30 s on 2 CPU cores; --help for options)
+Run:  python examples/adding.py            (about 37 s of CPU time on 2 cores; --help for options)
 Out:  runs/adding/metrics.json (test_mse), loss.png (the loss curve), checkpoint.json and its checkpoint-* folder
 """
 
@@ -31,6 +31,7 @@ import jaxlstm as jl
 
 TARGET_MSE = 0.01
 TEST_SEED = 2024  # the test set is the same for every --seed
+FORGET_BIAS = 3.0  # the forget gates' initial bias: see with_forget_bias
 
 
 def make_batch(rng: np.random.Generator, size: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,14 +45,31 @@ def make_batch(rng: np.random.Generator, size: int, length: int) -> tuple[np.nda
 
 
 class Adder(nn.Module):
-    """x (batch, T, 2) -> LSTM -> last step's h (batch, H) -> Dense -> the predicted sum (batch,)."""
+    """x (batch, T, 2) -> LSTM -> last step's h (batch, H) -> Dense -> the predicted sum (batch,).
+
+    The values are centred (x - 0.5, mean 0) before the LSTM: uncentred, the 98 unmarked values push
+    every gate the same way at every step, and at some seeds training stays on the always-1 plateau.
+    """
 
     hidden: int
 
     @nn.compact
     def __call__(self, x):
+        x = x.at[..., 0].add(-0.5)  # channel 0, the values; channel 1, the markers, stays 0 or 1
         h = jl.LSTM(features=self.hidden, return_sequences=False)(x)
         return nn.Dense(features=1)(h)[:, 0]
+
+
+def with_forget_bias(params, value: float):
+    """``params`` with the LSTM's forget-gate biases set to ``value`` (jaxlstm's b packs gates i, f, g, o).
+
+    At initialisation the default bias of 1 keeps about sigmoid(1) = 73% of the cell state per step,
+    0.73^50 ≈ 1e-7 over the 50 steps between the markers; a bias of 3 keeps about 95% (0.95^50 ≈ 0.09),
+    so the first marked value's gradient reaches the loss before training has learned to keep it.
+    """
+    lstm = params["LSTM_0"]["layer_0"]
+    hidden = lstm["b"].shape[0] // 4
+    return {**params, "LSTM_0": {"layer_0": {**lstm, "b": lstm["b"].at[hidden : 2 * hidden].set(value)}}}
 
 
 @functools.lru_cache  # one compiled train step per configuration, shared by repeated main() calls
@@ -67,7 +85,7 @@ def build(hidden: int, lr: float, clip: float, steps: int):
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         return state.apply_gradients(grads=grads), loss
 
-    init = jax.jit(lambda key, x: model.init(key, x)["params"])
+    init = jax.jit(lambda key, x: with_forget_bias(model.init(key, x)["params"], FORGET_BIAS))
     return model, optimizer, init, train_step, jax.jit(model.apply)
 
 
