@@ -187,7 +187,7 @@ def _guides_folder():
 
 
 # The guides first, in reading order; any other page after them, by name.
-GUIDE_ORDER = ("shapes", "sequence-state", "variants", "performance", "gpu")
+GUIDE_ORDER = ("shapes", "sequence-state", "variants", "performance", "gpu", "nnx")
 
 
 def guides() -> dict[str, str]:

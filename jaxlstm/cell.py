@@ -57,11 +57,7 @@ def per_gate(init, name: str = "initializer"):
     the distribution Flax gives that gate's kernel. ``name`` (the argument's
     name, e.g. ``"kernel_init"``) is for the error messages.
     """
-    if not callable(init):
-        raise TypeError(
-            f"{name} must be an initializer (key, shape, dtype) -> array such as "
-            f"jax.nn.initializers.lecun_normal(), got {type(init).__name__} {init!r}"
-        )
+    _checks.initializer(init, name)
 
     def packed(key, shape, dtype=jnp.float32):
         *lead, gates = shape
@@ -150,13 +146,15 @@ def init_params(
             Flax's ``LSTMCell``: each gate's block of ``w_ih`` lecun-normal
             (truncated normal, variance 1/D), each gate's (H, H) block of
             ``w_hh`` orthogonal, zero bias.
-        dtype: parameter dtype.
+        dtype: parameter dtype, a real floating one (float32, bfloat16, ...).
 
     Returns:
         ``LSTMParams`` with shapes (D, 4H), (H, 4H), (4H,).
     """
+    key = _checks.prng_key(key, "key")
     input_size = _checks.positive_int(input_size, "input_size")
     hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    dtype = _checks.float_dtype(dtype, "dtype")
     init_w_ih, init_w_hh, init_b = initializers(scheme, hidden_size)
     k_ih, k_hh, k_b = jax.random.split(key, 3)
     gates = 4 * hidden_size
@@ -184,11 +182,7 @@ def initial_carry(shape: tuple[int, ...], dtype, carry_init=None, keys=None) -> 
     c_dtype = state_dtype(dtype)
     if carry_init is None:
         return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, c_dtype))
-    if not callable(carry_init):
-        raise TypeError(
-            f"carry_init must be an initializer (key, shape, dtype) -> array such as "
-            f"jax.nn.initializers.zeros, got {type(carry_init).__name__} {carry_init!r}"
-        )
+    _checks.initializer(carry_init, "carry_init", "jax.nn.initializers.zeros")
     if keys is None:
         raise ValueError("carry_init draws random numbers: pass rngs (NNX) or rng (linen) to initialize_carry")
     c = jnp.asarray(carry_init(keys(), shape, c_dtype))
@@ -202,9 +196,11 @@ def initial_carry(shape: tuple[int, ...], dtype, carry_init=None, keys=None) -> 
 
 
 def zeros_carry(hidden_size: int, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> LSTMCarry:
-    """An all-zero carry: ``h`` and ``c`` each of shape ``(*batch_shape, hidden_size)``."""
+    """An all-zero carry: ``h`` and ``c`` each of shape ``(*batch_shape, hidden_size)``; ``batch_shape`` a
+    tuple of ints, or one int (``2`` means ``(2,)``); ``dtype`` a real floating one."""
     hidden_size = _checks.positive_int(hidden_size, "hidden_size")
-    shape = (*tuple(batch_shape), hidden_size)
+    dtype = _checks.float_dtype(dtype, "dtype")
+    shape = (*_checks.batch_shape(batch_shape), hidden_size)
     return LSTMCarry(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 

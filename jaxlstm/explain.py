@@ -416,11 +416,8 @@ def explain(
     input_size = _checks.positive_int(input_size, "input_size")
     units = _checks.positive_int(units, "units")
     num_layers = _checks.positive_int(num_layers, "num_layers")
-    for value, name in ((bidirectional, "bidirectional"), (return_sequences, "return_sequences")):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    if not isinstance(merge, str):
-        raise TypeError(f"merge must be a str, one of {', '.join(map(repr, MERGE_MODES))}, got {type(merge).__name__}")
+    bidirectional = _checks.flag(bidirectional, "bidirectional")
+    return_sequences = _checks.flag(return_sequences, "return_sequences")
     _checks.one_of(merge, MERGE_MODES, "merge")
     variant = LSTMVariant(proj_size=proj_size, peepholes=peepholes, layer_norm=layer_norm, cifg=cifg)
     variant.check_hidden_size(units, "units")

@@ -81,6 +81,10 @@ __all__ = [
 ]
 
 
+# The boolean options, checked by _checks.flag.
+_FLAGS = ("bidirectional", "return_sequences", "return_carry", "reverse", "learn_initial_carry", "stateful")
+
+
 def cell_name(layer: int, direction: int) -> str:
     """The parameter-tree key of one layer and direction: ``layer_0``, ``layer_0_reverse``."""
     return f"layer_{layer}" + ("_reverse" if direction == 1 else "")
@@ -183,8 +187,12 @@ class LayerConfig:
     def __post_init__(self):
         _checks.positive_int(self.features, "features")
         _checks.positive_int(self.num_layers, "num_layers")
+        for name in _FLAGS:  # np.True_ is True here, as everywhere; "no" or 1 is refused
+            object.__setattr__(self, name, _checks.flag(getattr(self, name), name))
         _checks.one_of(self.merge, MERGE_MODES, "merge")
         _checks.rate(self.dropout, "dropout")
+        _checks.float_dtype(self.dtype, "dtype", allow_none=True)
+        _checks.float_dtype(self.param_dtype, "param_dtype")
         _checks.one_of(self.init_scheme, INIT_SCHEMES, "init_scheme")
         _checks.positive_int(self.unroll, "unroll")
         _checks.one_of(self.masked_output, MASKED_OUTPUTS, "masked_output")
@@ -206,9 +214,10 @@ class LayerConfig:
         if self.reverse and self.bidirectional:
             raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
         if self.stateful and (self.bidirectional or self.reverse):
+            given = "bidirectional=True" if self.bidirectional else "reverse=True"
             raise ValueError(
-                "stateful=True streams a sequence forward chunk by chunk; it can't be combined with "
-                f"bidirectional={self.bidirectional} or reverse={self.reverse}, which need the whole sequence"
+                f"stateful=True streams a sequence forward chunk by chunk; it can't be combined with {given}, "
+                "which needs the whole sequence"
             )
 
     @classmethod
@@ -228,6 +237,13 @@ class LayerConfig:
         A variant option given flat (``peepholes=True``) is pointed to
         ``variant=jl.LSTMVariant(peepholes=True)``.
         """
+        cls.check_names(options, where)
+        return cls(features, **options)
+
+    @classmethod
+    def check_names(cls, options: dict, where: str) -> None:
+        """A TypeError for a name in ``options`` that is not an option, saying what to write: a variant
+        option given flat (``peepholes=True``) is pointed to ``variant=jl.LSTMVariant(peepholes=True)``."""
         variant_names = {field.name for field in fields(LSTMVariant)}
         for name, value in options.items():
             if name in variant_names:
@@ -241,7 +257,6 @@ class LayerConfig:
                     f"{where} got an unexpected keyword argument {name!r}; its options are "
                     f"{', '.join(cls.names()[1:])} (see jaxlstm.layer.LayerConfig)"
                 )
-        return cls(features, **options)
 
     # ------------------------------------------------------------------ what follows from them
 
@@ -391,7 +406,7 @@ def dropout_key(
     """The key a call's masks come from: ``None`` when ``draws_masks`` says the call
     draws none, else ``draw()`` — the module's ``'dropout'`` rng, ``None`` if it has
     none, which is a ValueError naming what needs it and how to give it."""
-    if not draws_masks(config, deterministic):
+    if not draws_masks(config, _checks.flag(deterministic, "deterministic")):
         return None
     key = draw()
     if key is None:

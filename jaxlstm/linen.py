@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
+from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
 from .layer import LayerConfig, cast, check_input, dropout_key, run
 from .layer import cell_name as cell_name
 from .stack import StackCarry
@@ -96,6 +96,19 @@ class LSTMCell(nn.RNNCellBase):
     recurrent_kernel_init: Any = None
     bias_init: Any = None
     carry_init: Any = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checks.positive_int(self.features, "features")  # a bad option fails where the cell is built
+        _checks.one_of(self.init_scheme, INIT_SCHEMES, "init_scheme")
+        _checks.float_dtype(self.dtype, "dtype", allow_none=True)
+        _checks.float_dtype(self.param_dtype, "param_dtype")
+        _checks.activation(self.gate_fn, "gate_fn")
+        _checks.activation(self.activation_fn, "activation_fn")
+        _checks.flag(self.learn_initial_carry, "learn_initial_carry")
+        for name in ("kernel_init", "recurrent_kernel_init", "bias_init"):
+            _checks.initializer(getattr(self, name), name)
+        _checks.initializer(self.carry_init, "carry_init", "jax.nn.initializers.zeros")
 
     @nn.compact
     def weights(self, input_size: int) -> LSTMParams:
@@ -385,3 +398,19 @@ class LSTM(nn.Module):
         if config.stateful and not self.is_initializing() and self.is_mutable_collection("carry"):
             self.put_variable("carry", "state", carries)
         return result
+
+
+def _checked_names(init):
+    """``LSTM.__init__`` (the dataclass') preceded by ``LayerConfig.check_names``: an unknown option
+    gets NNX's message (a variant option given flat points to ``variant=jl.LSTMVariant(...)``), not
+    Python's bare "unexpected keyword argument"."""
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        LayerConfig.check_names({k: v for k, v in kwargs.items() if k not in ("parent", "name")}, "jl.LSTM")
+        init(self, *args, **kwargs)
+
+    return checked
+
+
+setattr(LSTM, "__init__", _checked_names(LSTM.__init__))  # noqa: B010  (pyright: __init__ is not assignable)

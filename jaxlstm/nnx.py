@@ -24,7 +24,17 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
-from .layer import LayerConfig, cast, cell_name, check_input, draws_masks, dropout_key, run
+from .layer import (
+    LayerConfig,
+    cast,
+    cell_name,
+    check_input,
+    check_stateful_carry,
+    draws_masks,
+    dropout_key,
+    fresh_carries,
+    run,
+)
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
 
@@ -32,7 +42,14 @@ __all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry"]
 
 
 class Carry(nnx.Variable):
-    """The carry a ``stateful=True`` LSTM keeps between calls (``[layer][direction]`` → ``LSTMCarry``)."""
+    """The carry a ``stateful=True`` LSTM keeps between calls (``[layer][direction]`` → ``LSTMCarry``),
+    ``None`` before the first call (or ``reset_carry(batch_shape)``). ``model.carry[...]`` reads it
+    whole, as a parameter's ``[...]`` does."""
+
+    def __getitem__(self, key):
+        if key is Ellipsis:
+            return self.get_value()
+        return super().__getitem__(key)
 
 
 class LSTMCell(nnx.Module):
@@ -97,8 +114,13 @@ class LSTMCell(nnx.Module):
     ):
         in_features = _checks.positive_int(in_features, "in_features")
         features = _hidden_size(hidden_features, features)
+        _checks.float_dtype(dtype, "dtype", allow_none=True)
+        _checks.float_dtype(param_dtype, "param_dtype")
         _checks.activation(gate_fn, "gate_fn")
         _checks.activation(activation_fn, "activation_fn")
+        learn_initial_carry = _checks.flag(learn_initial_carry, "learn_initial_carry")
+        _checks.initializer(carry_init, "carry_init", "jax.nn.initializers.zeros")
+        _check_rngs(rngs)
         init_w_ih, init_w_hh, init_b = initializers(
             init_scheme,
             features,
@@ -168,7 +190,12 @@ class VariantWeights(nnx.Module):
     ):
         in_features = _checks.positive_int(in_features, "in_features")
         features = _checks.positive_int(features, "features")
+        if not isinstance(variant, LSTMVariant):
+            raise TypeError(f"variant must be a jaxlstm.LSTMVariant, got {type(variant).__name__} {variant!r}")
         variant.check_hidden_size(features, "features")
+        _checks.float_dtype(param_dtype, "param_dtype")
+        learn_initial_carry = _checks.flag(learn_initial_carry, "learn_initial_carry")
+        _check_rngs(rngs)
         inits = variant_initializers(init_scheme, features, argument="init_scheme")
         self.in_features, self.features, self.variant = in_features, features, variant
         if learn_initial_carry:
@@ -237,10 +264,13 @@ class LSTM(nnx.Module):
     def __init__(self, in_features: int, features: int, *, deterministic: bool = False, rngs: nnx.Rngs, **options):
         config = LayerConfig.from_options(features, options, "jl.nnx.LSTM")
         self.in_features = _checks.positive_int(in_features, "in_features")
+        deterministic = _checks.flag(deterministic, "deterministic")
+        _check_rngs(rngs)
         for name in LayerConfig.names():
             setattr(self, name, getattr(config, name))
         self.deterministic = deterministic
-        self.carry = Carry(None)
+        if config.stateful:  # only a stateful layer keeps a carry (none in nnx.state or checkpoints otherwise)
+            self.carry = Carry(None)
         for layer in range(config.num_layers):
             for direction in range(config.num_directions):
                 cell = _make_cell(config, config.layer_input_size(layer, self.in_features), rngs)
@@ -276,18 +306,65 @@ class LSTM(nnx.Module):
     def stack_params(self) -> StackParams:
         """All weights as the functional core's ``StackParams``, ``[layer][direction]``
         (``VariantParams`` with a variant)."""
+        return self._stack_params()
+
+    def _stack_params(self) -> StackParams:
+        # Private, so nnx.tabulate doesn't record its NamedTuple output (Flax's table fails on NamedTuples).
         return tuple(tuple(cell.params for cell in row) for row in self._cells())
 
-    def reset_carry(self) -> None:
-        """Forgets the carry kept by ``stateful=True``: the next call starts afresh."""
-        self.carry.set_value(None)
+    def reset_carry(self, batch_shape: int | tuple[int, ...] | None = None, *, rows=None) -> None:
+        """Restarts the carry kept by ``stateful=True``.
+
+        Args:
+            batch_shape: ``None`` (default): forget the carry, the next call starts afresh (the carry
+                is ``None`` until then). A shape ``(*batch,)`` (or one int): put the initial carry
+                for that batch in place now (zeros, or the learned ``h0``, ``c0``), so the carry
+                has its final structure before the first call: what ``nnx.scan`` over chunks,
+                restoring a checkpoint into a fresh model, and a single trace under ``nnx.jit`` need.
+            rows: optional ``(*batch,)`` bools: restart only these rows of the kept carry (a new
+                episode in some rows while the others go on); with no carry kept yet, ``batch_shape``
+                says how many rows there are.
+        """
+        config = self.config
+        if not config.stateful:
+            raise ValueError(
+                "reset_carry is for a stateful=True layer; this one keeps no carry between calls"
+                + _checks._see("stateful-streaming")
+            )
+        if batch_shape is None and rows is None:
+            self.carry.set_value(None)
+            return
+        stored = self.carry.get_value()
+        if batch_shape is None:
+            if stored is None:
+                raise ValueError("reset_carry(rows=...) with no carry kept yet needs batch_shape, the rows' shape")
+            batch_shape = tuple(stored[0][0].h.shape[:-1])
+        batch_shape = _checks.batch_shape(batch_shape)
+        dtype = self._stack_params()[0][0].w_hh.dtype if config.dtype is None else jnp.dtype(config.dtype)
+        fresh = fresh_carries(config, self._learned(), batch_shape, dtype)
+        if rows is None:
+            self.carry.set_value(fresh)
+            return
+        _checks.per_sequence_flags(rows, batch_shape, "rows")
+        if stored is None:
+            self.carry.set_value(fresh)
+            return
+        check_stateful_carry(stored, batch_shape)
+        restart = rows[..., None]
+        self.carry.set_value(jax.tree.map(lambda new, old: jnp.where(restart, new.astype(old.dtype), old), fresh, stored))
+
+    def _learned(self) -> StackCarry | None:
+        """The learned initial carries (``learn_initial_carry``), ``[layer][direction]``, else ``None``."""
+        if not self.config.learn_initial_carry:
+            return None
+        return tuple(tuple(LSTMCarry(cell.h0[...], cell.c0[...]) for cell in row) for row in self._cells())
 
     def _dropout_key(self, rngs: nnx.Rngs | jax.Array | None) -> jax.Array | None:
         """The call's key: from its ``rngs``, else from the module's own stream; ``None`` if neither has one."""
         if isinstance(rngs, nnx.Rngs):
             return rngs.dropout() if _has_dropout_stream(rngs) else None
         if rngs is not None:
-            return rngs
+            return _checks.prng_key(rngs, "rngs", see=" (or an nnx.Rngs with a 'dropout' stream)")
         return None if self.rngs is None else self.rngs()
 
     def __call__(
@@ -342,18 +419,17 @@ class LSTM(nnx.Module):
         config = self.config
         check_input(x, self.in_features)
         deterministic = self.deterministic if deterministic is None else deterministic
-        learned = None
-        if config.learn_initial_carry:
-            learned = tuple(tuple(LSTMCarry(cell.h0[...], cell.c0[...]) for cell in row) for row in self._cells())
+        if config.stateful and not hasattr(self, "carry"):  # made stateful after construction
+            self.carry = Carry(None)
         carries, result = run(
             config,
-            self.stack_params(),
+            self._stack_params(),
             x,
             seq_lengths=seq_lengths,
             mask=mask,
             resets=resets,
             initial_carry=initial_carry,
-            learned=learned,
+            learned=self._learned(),
             stored=self.carry.get_value() if config.stateful else None,
             dropout_key=dropout_key(config, deterministic, lambda: self._dropout_key(rngs)),
         )
@@ -376,6 +452,13 @@ def _hidden_size(hidden_features, features) -> int:
     if hidden_features is not None:
         return _checks.positive_int(hidden_features, "hidden_features")
     return _checks.positive_int(features, "features")
+
+
+def _check_rngs(rngs) -> None:
+    """The constructors' ``rngs``: an ``nnx.Rngs`` (required, as in Flax's own NNX layers)."""
+    if not isinstance(rngs, nnx.Rngs):
+        hint = f"; for a seed, pass nnx.Rngs({rngs!r})" if isinstance(rngs, int) and not isinstance(rngs, bool) else ""
+        raise TypeError(f"rngs must be an nnx.Rngs, e.g. nnx.Rngs(0), got {type(rngs).__name__}{hint}")
 
 
 def _has_dropout_stream(rngs: nnx.Rngs) -> bool:

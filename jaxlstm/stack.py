@@ -54,9 +54,10 @@ def merge_directions(
     """Combines the two directions' outputs as Keras' ``Bidirectional(merge_mode=...)``.
 
     ``"concat"`` → ``(..., 2H)`` (forward first); ``"sum"``, ``"mul"``, ``"ave"``
-    → ``(..., H)``.
+    → ``(..., H)``. ``forward`` and ``backward`` must have the same shape.
     """
     _checks.one_of(merge, MERGE_MODES, "merge")
+    _checks.same_shape(forward, backward, "forward", "backward", see=_checks._see("bidirectional-and-merge-modes"))
     if merge == "concat":
         return jnp.concatenate([forward, backward], axis=-1)
     if merge == "sum":
@@ -84,8 +85,13 @@ def init_stack(
     ``variant`` that is not plain, ``VariantParams`` (``jaxlstm.init_variant_params``),
     later layers reading F = 2P or P with a projection.
     """
+    key = _checks.prng_key(key, "key")
     num_layers = _checks.positive_int(num_layers, "num_layers")
+    bidirectional = _checks.flag(bidirectional, "bidirectional")
+    if variant is not None and not isinstance(variant, LSTMVariant):
+        raise TypeError(f"variant must be None or a jaxlstm.LSTMVariant, got {_checks.described(variant)}")
     _checks.one_of(merge, MERGE_MODES, "merge")
+    _checks.float_dtype(dtype, "dtype")
     num_directions = 2 if bidirectional else 1
     width = merged_size(hidden_size, num_directions, merge)
     keys = jax.random.split(key, (num_layers, num_directions))
@@ -118,7 +124,7 @@ def init_stack(
 
 def _check_stack(stack, variant: LSTMVariant | None = None) -> tuple[int, int]:
     """Validates the nesting; returns (num_layers, num_directions)."""
-    if not isinstance(stack, Sequence) or isinstance(stack, (LSTMParams, VariantParams)) or len(stack) == 0:
+    if not isinstance(stack, Sequence) or isinstance(stack, (str, LSTMParams, VariantParams)) or len(stack) == 0:
         raise TypeError(
             "stack must be a non-empty tuple of layers, each a tuple of 1 or 2 LSTMParams "
             f"([layer][direction]), got {type(stack).__name__}"
@@ -281,6 +287,8 @@ def stacked_lstm(
     _checks.one_of(merge, MERGE_MODES, "merge")
     dropout = _checks.rate(dropout, "dropout")
     reverse = _checks.flag(reverse, "reverse")
+    deterministic = _checks.flag(deterministic, "deterministic", allow_none=True)
+    dropout_key = _checks.prng_key(dropout_key, "dropout_key", allow_none=True)
     if reverse and num_directions == 2:
         raise ValueError("reverse=True is for one-direction stacks; a bidirectional stack already reads backward")
     _check_layer_inputs(stack, num_directions, merge)
@@ -489,6 +497,19 @@ def last_output(final_carries: StackCarry, merge: str = "concat") -> Float[Array
     at step 0) — what ``torch.nn.LSTM``'s ``h_n`` and Keras'
     ``Bidirectional(..., return_sequences=False)`` give.
     """
+    _checks.one_of(merge, MERGE_MODES, "merge")
+    if (
+        not isinstance(final_carries, Sequence)
+        or isinstance(final_carries, (str, LSTMCarry))
+        or not final_carries
+        or not isinstance(final_carries[-1], Sequence)
+        or len(final_carries[-1]) not in (1, 2)
+        or not all(isinstance(carry, LSTMCarry) for carry in final_carries[-1])
+    ):
+        raise TypeError(
+            "final_carries must be the final carries of a stack, nested [layer][direction] -> LSTMCarry "
+            f"(what jl.stacked_lstm returns first), got {_checks.described(final_carries)}" + _checks._see("carry")
+        )
     last = final_carries[-1]
     if len(last) == 1:
         return last[0].h

@@ -154,7 +154,10 @@ def summary(model, /, *args, **call_kwargs) -> Summary:
                 "not one bound to variables"
             )
         return _summary_linen(model, args, call_kwargs)
-    raise TypeError(f"summary needs a flax.linen.Module or a flax.nnx.Module, got {type(model).__name__}")
+    raise TypeError(
+        f"model must be a flax.linen.Module or a flax.nnx.Module, got {_checks.described(model)}; "
+        "call jl.summary(model, *inputs)"
+    )
 
 
 # ------------------------------------------------------------------------------------------ shared

@@ -41,7 +41,6 @@ equation, its paper and what PyTorch and Keras call it: docs/variants.md.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -88,29 +87,6 @@ SECTIONS = dict(
 
 
 # ----------------------------------------------------------------------------- the options
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"{name} must be True or False, got {type(value).__name__} {value!r}" + _pointer(SECTIONS[name])
-        )
-    return bool(value)
-
-
-def _real(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}" + _pointer(SECTIONS[name]))
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value!r}" + _pointer(SECTIONS[name]))
-    return float(value)
-
-
-def _rate(value, name: str) -> float:
-    try:
-        return _checks.rate(value, name)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"{error}{_pointer(SECTIONS[name])}") from None
 
 
 @dataclass(frozen=True)
@@ -195,18 +171,18 @@ class LSTMVariant:
                 )
             put("proj_size", proj_size)
         for name in ("peepholes", "layer_norm", "cifg"):
-            put(name, _flag(getattr(self, name), name))
-        put("forget_bias", _real(self.forget_bias, "forget_bias"))
+            put(name, _checks.flag(getattr(self, name), name, see=_pointer(SECTIONS[name])))
+        put("forget_bias", _checks.real(self.forget_bias, "forget_bias", see=_pointer("forget-bias")))
         if self.cell_clip is not None:
-            clip = _real(self.cell_clip, "cell_clip")
+            clip = _checks.real(self.cell_clip, "cell_clip", see=_pointer("cell-clipping"))
             if clip <= 0.0:
                 raise ValueError(
                     f"cell_clip must be None (no clipping) or > 0, got {self.cell_clip!r}" + _pointer("cell-clipping")
                 )
             put("cell_clip", clip)
         for name in ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c"):
-            put(name, _rate(getattr(self, name), name))
-        epsilon = _real(self.layer_norm_epsilon, "layer_norm_epsilon")
+            put(name, _checks.rate(getattr(self, name), name, see=_pointer(SECTIONS[name])))
+        epsilon = _checks.real(self.layer_norm_epsilon, "layer_norm_epsilon", see=_pointer("layer-normalization"))
         if epsilon <= 0.0:
             raise ValueError(f"layer_norm_epsilon must be > 0, got {epsilon!r}" + _pointer("layer-normalization"))
         put("layer_norm_epsilon", epsilon)
@@ -398,8 +374,10 @@ def init_variant_params(
     ((16, 128), (32, 16), True)
     """
     check_variant(variant)
+    key = _checks.prng_key(key, "key")
     input_size = _checks.positive_int(input_size, "input_size")
     hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    dtype = _checks.float_dtype(dtype, "dtype")
     variant.check_hidden_size(hidden_size)
     inits = variant_initializers(scheme, hidden_size)
     shapes = variant_param_shapes(input_size, hidden_size, variant)
@@ -567,13 +545,17 @@ def draw_masks(
 # ----------------------------------------------------------------------------- training or not
 
 
-def training_call(variant: LSTMVariant, dropout_key, deterministic) -> bool:
-    """Whether a call draws random masks: a rate > 0 and not deterministic (``None``: a key is given)."""
+def training_call(variant: LSTMVariant | None, dropout_key, deterministic) -> bool:
+    """Whether a call draws random masks: a rate > 0 and not deterministic (``None``: a key is given).
+
+    The one place ``jaxlstm.lstm`` checks ``dropout_key`` (``None`` or one PRNG key) and
+    ``deterministic`` (``None``, ``True`` or ``False``), whatever the variant, the plain LSTM (``None``) too.
+    """
+    dropout_key = _checks.prng_key(dropout_key, "dropout_key", allow_none=True)
+    deterministic = _checks.flag(deterministic, "deterministic", allow_none=True)
     if deterministic is None:
         deterministic = dropout_key is None
-    if not isinstance(deterministic, (bool, np.bool_)):
-        raise TypeError(f"deterministic must be None, True or False, got {type(deterministic).__name__}")
-    if deterministic or not variant.regularizes:
+    if deterministic or variant is None or not variant.regularizes:
         return False
     if dropout_key is None:
         rates = {k: v for k, v in variant.options.items() if k in _RATES}

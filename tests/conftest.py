@@ -110,6 +110,8 @@ SLOW = (
     "docs/interop.md::interop.md",
     "docs/from-flax.md::from-flax.md",
     "docs/from-keras.md::from-keras.md",
+    "docs/nnx.md::nnx.md",
+    "tests/test_input_sweep.py::test_every_bad_argument_of_every_entry_point_gets_a_clear_error",
     "README.md::README.md",
 )
 

@@ -129,7 +129,7 @@ LSTM_CASES = {
         ValueError,
         r"seq_lengths must be in \[0, time\] = \[0, 5\], got 6 at index \(0,\)",
     ),
-    "reverse_string": (dict(reverse="no"), TypeError, r"reverse must be a bool \(True or False\), got str 'no'"),
+    "reverse_string": (dict(reverse="no"), TypeError, r"reverse must be True or False, got str 'no'"),
 }
 
 
@@ -277,7 +277,7 @@ def test_stack_bad_structure(bi_stack, xs):
         r"\(2 x 4 merged by 'concat' = 8 features\): expected \(8, 16\)",
     ):
         jl.stacked_lstm((bi_stack[0], bi_stack[0]), xs)
-    with raises_clean(TypeError, r"reverse must be a bool \(True or False\), got str 'yes'"):
+    with raises_clean(TypeError, r"reverse must be True or False, got str 'yes'"):
         jl.stacked_lstm(bi_stack[:1], xs, reverse="yes")
     with raises_clean(ValueError, r"seq_lengths must be in \[0, time\] = \[0, 5\], got 9 at index \(1,\)"):
         jl.stacked_lstm(bi_stack, xs, seq_lengths=np.array([1, 9, 2]))

@@ -39,8 +39,10 @@ def test_nnx_keeps_every_option_as_an_attribute():
 
 
 def test_flat_variant_options_are_refused():
-    with pytest.raises(TypeError, match="unexpected keyword argument 'peepholes'"):
+    with pytest.raises(TypeError, match=re.escape("jl.LSTM got peepholes=True: the LSTM variant options are one")):
         jl.LSTM(H, peepholes=True)
+    with pytest.raises(TypeError, match="jl.LSTM got an unexpected keyword argument 'units'"):
+        jl.LSTM(H, units=3)
     with pytest.raises(TypeError, match=re.escape("write variant=jl.LSTMVariant(peepholes=True)")):
         jl.nnx.LSTM(D, H, peepholes=True, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="jl.nnx.LSTM got an unexpected keyword argument 'units'"):

@@ -722,7 +722,7 @@ def test_bad_module_options_are_named(key):
         jl.stacked_lstm(((params,),), xs, masked_output="zero")
     with pytest.raises(ValueError, match=r"masked_output must be one of"):
         jl.LSTM(H, masked_output="Previous").init(key, xs)
-    with pytest.raises(ValueError, match=r"masked_output must be one of"):
+    with pytest.raises(TypeError, match=r"masked_output must be a str, one of 'zeros', 'previous', got NoneType"):
         jl.nnx.LSTM(D, H, masked_output=None, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"stateful=True .*bidirectional=True"):
         jl.LSTM(H, stateful=True, bidirectional=True).init(key, xs)
