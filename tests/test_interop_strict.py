@@ -7,6 +7,7 @@ names the file or key, and loads it bit for bit when asked to
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def test_flax_nonfinite_weights_are_refused_unless_allowed():
 def test_torch_tensors_without_dense_values_are_named():
     torch = pytest.importorskip("torch")
     expected = "expected a dense strided tensor on the CPU or a GPU"
-    with pytest.raises(ValueError, match=rf"lstm: 'weight_hh_l0' is on the meta device.*{expected}.*to_empty"):
+    with pytest.raises(ValueError, match=rf"lstm: 'weight_ih_l0' is on the meta device.*{expected}.*to_empty"):
         from_torch(torch.nn.LSTM(D, H, device="meta"))
     state = torch_lstm().state_dict()
     for layout, tensor in [
@@ -266,6 +267,27 @@ def test_from_flax_names_the_misshaped_entry_itself():
     # The reported case: a square 'hi' kernel of the wrong size is 'hi''s fault, not 'ii''s.
     with pytest.raises(ValueError, match=rf"params\['hi'\]\['kernel'\] has shape \(4, 4\), expected \({H}, {H}\)"):
         from_flax({**tree, "hi": {**tree["hi"], "kernel": jnp.zeros((4, 4))}})
+
+
+def test_torch_misshaped_tensor_is_named_itself():
+    """Each tensor of a 2-layer bidirectional state dict (and of a projected one) in turn gets one axis
+    one longer: the error names that tensor, not one compared against it (the two directions' input
+    sizes, one against one, are both named)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    for lstm in (
+        torch.nn.LSTM(D, H, num_layers=2, bidirectional=True),
+        torch.nn.LSTM(D, H + 1, num_layers=2, proj_size=2),
+    ):
+        state = {k: v.detach().numpy() for k, v in lstm.state_dict().items()}
+        for key, array in state.items():
+            for axis in range(array.ndim):
+                if (key, axis, lstm.bidirectional) == ("weight_ih_l0", 1, False):
+                    continue  # one direction: its weight_ih_l0 alone says input_size, any value is valid
+                shape = list(array.shape)
+                shape[axis] += 1
+                with pytest.raises(ValueError, match=rf"'{key}' has shape {re.escape(str(tuple(shape)))}"):
+                    from_torch_state_dict({**state, key: np.zeros(shape, np.float32)})
 
 
 def test_from_flax_refuses_integer_and_mixed_dtype_weights():

@@ -153,6 +153,18 @@ def _names(module) -> list[str]:
     return [cell_name(layer, d) for layer in range(module.num_layers) for d in range(module.num_directions)]
 
 
+def consensus(values: Mapping):
+    """The value most entries of ``values`` have (the first entry's on a tie).
+
+    The converters read sizes and dtypes this way, from every entry at once, so that a misshaped entry
+    is the one named in the error, not a well-shaped one compared against it.
+    """
+    counts: dict = {}
+    for value in values.values():
+        counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=lambda value: counts[value])
+
+
 def floating(array: np.ndarray, where: str) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
         raise ValueError(f"{where} must hold floating-point values, got dtype {array.dtype}")

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from ..cell import LSTMParams
 import numpy as np
 
-from ._common import check_finite, floating, warn_if_x64_disabled
+from ._common import check_finite, consensus, floating, warn_if_x64_disabled
 
 __all__ = ["from_flax", "to_flax"]
 
@@ -241,7 +241,7 @@ def _read_entries(tree: Mapping, layout: _Layout, *, finite: bool) -> dict[tuple
             if finite:
                 check_finite(array, "from_flax: " + where)
             arrays[(name, field)] = array
-    dtype = _consensus({path: np.dtype(array.dtype) for path, array in arrays.items()})
+    dtype = consensus({path: np.dtype(array.dtype) for path, array in arrays.items()})
     for (name, field), array in arrays.items():
         if np.dtype(array.dtype) != dtype:
             raise ValueError(
@@ -252,14 +252,6 @@ def _read_entries(tree: Mapping, layout: _Layout, *, finite: bool) -> dict[tuple
     return arrays
 
 
-def _consensus(values: dict) -> Any:
-    """The value most entries have (the first entry's on a tie)."""
-    counts: dict = {}
-    for value in values.values():
-        counts[value] = counts.get(value, 0) + 1
-    return max(counts, key=lambda value: counts[value])
-
-
 def _check_shapes(arrays: dict[tuple[str, str], Any], *, packed: bool) -> None:
     """Checks every entry's shape against the sizes most entries agree on, so that a misshaped entry is
     the one named, not a well-shaped one read after it.
@@ -267,7 +259,7 @@ def _check_shapes(arrays: dict[tuple[str, str], Any], *, packed: bool) -> None:
     Every entry's last axis is its output width (H per gate, 4H packed); an input kernel's first axis is
     the input size, a hidden kernel's the hidden size.
     """
-    width = _consensus({path: array.shape[-1] for path, array in arrays.items()})
+    width = consensus({path: array.shape[-1] for path, array in arrays.items()})
     if packed and width % 4:
         shape = tuple(arrays[("dense_h", "kernel")].shape)
         raise ValueError(
@@ -276,7 +268,7 @@ def _check_shapes(arrays: dict[tuple[str, str], Any], *, packed: bool) -> None:
         )
     hidden = width // 4 if packed else width
     kernels_i = {path: array.shape[0] for path, array in arrays.items() if path[1] == "kernel" and _input(path[0])}
-    input_size = _consensus(kernels_i)
+    input_size = consensus(kernels_i)
     for (name, field), array in arrays.items():
         shape = (width,) if field == "bias" else (input_size if _input(name) else hidden, width)
         if tuple(array.shape) != shape:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _checks
-from ._common import check_finite, floating, lstm_module, params_tree, read_stack, require, warn_if_x64_disabled
+from ._common import check_finite, consensus, floating, lstm_module, params_tree, read_stack, require, warn_if_x64_disabled
 
 __all__ = ["from_torch", "from_torch_state_dict", "load_torch", "to_torch"]
 
@@ -255,6 +255,7 @@ class _StateDictLSTM:
     ):
         self.state_dict, self.prefix, self.entries, self.source = state_dict, prefix, entries, source
         self.allow_nonfinite = allow_nonfinite
+        self.arrays: dict[str, np.ndarray] = {}
         self.num_layers = 1 + max(layer for _, _, layer, _ in entries)
         self.bidirectional = any(reverse for *_, reverse in entries)
         self.bias = any(kind == "bias" for kind, *_ in entries)
@@ -262,9 +263,11 @@ class _StateDictLSTM:
         self.num_directions = 2 if self.bidirectional else 1
 
     def tensor(self, kind: str, which: str, layer: int, direction: int) -> tuple[str, np.ndarray]:
-        """The key and the floating, finite NumPy array of e.g. ``weight_ih_l0_reverse``."""
+        """The key and the floating, finite NumPy array of e.g. ``weight_ih_l0_reverse`` (read once)."""
         source = self.source
         name = f"{self.prefix}{kind}_{which}_l{layer}" + ("_reverse" if direction else "")
+        if name in self.arrays:
+            return name, self.arrays[name]
         if (kind, which, layer, bool(direction)) not in self.entries:
             raise ValueError(
                 f"{source}: missing key {name!r} (the state dict has keys for num_layers={self.num_layers}, "
@@ -276,7 +279,8 @@ class _StateDictLSTM:
             array = _to_numpy(value, where)
         except TypeError as error:
             raise ValueError(f"{where} is a {type(value).__name__}, not a tensor") from error
-        return name, check_finite(floating(array, where), where, self.allow_nonfinite)
+        self.arrays[name] = check_finite(floating(array, where), where, self.allow_nonfinite)
+        return name, self.arrays[name]
 
     def shaped(self, kind: str, which: str, layer: int, direction: int, shape: tuple[int, ...], what: str):
         """``tensor(...)``'s array, which must have ``shape`` (``what`` names its axes in the error)."""
@@ -299,35 +303,47 @@ class _Sizes(NamedTuple):
 
 
 def _read_sizes(weights: _StateDictLSTM) -> _Sizes:
-    """hidden_size, proj_size, input_size and the dtype, from layer 0's weight_hh, weight_hr and weight_ih."""
+    """hidden_size, proj_size and input_size as most of the LSTM's tensors agree on them, and the dtype
+    (layer 0's weight_ih's).
+
+    Sizes read from one tensor would make a misshaped one blame its well-shaped neighbours; agreed on by
+    all, they make ``_read_cell`` name the misshaped tensor itself.
+    """
     source = weights.source
-    name, w_hh0 = weights.tensor("weight", "hh", 0, 0)
-    proj_size = None
-    if weights.projected:  # weight_hr_l0 (proj_size, hidden_size) fixes both sizes
-        hr_name, w_hr0 = weights.tensor("weight", "hr", 0, 0)
-        if w_hr0.ndim != 2 or not 0 < w_hr0.shape[0] < w_hr0.shape[1]:
+    shapes, names = {}, {}
+    for entry in weights.entries:
+        kind, which, layer, reverse = entry
+        name, array = weights.tensor(kind, which, layer, int(reverse))
+        ndim = 1 if kind == "bias" else 2
+        if array.ndim != ndim:
+            raise ValueError(f"{source}: {name!r} has shape {tuple(array.shape)}, expected a {ndim}-d tensor")
+        shapes[entry], names[entry] = array.shape, name
+    # Each tensor's share of 4 * hidden_size: the first axis, or 4x weight_hr's second (P, H).
+    gates = consensus({e: 4 * shape[1] if e[1] == "hr" else shape[0] for e, shape in shapes.items()})
+    if gates % 4:
+        entry = next(e for e, shape in shapes.items() if e[1] != "hr" and shape[0] == gates)
+        raise ValueError(
+            f"{source}: {names[entry]!r} has shape {tuple(shapes[entry])}: its first axis packs the gates "
+            "i, f, g, o, so its size must be 4 * hidden_size"
+        )
+    hidden, proj_size = gates // 4, None
+    if weights.projected:  # weight_hr (P, H) first: it defines proj_size, and wins a tie with weight_hh (4H, P)
+        votes = {e: shape[0] for e, shape in shapes.items() if e[1] == "hr"}
+        votes |= {e: shape[1] for e, shape in shapes.items() if e[:2] == ("weight", "hh")}
+        proj_size = consensus(votes)
+        if not 0 < proj_size < hidden:
+            entry = next(e for e in votes if e[1] == "hr")
             raise ValueError(
-                f"{source}: {hr_name!r} has shape {tuple(w_hr0.shape)}, expected (proj_size, hidden_size) "
+                f"{source}: {names[entry]!r} has shape {tuple(shapes[entry])}, expected (proj_size, hidden_size) "
                 "with proj_size < hidden_size"
             )
-        proj_size, hidden = w_hr0.shape
-        if w_hh0.shape != (4 * hidden, proj_size):
-            raise ValueError(
-                f"{source}: {name!r} has shape {tuple(w_hh0.shape)}, expected ({4 * hidden}, {proj_size}) "
-                f"(4 * hidden_size, proj_size) for {hr_name!r} of shape {tuple(w_hr0.shape)}"
-            )
-    elif w_hh0.ndim != 2 or w_hh0.shape[0] != 4 * w_hh0.shape[1]:
-        raise ValueError(f"{source}: {name!r} has shape {tuple(w_hh0.shape)}, expected (4 * hidden_size, hidden_size)")
-    else:
-        hidden = w_hh0.shape[1]
-    gates = 4 * hidden
-    name, w_ih0 = weights.tensor("weight", "ih", 0, 0)
-    if w_ih0.ndim != 2 or w_ih0.shape[0] != gates:
-        raise ValueError(
-            f"{source}: {name!r} has shape {tuple(w_ih0.shape)}, expected ({gates}, input_size) "
-            f"for hidden_size={hidden}"
-        )
-    return _Sizes(hidden, proj_size, w_ih0.shape[1], w_ih0.dtype)
+    inputs = {e: shape[1] for e, shape in shapes.items() if e[:3] == ("weight", "ih", 0)}
+    if len(set(inputs.values())) > 1:  # two directions, no majority: name both
+        shown = ", ".join(f"{names[e]!r} has shape {tuple(shapes[e])}" for e in inputs)
+        raise ValueError(f"{source}: the two directions of layer 0 read different input sizes: {shown}")
+    input_size = consensus(inputs)
+    _, w_ih0 = weights.tensor("weight", "ih", 0, 0)
+    return _Sizes(hidden, proj_size, input_size, w_ih0.dtype)
 
 
 def _read_cell(weights: _StateDictLSTM, sizes: _Sizes, layer: int, direction: int) -> dict:
