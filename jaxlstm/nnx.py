@@ -225,8 +225,9 @@ class LSTM(nnx.Module):
             ``False`` (training) as ``nnx.Dropout``; ``model.eval()`` and
             ``model.train()`` set it. Why it differs from linen's: the
             docstring of ``jaxlstm.layer``, "Deterministic or random".
-        rngs: ``nnx.Rngs`` for the parameters and (stream ``"dropout"``,
-            falling back to ``"default"``) the dropout and zoneout masks.
+        rngs: required, as in Flax's own layers: ``nnx.Rngs`` for the parameters
+            and (stream ``"dropout"``, falling back to ``"default"``) the dropout
+            and zoneout masks.
         **options: the other options of ``jaxlstm.layer.LayerConfig``, as
             ``jaxlstm.LSTM``'s fields: ``num_layers``, ``bidirectional``,
             ``merge``, ``return_sequences``, ``return_carry``, ``dropout``,
@@ -237,8 +238,12 @@ class LSTM(nnx.Module):
             ``backend`` and ``cudnn_precision`` (docs/gpu.md).
             Each is kept as an attribute of the same name (``model.num_layers``),
             read at every call. ``stateful=True`` keeps the final carries
-            in ``model.carry`` (a ``jaxlstm.nnx.Carry``); ``model.reset_carry()``
-            starts afresh, ``resets[:, 0] = True`` restarts one row.
+            in ``model.carry`` (a ``jaxlstm.nnx.Carry``, read with ``model.carry[...]``;
+            a layer that is not stateful has none); ``model.reset_carry()`` starts
+            afresh, ``model.reset_carry(batch_shape)`` puts the initial carry in place
+            before the first call (for ``nnx.scan`` and checkpoint restores),
+            ``reset_carry(rows=...)`` or ``resets[:, 0] = True`` restarts some rows.
+            docs/nnx.md shows each with NNX's transforms.
 
     Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``,
     ``mask`` and ``resets`` ``(*batch, T)``, ``initial_carry`` nested
