@@ -174,7 +174,7 @@ def _convert(state_dict, prefix: str | None, dropout: float, source: str, allow_
         features=sizes.hidden,
         num_layers=weights.num_layers,
         bidirectional=weights.bidirectional,
-        dropout=float(dropout),
+        dropout=_checks.rate(dropout, "dropout"),
         init_scheme="torch",
         param_dtype=params["layer_0"]["w_ih"].dtype,
         variant=None if sizes.proj_size is None else LSTMVariant(proj_size=sizes.proj_size),
