@@ -393,6 +393,8 @@ def test_converters_refuse_arguments_of_the_wrong_kind():
         from_torch_state_dict(state, prefix=0)
     with pytest.raises(TypeError, match=r"allow_nonfinite must be .*got str 'no'"):
         from_torch_state_dict(state, allow_nonfinite="no")
+    with pytest.raises(TypeError, match=r"dropout must be a float in \[0, 1\), got str '0.1'"):
+        from_torch_state_dict(state, dropout="0.1")
     module, variables = from_torch_state_dict(state)
     with pytest.raises(TypeError, match=r"state_dict must be a whole model's state dict .* got list"):
         to_torch(module, variables, state_dict=[])
