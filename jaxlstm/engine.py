@@ -236,10 +236,11 @@ def _backward_step(loop: _Loop, params, small, saved, treedef, d_hs):
 
     def step(state, inputs):
         d_carry, d_initial, d_small, grads_chunk, first = state
-        t, steps_t = inputs
+        t, steps_t, zero_out = inputs
         valid_t, reset_t = steps_t.valid, steps_t.reset
         saved_t = jax.tree.unflatten(treedef, [_at(buffer, t) for buffer in saved])
-        d_out = _at(d_hs, t)
+        # d_hs None: no loss reads the outputs; the chunk's scan then hands each step zeros (zero_out)
+        d_out = zero_out if d_hs is None else _at(d_hs, t)
         if valid_t is None:
             d_total = _add_to_hidden(cell, d_carry, d_out)
             d_new = d_total
@@ -288,10 +289,11 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
         d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs = state
         steps_c = steps.slice(first, length)
         grads_chunk = tuple(jnp.zeros((n, length, width), xs.dtype) for _ in range(2))
+        zero_outs = None if d_hs is not None else jnp.zeros((length, n, h_prev.shape[-1]), h_prev.dtype)
         (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
             (d_carry, d_initial, d_small, grads_chunk, first),
-            (first + jnp.arange(length, dtype=jnp.int32), steps_c),
+            (first + jnp.arange(length, dtype=jnp.int32), steps_c, zero_outs),
             reverse=not loop.reverse,
             unroll=loop.unroll,
         )
@@ -336,12 +338,6 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
 def _fused(params, xs, carry, restart, steps, loop):
     final, hs, _, _ = _fused_loop(loop, params, xs, carry, restart, steps, save=False)
     return final, hs
-
-
-# Called jitted even outside jit: one program instead of op-by-op dispatch, and eager hessians of
-# padded sequences (jacfwd of jacrev) otherwise hit an XLA:CPU fusion bug ("Failed to translate module
-# to LLVM IR") in one of the ops dispatched alone.
-_fused_jit = cast(Any, jax.jit(_fused, static_argnums=(5,)))
 
 
 @_fused.defjvp
@@ -394,7 +390,11 @@ def _tangent_impl(*operands, structure: _TangentStructure):
 def _tangent_transpose(cotangents, *operands, structure: _TangentStructure):
     """The fused backward pass: the gradients of params, xs, carry and restart from those of ``(final, hs)``."""
     (params, xs, carry, restart), steps, saved, tangent_leaves = _split_operands(operands, structure)
+    # A symbolic zero for hs (a loss on the final carry only) stays None: the backward loop then reads no
+    # (N, T, H) buffer of zeros, which made such a loss slower than one on every step, superlinearly in T.
+    hs_zero = type(cotangents[-1]) is ad.Zero
     d_final, d_hs = jax.tree.unflatten(structure.outputs, [ad.instantiate_zeros(ct) for ct in cotangents])
+    d_hs = None if hs_zero else d_hs
     residuals = (params, xs, steps, saved, structure.saved)
     d_params, d_xs, d_carry, d_restart, _ = _fused_backward(structure.loop, residuals, (d_final, d_hs))
     grads = jax.tree.leaves((d_params, d_xs, d_carry, d_restart))
@@ -536,7 +536,7 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
         def run(carry, xs, steps):
             """The loop over a stretch of time, rows flattened: ``xs`` ``(N, t, D)``."""
             if fused:
-                return _fused_jit(params, xs, carry, flat(restart), steps, loop)
+                return cast(Any, _fused)(params, xs, carry, flat(restart), steps, loop)
             return _autodiff_loop(loop, params, xs, carry, flat(restart), steps)
 
         xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)

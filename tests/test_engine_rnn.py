@@ -237,3 +237,20 @@ def test_reverse_mode_runs_the_cells_backward_and_forward_mode_does_not():
     assert calls == []
     jax.grad(loss)(params)
     assert calls and set(calls) == {"backward"}
+
+
+@pytest.mark.parametrize("masked_output", ["zeros", "previous"])
+def test_a_loss_on_the_final_carry_alone_reads_no_output_cotangent_and_stays_exact(masked_output):
+    """hs's cotangent is a symbolic zero then; the backward loop skips it (it used to read an (N, T, H)
+    buffer of zeros, superlinearly slower in T), and the gradients still equal autodiff's."""
+    cell = jl.cells.GRU()
+    with jax.enable_x64(True):
+        params = cell.init_params(jax.random.key(0), D, H, jnp.float64)
+        xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+        options = dict(seq_lengths=jnp.asarray([7, 3, 0]), masked_output=masked_output)
+
+        def loss(p, gradient):
+            return jnp.sum(jnp.sin(jl.rnn(cell, p, xs, gradient=gradient, **options)[0]))
+
+        for a, b in zip(jax.grad(loss)(params, "fused"), jax.grad(loss)(params, "autodiff"), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
