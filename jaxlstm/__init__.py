@@ -47,12 +47,14 @@ from .variants import init_variant_params as init_variant_params
 __version__ = "0.1.0"
 
 # Names whose modules import Flax (or an optional package): loaded on first use.
-_LAZY = {"LSTM": "linen", "LSTMCell": "linen", "nnx": None, "interop": None}
+_LAZY = {"LSTM": "linen", "LSTMCell": "linen", "GRU": "gru_linen", "GRUCell": "gru_linen", "nnx": None, "interop": None}
 
 if TYPE_CHECKING:  # the same names as _LAZY, spelled out for type checkers (tests/test_packaging.py checks)
     from . import interop as interop
     from . import nnx as nnx
     from .linen import LSTM as LSTM
+    from .gru_linen import GRU as GRU
+    from .gru_linen import GRUCell as GRUCell
     from .linen import LSTMCell as LSTMCell
 
 
@@ -99,6 +101,8 @@ __all__ = [
     "stacked_rnn",
     "LSTM",
     "LSTMCell",
+    "GRU",
+    "GRUCell",
     "nnx",
     "interop",
 ]

@@ -1,0 +1,245 @@
+"""flax.linen modules for the GRU: ``GRU`` (a whole layer stack) and ``GRUCell`` (one step).
+
+Thin wrappers, as ``jaxlstm.linen``'s: they create the parameters and call the
+functional core (``jaxlstm.stacked_rnn`` with ``jaxlstm.cells.GRU``,
+``jaxlstm.gru_cell``). Parameter names follow PyTorch's: ``params["layer_0"]``
+holds the first layer's forward ``w_ih`` (D, 3H), ``w_hh`` (H, 3H), ``b_ih`` and
+``b_hh`` (3H,), gates packed r, z, n; ``params["layer_0_reverse"]`` its backward
+direction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from . import _checks
+from .cell import module_input
+from .cells.gru import GRU as GRUDefinition
+from .cells.gru import GRUParams
+from .gru import gru_cell
+from .layer import cell_name
+from .rnn_stack import stacked_rnn
+from .stack import MERGE_MODES, merge_directions, merged_size
+
+__all__ = ["GRU", "GRUCell"]
+
+
+def _uniform(hidden_size: int):
+    """PyTorch's GRU initialiser: U(−1/√H, 1/√H), drawn in float32 and cast."""
+    bound = 1.0 / hidden_size**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+    return init
+
+
+def _weights(module: nn.Module, input_size: int, features: int, param_dtype) -> GRUParams:
+    init = _uniform(features)
+    return GRUParams(
+        module.param("w_ih", init, (input_size, 3 * features), param_dtype),
+        module.param("w_hh", init, (features, 3 * features), param_dtype),
+        module.param("b_ih", init, (3 * features,), param_dtype),
+        module.param("b_hh", init, (3 * features,), param_dtype),
+    )
+
+
+def _cast(tree, x, dtype):
+    """The computation dtype: ``dtype`` if given, else the params'; bool and integer inputs cast to it."""
+    if dtype is None:
+        dtype = jax.tree.leaves(tree)[0].dtype
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree), jnp.asarray(x, dtype)
+
+
+class GRUCell(nn.RNNCellBase):
+    """One GRU step as a linen module; a drop-in for ``flax.linen.GRUCell`` inside ``nn.RNN``.
+
+    PyTorch's equations and gate order r, z, n (docs/cells.md#the-gru), which
+    are Flax's ``GRUCell``'s too; its weights are packed ``w_ih`` (D, 3H),
+    ``w_hh`` (H, 3H), ``b_ih`` and ``b_hh`` (3H,), drawn as PyTorch draws them.
+
+    Attributes:
+        features: H, the size of the state vector.
+        dtype: computation dtype (``None``: the params').
+        param_dtype: parameter dtype.
+        carry_init: Flax's carry initializer for ``initialize_carry``.
+
+    Call ``cell(h, x)`` with ``h`` ``(*batch, H)`` and ``x`` ``(*batch, D)``;
+    returns ``(new_h, new_h)``.
+
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxlstm as jl
+    >>> rnn = nn.RNN(jl.GRUCell(features=16))
+    >>> variables = rnn.init(jax.random.key(0), jnp.ones((4, 10, 8)))
+    >>> rnn.apply(variables, jnp.ones((4, 10, 8))).shape
+    (4, 10, 16)
+    """
+
+    features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, carry: Float[Array, "*batch hidden"], inputs: Float[Array, "*batch input"]):
+        features = _checks.positive_int(self.features, "features")
+        module_input(inputs, "inputs")
+        params = _weights(self, inputs.shape[-1], features, self.param_dtype)
+        params, inputs = _cast(params, inputs, self.dtype)
+        new = gru_cell(params, carry.astype(inputs.dtype), inputs)[0]
+        return new, new
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]) -> Array:
+        """The initial ``h`` ``(*batch, H)`` for inputs of shape ``(*batch, D)``."""
+        return self.carry_init(rng, (*input_shape[:-1], self.features), self.param_dtype)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class _Weights(nn.Module):
+    """One layer and direction's parameters (and its learned initial ``h0``)."""
+
+    features: int
+    param_dtype: Any
+    learn_initial_carry: bool
+
+    @nn.compact
+    def __call__(self, input_size: int):
+        params = _weights(self, input_size, self.features, self.param_dtype)
+        h0 = None
+        if self.learn_initial_carry:
+            h0 = self.param("h0", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+        return params, h0
+
+
+class GRU(nn.Module):
+    """A GRU layer, or a stack of them, over whole sequences (batch-first), as ``jl.LSTM`` for the LSTM.
+
+    There is one cell per layer and direction, applied to every time step; ``features`` is the size H of
+    its state vector.
+
+    Attributes:
+        features: H.
+        num_layers: layers stacked; layer l > 0 reads layer l − 1's merged output.
+        bidirectional: a second direction per layer, reading each sequence backward.
+        merge: how the two directions' outputs combine: "concat" (2H), "sum", "mul", "ave" (H).
+        return_sequences: every step's output ``(*batch, T, F)`` (default), else the last ``(*batch, F)``.
+        return_carry: also return the final carries, nested ``[layer][direction]`` → ``h`` ``(*batch, H)``.
+        dropout: PyTorch's ``dropout``: on every layer's output but the last, while training.
+        dtype, param_dtype: the computation dtype (``None``: the params') and the parameters'.
+        unroll, reverse, masked_output, gradient, checkpoint_every: the sequence options of
+            ``jaxlstm.SequenceOptions`` (``reverse`` for one-direction layers only).
+        learn_initial_carry: a trainable ``h0`` (H,) per layer and direction.
+
+    Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``, ``mask`` and ``resets``
+    ``(*batch, T)``, ``initial_carry`` nested ``[layer][direction]``, and ``deterministic`` (default
+    ``True``; ``False`` with a ``'dropout'`` rng trains with dropout), as ``jl.LSTM``.
+
+    >>> import jax, jax.numpy as jnp, jaxlstm as jl
+    >>> layer = jl.GRU(features=16, num_layers=2, bidirectional=True)
+    >>> x = jnp.ones((4, 10, 8))                       # (batch, time, input)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> layer.apply(variables, x).shape                # (batch, time, 2H)
+    (4, 10, 32)
+    >>> jax.tree.map(jnp.shape, variables["params"]["layer_1_reverse"])
+    {'b_hh': (48,), 'b_ih': (48,), 'w_hh': (16, 48), 'w_ih': (32, 48)}
+    """
+
+    features: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    merge: str = "concat"
+    return_sequences: bool = True
+    return_carry: bool = False
+    dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    unroll: int = 1
+    reverse: bool = False
+    masked_output: str = "zeros"
+    gradient: str = "fused"
+    learn_initial_carry: bool = False
+    checkpoint_every: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checks.positive_int(self.features, "features")
+        _checks.positive_int(self.num_layers, "num_layers")
+        _checks.one_of(self.merge, MERGE_MODES, "merge")
+        _checks.rate(self.dropout, "dropout")
+        for name in ("bidirectional", "return_sequences", "return_carry", "reverse", "learn_initial_carry"):
+            _checks.flag(getattr(self, name), name)
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True is for one-direction layers; a bidirectional layer already reads backward")
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "*batch time input"],
+        *,
+        seq_lengths: Int[Array, "*batch"] | None = None,
+        mask: Bool[Array, "*batch time"] | None = None,
+        resets: Bool[Array, "*batch time"] | None = None,
+        initial_carry=None,
+        deterministic: bool = True,
+    ):
+        """Runs the layer (or stack): ``(*batch, T, D)`` → ``(*batch, T, F)`` (or ``(*batch, F)``)."""
+        _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
+        deterministic = _checks.flag(deterministic, "deterministic")
+        num_directions = 2 if self.bidirectional else 1
+        width = merged_size(self.features, num_directions, self.merge)
+        cells = [
+            [
+                _Weights(self.features, self.param_dtype, self.learn_initial_carry, name=cell_name(layer, direction))(
+                    x.shape[-1] if layer == 0 else width
+                )
+                for direction in range(num_directions)
+            ]
+            for layer in range(self.num_layers)
+        ]
+        stack = tuple(tuple(params for params, _ in row) for row in cells)
+        stack, x = _cast(stack, x, self.dtype)
+        batch_shape = tuple(x.shape[:-2])
+        carries = initial_carry
+        if carries is None and self.learn_initial_carry:
+            carries = tuple(
+                tuple(jnp.broadcast_to(jnp.asarray(h0, x.dtype), (*batch_shape, self.features)) for _, h0 in row)
+                for row in cells
+            )
+        key = None
+        if not deterministic and self.dropout > 0.0 and self.num_layers > 1:
+            if not self.has_rng("dropout"):
+                raise ValueError(
+                    "deterministic=False with dropout > 0 needs a 'dropout' rng: "
+                    "layer.apply(variables, x, deterministic=False, rngs={'dropout': key})"
+                )
+            key = self.make_rng("dropout")
+        finals, hs = stacked_rnn(
+            GRUDefinition(),
+            stack,
+            x,
+            carries,
+            merge=self.merge,
+            dropout=self.dropout,
+            dropout_key=key,
+            seq_lengths=seq_lengths,
+            mask=mask,
+            resets=resets,
+            masked_output=self.masked_output,
+            reverse=self.reverse,
+            unroll=self.unroll,
+            gradient=self.gradient,
+            checkpoint_every=self.checkpoint_every,
+        )
+        output = hs
+        if not self.return_sequences:
+            last = finals[-1]
+            output = last[0] if num_directions == 1 else merge_directions(last[0], last[1], self.merge)
+        return (finals, output) if self.return_carry else output
