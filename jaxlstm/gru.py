@@ -15,8 +15,10 @@ from . import _checks
 from .cell import promote
 from .cells.gru import GRU, GRUParams
 from .engine import rnn
+from .rnn_stack import stacked_rnn
+from .stack import merge_directions
 
-__all__ = ["gru", "gru_cell", "init_gru_params"]
+__all__ = ["gru", "gru_cell", "init_gru_params", "run_gru_layers"]
 
 
 def init_gru_params(key: PRNGKeyArray, input_size: int, hidden_size: int, dtype=jnp.float32) -> GRUParams:
@@ -93,3 +95,44 @@ def gru_cell(
         from_input = x @ params.w_ih + jnp.expand_dims(params.b_ih, tuple(range(x.ndim - 1)))
         new = cell.step(params._replace(w_ih=None, w_hh=None, b_ih=None), from_input, carry @ params.w_hh, carry)
         return new, new
+
+
+def run_gru_layers(
+    stack,
+    x,
+    *,
+    dtype,
+    learned_h0=None,
+    initial_carry=None,
+    dropout_key=None,
+    merge: str = "concat",
+    dropout: float = 0.0,
+    return_sequences: bool = True,
+    return_carry: bool = False,
+    **options,
+):
+    """The call of the GRU modules (``jl.GRU``, ``jl.nnx.GRU``), written once: cast to the computation
+    dtype (``dtype``, else the params'; bool and integer inputs too), start from ``initial_carry``, else
+    the learned ``h0`` (``[layer][direction]`` → ``(H,)``), else zeros, run ``stacked_rnn`` and pick the
+    output: ``(*batch, T, F)``, or with ``return_sequences=False`` the last step's ``(*batch, F)`` (the
+    forward direction's final h merged with the backward's, after step 0); with ``return_carry``,
+    ``(final_carries, output)``."""
+    if dtype is None:
+        dtype = jax.tree.leaves(stack)[0].dtype
+    stack = jax.tree.map(lambda a: jnp.asarray(a, dtype), stack)
+    x = jnp.asarray(x, dtype)
+    batch_shape = tuple(x.shape[:-2])
+    carries = initial_carry
+    if carries is None and learned_h0 is not None:
+        carries = tuple(
+            tuple(jnp.broadcast_to(jnp.asarray(h0, dtype), (*batch_shape, h0.shape[-1])) for h0 in row)
+            for row in learned_h0
+        )
+    finals, hs = stacked_rnn(
+        GRU(), stack, x, carries, merge=merge, dropout=dropout, dropout_key=dropout_key, **options
+    )
+    output = hs
+    if not return_sequences:
+        last = finals[-1]
+        output = last[0] if len(last) == 1 else merge_directions(last[0], last[1], merge)
+    return (finals, output) if return_carry else output

@@ -19,12 +19,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import module_input
-from .cells.gru import GRU as GRUDefinition
 from .cells.gru import GRUParams
-from .gru import gru_cell
+from .gru import gru_cell, run_gru_layers
 from .layer import cell_name
-from .rnn_stack import stacked_rnn
-from .stack import MERGE_MODES, merge_directions, merged_size
+from .stack import MERGE_MODES, merged_size
 
 __all__ = ["GRU", "GRUCell"]
 
@@ -205,14 +203,7 @@ class GRU(nn.Module):
             for layer in range(self.num_layers)
         ]
         stack = tuple(tuple(params for params, _ in row) for row in cells)
-        stack, x = _cast(stack, x, self.dtype)
-        batch_shape = tuple(x.shape[:-2])
-        carries = initial_carry
-        if carries is None and self.learn_initial_carry:
-            carries = tuple(
-                tuple(jnp.broadcast_to(jnp.asarray(h0, x.dtype), (*batch_shape, self.features)) for _, h0 in row)
-                for row in cells
-            )
+        learned = tuple(tuple(h0 for _, h0 in row) for row in cells) if self.learn_initial_carry else None
         key = None
         if not deterministic and self.dropout > 0.0 and self.num_layers > 1:
             if not self.has_rng("dropout"):
@@ -221,14 +212,17 @@ class GRU(nn.Module):
                     "layer.apply(variables, x, deterministic=False, rngs={'dropout': key})"
                 )
             key = self.make_rng("dropout")
-        finals, hs = stacked_rnn(
-            GRUDefinition(),
+        return run_gru_layers(
             stack,
             x,
-            carries,
+            dtype=self.dtype,
+            learned_h0=learned,
+            initial_carry=initial_carry,
+            dropout_key=key,
             merge=self.merge,
             dropout=self.dropout,
-            dropout_key=key,
+            return_sequences=self.return_sequences,
+            return_carry=self.return_carry,
             seq_lengths=seq_lengths,
             mask=mask,
             resets=resets,
@@ -238,8 +232,3 @@ class GRU(nn.Module):
             gradient=self.gradient,
             checkpoint_every=self.checkpoint_every,
         )
-        output = hs
-        if not self.return_sequences:
-            last = finals[-1]
-            output = last[0] if num_directions == 1 else merge_directions(last[0], last[1], self.merge)
-        return (finals, output) if self.return_carry else output

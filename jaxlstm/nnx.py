@@ -38,7 +38,10 @@ from .layer import (
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
 
-__all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry"]
+from .gru_nnx import GRU as GRU  # noqa: E402  (the GRU's NNX modules, jl.nnx.GRU and jl.nnx.GRUCell)
+from .gru_nnx import GRUCell as GRUCell  # noqa: E402
+
+__all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry", "GRU", "GRUCell"]
 
 
 class Carry(nnx.Variable):
