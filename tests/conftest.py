@@ -112,6 +112,9 @@ SLOW = (
     "docs/from-keras.md::from-keras.md",
     "docs/nnx.md::nnx.md",
     "tests/test_input_sweep.py::test_every_bad_argument_of_every_entry_point_gets_a_clear_error",
+    "tests/test_input_classes.py::test_numpy_true_means_true_in_the_functional_core_linen_and_nnx",
+    "tests/test_input_classes.py::test_numpy_and_jax_bools_mean_what_python_bools_mean",
+    "tests/test_nnx_carry.py",
     "README.md::README.md",
 )
 
