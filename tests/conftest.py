@@ -51,7 +51,7 @@ SLOW = (
     "tests/test_linen.py::test_return_carry_structure",
     "tests/test_layer.py::test_linen_and_nnx_compute_the_same_variant_layer_with_seq_lengths",
     "tests/test_nnx.py::test_identical_to_linen_for_identical_weights",
-    "tests/test_issue14_regressions.py::test_nan_in_padding_gives_finite_gradients",
+    "tests/test_scan_variants.py::test_nan_in_padding_gives_finite_gradients",
     "tests/test_interop_keras.py::test_dropout_converts_to_the_variant",
     "tests/test_interop_keras.py::test_masks_match_everywhere",
     "tests/test_interop_torch.py::test_from_torch_parity",

@@ -93,4 +93,4 @@ def test_modules_take_checkpoint_every_without_changing_values_or_gradients():
     with pytest.raises(ValueError, match="checkpoint_every"):
         jl.nnx.LSTM(D, H, checkpoint_every=0, rngs=nnx.Rngs(0))
     # every variant takes it too: tests/test_engine.py (values and gradients of each) and
-    # tests/test_issue14_regressions.py (the modules)
+    # tests/test_scan_variants.py (the modules)

@@ -1,4 +1,5 @@
-"""The bugs issue 14 found on the variants' old second loop, reproduced as its report wrote them.
+"""The LSTM variants through jaxlstm.scan's one loop: padding, mixed-precision carries, checkpointing in
+the modules; each a bug once found on the variants' old second loop (issue 14), kept as its report wrote it.
 
 Each failed on 6a551bf; tests/test_engine.py checks the same rules more widely (every variant,
 flag and direction, fused against autodiff).
