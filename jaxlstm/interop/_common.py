@@ -210,3 +210,128 @@ def check_finite(array, where: str, allow_nonfinite: bool = False):
         f"the first at index {first}): refused, as such weights come from a diverged or damaged model; "
         "pass allow_nonfinite=True to load them as they are"
     )
+
+
+def read_gru_stack(stack, source: str) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
+    """``[layer][direction]`` → NumPy ``(w_ih, w_hh, b_ih, b_hh)`` of a GRU stack (``jaxlstm.init_rnn_stack``).
+
+    Checks the nesting (1 or 2 directions in every layer, each a ``jaxlstm.GRUParams``), every shape
+    (layer 0 reads D features, later layers ``num_directions * H``, PyTorch's concatenation) and one
+    floating dtype; errors name the entry, e.g. ``stack[1][0].w_hh``.
+    """
+    from ..cells.gru import GRUParams
+
+    if not isinstance(stack, (tuple, list)) or not stack or not all(isinstance(d, (tuple, list)) for d in stack):
+        raise TypeError(
+            f"{source}: stack must be nested [layer][direction] -> jaxlstm.GRUParams (jaxlstm.init_rnn_stack), "
+            f"got {type(stack).__name__}"
+        )
+    num_directions = len(stack[0])
+    if num_directions not in (1, 2) or any(len(d) != num_directions for d in stack):
+        raise ValueError(f"{source}: every layer must have the same 1 or 2 directions, got {[len(d) for d in stack]}")
+    arrays = {}
+    for layer, directions in enumerate(stack):
+        for direction, params in enumerate(directions):
+            where = f"stack[{layer}][{direction}]"
+            if not isinstance(params, GRUParams):
+                raise TypeError(f"{source}: {where} must be a jaxlstm.GRUParams, got {type(params).__name__}")
+            for field, value in params._asdict().items():
+                array = np.asarray(value)
+                expected_ndim = 2 if field.startswith("w") else 1
+                if array.ndim != expected_ndim:
+                    raise ValueError(
+                        f"{source}: {where}.{field} has shape {array.shape}, expected a {expected_ndim}-d array"
+                    )
+                arrays[(layer, direction, field)] = floating(array, f"{source}: {where}.{field}")
+    hidden = consensus({key: array.shape[0] for key, array in arrays.items() if key[2] == "w_hh"})
+    input_size = consensus({key: array.shape[0] for key, array in arrays.items() if key[0] == 0 and key[2] == "w_ih"})
+    dtype = consensus({key: array.dtype for key, array in arrays.items()})
+    result = []
+    for layer, directions in enumerate(stack):
+        reads = input_size if layer == 0 else num_directions * hidden
+        shapes = {"w_ih": (reads, 3 * hidden), "w_hh": (hidden, 3 * hidden)}
+        shapes |= {"b_ih": (3 * hidden,), "b_hh": (3 * hidden,)}
+        cells = []
+        for direction in range(len(directions)):
+            for field, shape in shapes.items():
+                array = arrays[(layer, direction, field)]
+                where = f"stack[{layer}][{direction}].{field}"
+                if array.shape != shape:
+                    raise ValueError(
+                        f"{source}: {where} has shape {array.shape}, expected {shape} (hidden_size {hidden}, "
+                        f"input_size {input_size} and {num_directions} direction{'s' if num_directions > 1 else ''}, "
+                        "which the other entries agree on)"
+                    )
+                if array.dtype != dtype:
+                    raise ValueError(
+                        f"{source}: {where} has dtype {array.dtype}, the other entries {dtype}: cast them to one"
+                    )
+            cells.append(tuple(arrays[(layer, direction, field)] for field in shapes))
+        result.append(cells)
+    return result
+
+
+def gru_stack_to_variables(stack) -> dict:
+    """A GRU stack as linen-style variables: ``{"params": {"layer_0": {"w_ih", "w_hh", "b_ih", "b_hh"},
+    "layer_0_reverse": ..., "layer_1": ...}}`` (the parameter names of ``jaxlstm.GRU``).
+
+    >>> import jax, jaxlstm as jl
+    >>> from jaxlstm.interop import gru_stack_from_variables, gru_stack_to_variables
+    >>> stack = jl.init_rnn_stack(jl.cells.GRU(), jax.random.key(0), 3, 4, num_layers=2, bidirectional=True)
+    >>> variables = gru_stack_to_variables(stack)
+    >>> sorted(variables["params"]), sorted(variables["params"]["layer_0"])
+    (['layer_0', 'layer_0_reverse', 'layer_1', 'layer_1_reverse'], ['b_hh', 'b_ih', 'w_hh', 'w_ih'])
+    >>> jax.tree.all(jax.tree.map(lambda a, b: a is b, gru_stack_from_variables(variables), stack))
+    True
+    """
+    read_gru_stack(stack, "gru_stack_to_variables")
+    return {
+        "params": {
+            _cell_name(layer, direction): dict(params._asdict())
+            for layer, directions in enumerate(stack)
+            for direction, params in enumerate(directions)
+        }
+    }
+
+
+def gru_stack_from_variables(variables) -> tuple:
+    """``gru_stack_to_variables``' inverse: the ``[layer][direction]`` → ``jaxlstm.GRUParams`` stack of
+    ``{"params": {"layer_0": ..., ...}}`` (or of the ``params`` dict itself); the arrays are not copied.
+
+    Every entry is accounted for: a missing direction or field, or an entry that is not a layer of a
+    GRU stack, is named in a ValueError.
+    """
+    from ..cells.gru import GRUParams
+
+    params = params_tree(variables)
+    fields = GRUParams._fields
+    num_layers = 0
+    while _cell_name(num_layers, 0) in params:
+        num_layers += 1
+    if num_layers == 0:
+        raise ValueError(f"variables['params'] has no 'layer_0' (a GRU stack's first layer); got {sorted(params)}")
+    num_directions = 2 if _cell_name(0, 1) in params else 1
+    names = [_cell_name(layer, d) for layer in range(num_layers) for d in range(num_directions)]
+    extra = sorted(set(params) - set(names), key=str)
+    missing = [name for name in names if name not in params]
+    if extra or missing:
+        raise ValueError(
+            f"variables['params'] must hold {names} (a stack of {num_layers} layers, {num_directions} "
+            f"direction{'s' if num_directions > 1 else ''}); missing {missing}, unexpected {extra}"
+        )
+    stack = []
+    for layer in range(num_layers):
+        directions = []
+        for direction in range(num_directions):
+            name = _cell_name(layer, direction)
+            cell = params[name]
+            if not isinstance(cell, Mapping) or set(cell) != set(fields):
+                got = sorted(cell) if isinstance(cell, Mapping) else type(cell).__name__
+                raise ValueError(f"variables['params'][{name!r}] must have exactly {list(fields)}, got {got}")
+            directions.append(GRUParams(*(cell[field] for field in fields)))
+        stack.append(tuple(directions))
+    return tuple(stack)
+
+
+def _cell_name(layer: int, direction: int) -> str:
+    return f"layer_{layer}" + ("_reverse" if direction else "")

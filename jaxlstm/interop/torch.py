@@ -188,14 +188,14 @@ def _check_prefix(prefix) -> None:
         raise TypeError(f"prefix must be a str such as 'encoder.lstm.' or None, got {type(prefix).__name__} {prefix!r}")
 
 
-def _warn_unused(unused: list, source: str, stacklevel: int) -> None:
-    """Names the keys a whole model's state dict holds besides the LSTM's: what is still to convert."""
+def _warn_unused(unused: list, source: str, stacklevel: int, kind: str = "LSTM") -> None:
+    """Names the keys a whole model's state dict holds besides the LSTM's (``kind``'s): what is still to convert."""
     if not unused:
         return
     shown = ", ".join(map(repr, unused[:12])) + (f", ... ({len(unused) - 12} more)" if len(unused) > 12 else "")
     warnings.warn(
-        f"{source}: converted the LSTM only; {len(unused)} key{'s' if len(unused) > 1 else ''} of the state dict "
-        f"{'are' if len(unused) > 1 else 'is'} not the LSTM's and {'were' if len(unused) > 1 else 'was'} left "
+        f"{source}: converted the {kind} only; {len(unused)} key{'s' if len(unused) > 1 else ''} of the state dict "
+        f"{'are' if len(unused) > 1 else 'is'} not the {kind}'s and {'were' if len(unused) > 1 else 'was'} left "
         f"unused: {shown}. Convert the rest of the model separately, or pass return_unused=True to get these keys "
         "as a list instead of this warning",
         UserWarning,
@@ -203,20 +203,22 @@ def _warn_unused(unused: list, source: str, stacklevel: int) -> None:
     )
 
 
-def _find_prefix(keys: list[str], source: str) -> str:
+def _find_prefix(keys: list[str], source: str, kind: str = "LSTM") -> str:
     """The one key prefix before a ``weight_ih_l0`` key, e.g. ``"encoder.lstm."``."""
     prefixes = sorted({k[: -len("weight_ih_l0")] for k in keys if k.endswith("weight_ih_l0")})
     if not prefixes:
         shown = ", ".join(map(repr, keys[:8])) + (", ..." if len(keys) > 8 else "")
         raise ValueError(
-            f"{source}: no 'weight_ih_l0' key, so not the state dict of a torch.nn.LSTM (keys: {shown or 'none'})"
+            f"{source}: no 'weight_ih_l0' key, so not the state dict of a torch.nn.{kind} (keys: {shown or 'none'})"
         )
     if len(prefixes) > 1:
-        raise ValueError(f"{source}: holds {len(prefixes)} LSTMs (key prefixes {prefixes}); pick one with prefix=...")
+        raise ValueError(f"{source}: holds {len(prefixes)} {kind}s (key prefixes {prefixes}); pick one with prefix=...")
     return prefixes[0]
 
 
-def _weight_keys(keys: list[str], prefix: str, source: str) -> dict[tuple[str, str, int, bool], str]:
+def _weight_keys(
+    keys: list[str], prefix: str, source: str, kind: str = "LSTM"
+) -> dict[tuple[str, str, int, bool], str]:
     """``(kind, which, layer, reverse)`` → key, e.g. ``("weight", "ih", 0, False)`` → ``"lstm.weight_ih_l0"``.
 
     Keys of other submodules under ``prefix`` (with a ``.``) are skipped; any
@@ -230,14 +232,16 @@ def _weight_keys(keys: list[str], prefix: str, source: str) -> dict[tuple[str, s
         match = _KEY.match(rest)
         if match is None:
             if "." not in rest:  # a direct entry of the LSTM module that is not an LSTM weight
-                raise ValueError(f"{source}: unexpected key {key!r} for a torch.nn.LSTM state dict")
+                raise ValueError(f"{source}: unexpected key {key!r} for a torch.nn.{kind} state dict")
             continue  # belongs to another submodule
-        kind, which, layer, reverse = match.groups()
-        if which == "hr" and kind == "bias":
+        weight, which, layer, reverse = match.groups()
+        if which == "hr" and kind != "LSTM":
+            raise ValueError(f"{source}: unexpected key {key!r}: torch.nn.{kind} has no projection")
+        if which == "hr" and weight == "bias":
             raise ValueError(f"{source}: unexpected key {key!r}: torch.nn.LSTM's projection has no bias")
-        entries[(kind, which, int(layer), reverse is not None)] = key
+        entries[(weight, which, int(layer), reverse is not None)] = key
     if not entries:
-        raise ValueError(f"{source}: no nn.LSTM weights under prefix {prefix!r}")
+        raise ValueError(f"{source}: no nn.{kind} weights under prefix {prefix!r}")
     return entries
 
 
@@ -426,22 +430,39 @@ def load_torch(
             hold a state dict, or misses a key or has a misshaped, sparse or
             non-finite tensor (the key is named).
     """
-    torch = require("torch", "torch", "load_torch")
+    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
+    return_unused = _checks.flag(return_unused, "return_unused")
+    _check_prefix(prefix)
+    obj, source = read_state_dict_file(path, "lstm", "load_torch")
+    module, variables, unused = _convert(obj, prefix, dropout, source, allow_nonfinite)
+    if return_unused:
+        return module, variables, unused
+    _warn_unused(unused, source, stacklevel=3)
+    return module, variables
+
+
+def read_state_dict_file(path, module: str, caller: str) -> tuple[Mapping, str]:
+    """The state dict in the file ``path`` and how errors name the file: ``load_torch``'s reading.
+
+    Verifies the CRC-32 checksums, then reads with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, never arbitrary pickled objects. ``module`` names the torch module in messages
+    (``"lstm"``, ``"gru"``), ``caller`` the function.
+    """
+    torch = require("torch", "torch", caller)
 
     if not isinstance(path, (str, os.PathLike)) and not callable(getattr(path, "read", None)):
         raise TypeError(
             "path must be a file path (a str or os.PathLike) or a binary file object with read(), "
             f"got {type(path).__name__} {path!r:.80}"
         )
-    allow_nonfinite = _checks.flag(allow_nonfinite, "allow_nonfinite")
-    return_unused = _checks.flag(return_unused, "return_unused")
-    _check_prefix(prefix)
     source = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
     if isinstance(path, (str, os.PathLike)):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file: {source}")
         if not os.path.isfile(path):
-            raise ValueError(f"{source} is not a file (expected a file written by torch.save(lstm.state_dict(), path))")
+            raise ValueError(
+                f"{source} is not a file (expected a file written by torch.save({module}.state_dict(), path))"
+            )
     elif not callable(getattr(path, "seekable", None)) or not path.seekable():
         path = io.BytesIO(path.read())  # the checksums are read before torch reads the file
     verified = _verify_archive(path, source)
@@ -451,25 +472,21 @@ def load_torch(
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"{source} could not be read as a torch state dict ({type(error).__name__}: {reason[:200]}); "
-            "expected a file written by torch.save(lstm.state_dict(), path) "
+            f"expected a file written by torch.save({module}.state_dict(), path) "
             "(loaded with weights_only=True: pickled modules and other objects are refused)"
         ) from error
     if not isinstance(obj, Mapping):
         raise ValueError(
             f"{source} holds a {type(obj).__name__}, not a state dict; "
-            "save one with torch.save(lstm.state_dict(), path)"
+            f"save one with torch.save({module}.state_dict(), path)"
         )
     if not verified:
         warnings.warn(
             f"{source} carries no CRC-32 checksums (torch's legacy format, or saved with compute_crc32=False), "
             "so it was loaded without an integrity check",
-            stacklevel=2,
+            stacklevel=3,
         )
-    module, variables, unused = _convert(obj, prefix, dropout, source, allow_nonfinite)
-    if return_unused:
-        return module, variables, unused
-    _warn_unused(unused, source, stacklevel=3)
-    return module, variables
+    return obj, source
 
 
 def _verify_archive(file, source: str) -> bool:
