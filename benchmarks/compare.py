@@ -4,6 +4,7 @@
     python benchmarks/compare.py --markdown --json /tmp/bench.json
     python benchmarks/compare.py --shapes "32,128,128,256" --impls jaxlstm,torch --reps 11
     python benchmarks/compare.py --quick             # CI smoke run: one tiny shape, 2 reps
+    python benchmarks/compare.py --dtype bfloat16    # mixed precision: jaxlstm, Flax, torch in bfloat16
 
 Every implementation gets the same float32 batch-first inputs ``(B, T, D)`` and returns every step's
 output ``(B, T, H)``. Two things are timed per shape:
@@ -20,6 +21,13 @@ order each rep — so that drift on a shared machine, and whatever one call leav
 A rotation is not enough: it keeps the same neighbours, so the same implementation would always run
 right after torch. Reported figures are medians.
 
+With ``--dtype bfloat16`` every implementation computes in bfloat16 as its users would ask for it:
+``jl.lstm`` on float32 params cast to bfloat16 in the timed function (as ``jl.LSTM(dtype=...)`` does),
+``jl.LSTM(H, dtype=jnp.bfloat16)``, Flax's cells with ``dtype=jnp.bfloat16, param_dtype=jnp.float32``, and
+``torch.nn.LSTM`` converted with ``.to(torch.bfloat16)``, each on bfloat16 inputs; float32 rows of
+``jl.LSTM`` and torch run beside them (``jaxlstm.LSTM@float32``, ``torch@float32``), so the bfloat16/float32
+ratios come from one run. The CPU's bfloat16 instructions (``amx_bf16``, ``avx512_bf16``) are recorded.
+
 Each implementation is a small factory ``(shape, data) -> (fwd, fwdbwd)`` of zero-argument closures that
 run one synchronous call. Implementations whose optional package (haiku, equinox, torch) is missing are
 skipped with a note.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import importlib
 import importlib.util
@@ -103,7 +112,7 @@ def _jax_closures(apply: Callable, params: Any, data: Data) -> tuple[Callable, C
     params = jax.device_put(params)
 
     def loss(params, xs, ct):
-        return jnp.sum(apply(params, xs) * ct)
+        return jnp.sum(apply(params, xs).astype(jnp.float32) * ct)
 
     grad = jax.grad(loss, argnums=(0, 1))
 
@@ -123,6 +132,23 @@ def _jax_closures(apply: Callable, params: Any, data: Data) -> tuple[Callable, C
 
 # --precision: the matmuls' precision on a GPU (None: leave JAX's and torch's defaults alone).
 PRECISION: str | None = None
+# --dtype: the computation dtype of every implementation ("float32" or "bfloat16").
+DTYPE = "float32"
+DTYPES = ("float32", "bfloat16")
+
+
+def _jax_dtype(dtype: str | None = None):
+    """The JAX dtype of ``dtype`` (default: this run's ``--dtype``)."""
+    import jax.numpy as jnp
+
+    return jnp.dtype(dtype or DTYPE)
+
+
+def _narrow(params, xs, dtype):
+    """``params`` and ``xs`` cast to ``dtype`` inside the timed function (as ``jl.LSTM(dtype=...)`` does)."""
+    import jax
+
+    return jax.tree.map(lambda a: a.astype(dtype), params), xs.astype(dtype)
 
 
 def _cudnn_precision() -> str:
@@ -137,8 +163,12 @@ def make_jaxlstm(shape: Shape, data: Data):
     import jaxlstm as jl
 
     params = jl.init_params(jax.random.key(data.seed), shape.D, shape.H)
-    precision = _cudnn_precision()
-    return _jax_closures(lambda p, xs: jl.lstm(p, xs, cudnn_precision=precision)[1], params, data)
+    precision, dtype = _cudnn_precision(), _jax_dtype()
+
+    def apply(p, xs):
+        return jl.lstm(*_narrow(p, xs, dtype), cudnn_precision=precision)[1]
+
+    return _jax_closures(apply, params, data)
 
 
 def make_jaxlstm_variant(cell=None, **options):
@@ -171,19 +201,25 @@ def make_jaxlstm_variant(cell=None, **options):
         gradient = options.get("gradient", "fused")
         if "backend" in options:
             flags["backend"] = options["backend"]
-        return _jax_closures(lambda p, xs: jl.lstm(p, xs, gradient=gradient, **flags)[1], params, data)
+        dtype = _jax_dtype()
+        return _jax_closures(
+            lambda p, xs: jl.lstm(*_narrow(p, xs, dtype), gradient=gradient, **flags)[1], params, data
+        )
 
     return make
 
 
-def make_jaxlstm_linen(shape: Shape, data: Data):
-    """``jl.LSTM(H).apply(variables, xs)``: the flax.linen module."""
+def make_jaxlstm_linen(shape: Shape, data: Data, dtype: str | None = None):
+    """``jl.LSTM(H, dtype=...).apply(variables, xs)``: the flax.linen module (float32 params)."""
     import jax
     import jax.numpy as jnp
 
     import jaxlstm as jl
 
-    model = jl.LSTM(shape.H, cudnn_precision=_cudnn_precision())
+    dtype = _jax_dtype(dtype)
+    if dtype != jnp.float32:
+        data = data._replace(xs=data.xs.astype(dtype))
+    model = jl.LSTM(shape.H, cudnn_precision=_cudnn_precision(), dtype=None if dtype == jnp.float32 else dtype)
     variables = model.init(jax.random.key(data.seed), jnp.asarray(data.xs))
     return _jax_closures(model.apply, variables, data)
 
@@ -193,7 +229,12 @@ def _flax_rnn(cell_cls, shape: Shape, data: Data):
     import jax
     import jax.numpy as jnp
 
-    model = nn.RNN(cell_cls(shape.H))
+    dtype = _jax_dtype()
+    if dtype == jnp.float32:
+        model = nn.RNN(cell_cls(shape.H))
+    else:  # Flax's mixed precision: float32 params, the computation in dtype
+        model = nn.RNN(cell_cls(shape.H, dtype=dtype, param_dtype=jnp.float32))
+        data = data._replace(xs=data.xs.astype(dtype))
     variables = model.init(jax.random.key(data.seed), jnp.asarray(data.xs))
     return _jax_closures(model.apply, variables, data)
 
@@ -346,8 +387,9 @@ def make_gemm_floor(shape: Shape, data: Data):
 TORCH_THREADS = os.cpu_count() or 1  # --torch-threads
 
 
-def make_torch(shape: Shape, data: Data):
-    """``torch.nn.LSTM(D, H, batch_first=True)`` with ``torch.set_num_threads(TORCH_THREADS)``.
+def make_torch(shape: Shape, data: Data, dtype: str | None = None):
+    """``torch.nn.LSTM(D, H, batch_first=True)`` with ``torch.set_num_threads(TORCH_THREADS)``; in bfloat16
+    the module is converted with ``.to(torch.bfloat16)`` and the inputs are bfloat16.
 
     The forward runs under ``torch.inference_mode()`` (no autograd graph, like a jitted JAX forward).
     """
@@ -355,10 +397,11 @@ def make_torch(shape: Shape, data: Data):
 
     torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(data.seed)
-    lstm = torch.nn.LSTM(shape.D, shape.H, batch_first=True)
+    torch_dtype = getattr(torch, dtype or DTYPE)
+    lstm = torch.nn.LSTM(shape.D, shape.H, batch_first=True).to(torch_dtype)
     params = list(lstm.parameters())
-    xs = torch.from_numpy(data.xs.copy())
-    ct = torch.from_numpy(data.cotangent.copy())
+    xs = torch.from_numpy(data.xs.copy()).to(torch_dtype)
+    ct = torch.from_numpy(data.cotangent.copy()).to(torch_dtype)
 
     def fwd():
         with torch.inference_mode():
@@ -386,10 +429,11 @@ def make_torch_cuda(shape: Shape, data: Data):
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = PRECISION == "tf32"
     torch.manual_seed(data.seed)
     device = torch.device("cuda")
-    lstm = torch.nn.LSTM(shape.D, shape.H, batch_first=True).to(device)
+    torch_dtype = getattr(torch, DTYPE)  # --dtype bfloat16: the module converted to bfloat16
+    lstm = torch.nn.LSTM(shape.D, shape.H, batch_first=True).to(device, torch_dtype)
     params = list(lstm.parameters())
-    xs = torch.from_numpy(data.xs.copy()).to(device)
-    ct = torch.from_numpy(data.cotangent.copy()).to(device)
+    xs = torch.from_numpy(data.xs.copy()).to(device, torch_dtype)
+    ct = torch.from_numpy(data.cotangent.copy()).to(device, torch_dtype)
 
     def fwd():
         with torch.inference_mode():
@@ -445,6 +489,10 @@ IMPLS: dict[str, Impl] = {
     "equinox": Impl(make_equinox, ("jax", "equinox"), "`vmap` over batch of `lax.scan` of `eqx.nn.LSTMCell`"),
     "torch": Impl(make_torch, ("torch",), "`torch.nn.LSTM(batch_first=True)`, forward in `inference_mode`"),
     "torch.cuda": Impl(make_torch_cuda, ("torch",), "`torch.nn.LSTM(batch_first=True)` on CUDA (cuDNN)"),
+    "jaxlstm.LSTM@float32": Impl(
+        functools.partial(make_jaxlstm_linen, dtype="float32"), ("jax", "flax"), "`jl.LSTM(H)` in float32"
+    ),
+    "torch@float32": Impl(functools.partial(make_torch, dtype="float32"), ("torch",), "`torch.nn.LSTM` in float32"),
     "xla.gemms": Impl(
         make_gemm_floor,
         ("jax",),
@@ -456,7 +504,11 @@ JAX_ANCHORS = ("flax.OptimizedLSTMCell", "flax.LSTMCell", "haiku", "equinox")
 FAMILY = tuple(name for name in IMPLS if name.startswith("jaxlstm+") and name not in ("jaxlstm+mask", "jaxlstm+resets"))
 # For GPU runs (benchmarks/gpu.sh), run only when named: on CPU jaxlstm's default already is its XLA loop.
 GPU_ONLY = ("jaxlstm.xla", "torch.cuda")
-DEFAULT_IMPLS = [name for name in IMPLS if name not in FAMILY and name not in GPU_ONLY]
+# --dtype bfloat16: the float32 twins that give the bfloat16/float32 ratios of one run, run only then.
+FLOAT32_TWINS = ("jaxlstm.LSTM@float32", "torch@float32")
+DEFAULT_IMPLS = [name for name in IMPLS if name not in FAMILY and name not in GPU_ONLY and name not in FLOAT32_TWINS]
+# What --dtype bfloat16 runs by default: the implementations with a mixed-precision mode, and the twins.
+BFLOAT16_IMPLS = ["jaxlstm", "jaxlstm.LSTM", "flax.OptimizedLSTMCell", "flax.LSTMCell", "torch", *FLOAT32_TWINS]
 FLOOR = "xla.gemms"  # not an implementation: the matmuls alone
 
 
@@ -656,7 +708,9 @@ def machine_info() -> dict:
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "simd": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
+        "simd": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"}),
+        # the instructions that make bfloat16 matmuls fast (none: XLA and oneDNN convert to float32)
+        "bf16_instructions": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16"}),
         "platform": platform.platform(),
         "versions": versions,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -705,7 +759,8 @@ def tables(report: dict, markdown: bool) -> str:
 
     mm = report["matmul"]
     out.append(
-        f"{bold('Time')} (ms, median of {report['config']['reps']}, fwd / fwd+bwd), (B, T, D, H); "
+        f"{bold('Time')} (ms, median of {report['config']['reps']}, fwd / fwd+bwd, "
+        f"computing in {report['config']['dtype']}), (B, T, D, H); "
         f"XLA float32 matmul ({mm['n']}²) in the same run: {mm['gflops']:.0f} GFLOP/s median, "
         f"{mm['best_gflops']:.0f} best"
     )
@@ -733,6 +788,25 @@ def tables(report: dict, markdown: bool) -> str:
                 row.append("—")
             rows.append(row)
         out.append(render(["(B, T, D, H)"] + others + ["fastest flax/haiku/equinox"], rows, markdown))
+
+    twins = [("jaxlstm.LSTM", "jaxlstm.LSTM@float32"), ("torch", "torch@float32"), ("jaxlstm.LSTM", "torch")]
+    twins = [(a, b) for a, b in twins if a in impls and b in impls]
+    if report["config"]["dtype"] != "float32" and twins:
+        out.append(
+            f"\n{bold('Ratios in one run')} (median time / median time, fwd / fwd+bwd; the names without "
+            f"@float32 compute in {report['config']['dtype']})"
+        )
+        rows = [
+            [str(Shape(**s["shape"]))]
+            + [
+                " / ".join(f"{s['impls'][a][m]['median_ms'] / s['impls'][b][m]['median_ms']:.2f}" for m in MODES)
+                if a in s["impls"] and b in s["impls"]
+                else "—"
+                for a, b in twins
+            ]
+            for s in shapes
+        ]
+        out.append(render(["(B, T, D, H)"] + [f"{a} / {b}" for a, b in twins], rows, markdown))
 
     if any(FLOOR in s["impls"] for s in shapes):
         others = [n for n in impls if n != FLOOR]
@@ -777,8 +851,9 @@ def tables(report: dict, markdown: bool) -> str:
         out.append(render(["(B, T, D, H)"] + jax_impls, rows, markdown))
 
     notes = [f"{n}: {IMPLS[n].label}" for n in impls]
-    if "torch" in impls:
-        notes[impls.index("torch")] += f", `torch.set_num_threads({report['config']['torch_threads']})`"
+    for name in ("torch", "torch@float32"):
+        if name in impls:
+            notes[impls.index(name)] += f", `torch.set_num_threads({report['config']['torch_threads']})`"
     notes += [f"{n}: skipped ({why})" for n, why in report["skipped"].items()]
     for s in shapes:
         notes += [f"{n} at {Shape(**s['shape'])}: FAILED ({e.splitlines()[0][:160]})" for n, e in s["errors"].items()]
@@ -803,6 +878,10 @@ def tables(report: dict, markdown: bool) -> str:
     notes.append(
         f"machine: {m['cpu_model']}, {m['cpus_usable']} usable cores ({', '.join(m['simd'])}); "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    )
+    notes.append(
+        "bfloat16 instructions of this CPU (/proc/cpuinfo flags): "
+        + (", ".join(m.get("bf16_instructions") or []) or "none (bfloat16 dots are converted to float32)")
     )
     allocator = m.get("allocator_env") or {}
     notes.append(
@@ -857,6 +936,13 @@ def parser() -> argparse.ArgumentParser:
         help="GPU matmul precision: JAX's default_matmul_precision, jaxlstm's cudnn_precision, torch's TF32 "
         "flags (default: leave each library's own default)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="the computation dtype; bfloat16 runs jaxlstm, Flax and torch in bfloat16 beside float32 twins "
+        "of jl.LSTM and torch (default impls then: " + ",".join(BFLOAT16_IMPLS) + ")",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -869,9 +955,12 @@ def main(argv: list[str] | None = None) -> int:
     matmul_n = args.matmul_size or (256 if args.quick else 2048)
     if reps < 1:
         raise SystemExit("--reps must be at least 1")
-    global TORCH_THREADS, PRECISION
+    global TORCH_THREADS, PRECISION, DTYPE
     TORCH_THREADS = args.torch_threads or os.cpu_count() or 1
     PRECISION = args.precision
+    DTYPE = args.dtype
+    if DTYPE != "float32" and args.impls is DEFAULT_IMPLS and not args.family:
+        args.impls = BFLOAT16_IMPLS
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -912,12 +1001,12 @@ def main(argv: list[str] | None = None) -> int:
             "impls": impls,
             "quick": args.quick,
             "seed": args.seed,
-            "dtype": "float32",
+            "dtype": DTYPE,
             "loss": "sum(outputs * fixed random cotangent), grads w.r.t. params and inputs",
             "device": str(jax.devices()[0]),
             "device_kind": jax.devices()[0].device_kind,
             "precision": args.precision,
-            "torch_threads": TORCH_THREADS if "torch" in impls else None,
+            "torch_threads": TORCH_THREADS if any(n.startswith("torch") for n in impls) else None,
         },
         "skipped": skipped,
         "matmul": {

@@ -8,7 +8,9 @@ What runs, in one process (JAX and torch imported once), per precision and shape
 ``compare.main`` with ``jaxlstm`` (``backend="auto"``: cuDNN on a CUDA GPU), ``jaxlstm.xla``,
 ``jaxlstm.autodiff``, ``flax.OptimizedLSTMCell`` and ``torch.cuda`` (when torch sees CUDA), forward and
 forward+backward. First ``--precision float32`` (TF32 off everywhere, and ``--check``: jl.lstm equals flax on
-converted weights), then ``--precision tf32`` (TF32 on everywhere). The results files are rewritten after
+converted weights), then ``--precision tf32`` (TF32 on everywhere), then ``--dtype bfloat16`` (mixed
+precision: ``jl.lstm`` and ``jl.LSTM(dtype=bfloat16)`` beside ``jl.LSTM`` in float32, Flax with
+``dtype=bfloat16``, torch converted to bfloat16). The results files are rewritten after
 every shape, so a run cut short keeps what it measured; shapes that would start after ``--budget`` seconds
 are skipped and listed.
 """
@@ -30,7 +32,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 SHAPES = [(1, 256, 32, 128), (32, 128, 128, 256), (128, 64, 256, 512), (16, 1024, 768, 768)]
 DRY_SHAPES = [(2, 8, 4, 8)]
 IMPLS = ["jaxlstm", "jaxlstm.xla", "jaxlstm.autodiff", "flax.OptimizedLSTMCell", "torch.cuda"]
-PRECISIONS = ("float32", "tf32")
+PRECISIONS = ("float32", "tf32", "bfloat16")  # "bfloat16": compare.py --dtype bfloat16
+BF16_IMPLS = ["jaxlstm", "jaxlstm.LSTM", "jaxlstm.LSTM@float32", "flax.OptimizedLSTMCell", "torch.cuda"]
 # The goals of issue 15 on an H100/H200, float32: (impl, other, mode, at most this ratio of median times)
 GOALS = [("jaxlstm", "torch.cuda", "fwdbwd", 1.1), ("jaxlstm.xla", "flax.OptimizedLSTMCell", "fwdbwd", 0.8)]
 LABELS = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
@@ -79,6 +82,8 @@ def markdown(summary: dict) -> str:
         "- **float32**: TF32 off everywhere: `jax_default_matmul_precision=float32` (jaxlstm's XLA loop, flax), "
         'jaxlstm\'s `cudnn_precision="float32"` (cuDNN FMA math), torch `allow_tf32=False` (cuDNN and matmul).',
         '- **tf32**: TF32 on everywhere: `tensorfloat32`, `cudnn_precision="tf32"`, torch `allow_tf32=True`.',
+        "- **bfloat16**: every implementation computes in bfloat16 with float32 parameters where it has that mode "
+        "(`compare.py --dtype bfloat16`); `jaxlstm.LSTM@float32` is the float32 twin of `jaxlstm.LSTM`.",
         '- `jaxlstm` is `jl.lstm(params, xs)` with `backend="auto"`; the Backend column says where it ran '
         "(`jl.backend_for`).",
     ]
@@ -88,7 +93,8 @@ def markdown(summary: dict) -> str:
         runs = [run for run in summary["runs"] if run["precision"] == precision]
         if not runs:
             continue
-        impls = [name for name in IMPLS if any(name in run["result"]["impls"] for run in runs)]
+        columns = dict.fromkeys(IMPLS + BF16_IMPLS)
+        impls = [name for name in columns if any(name in run["result"]["impls"] for run in runs)]
         lines += ["", f"## {precision}", "", "| (B, T, D, H) | Backend | " + " | ".join(impls) + " |"]
         lines.append("|---|---|" + "---|" * len(impls))
         for run in runs:
@@ -172,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             path = out / f"compare-{precision}-{'x'.join(map(str, shape))}.json"
             # A dry run checks the plumbing: TF32 changes no code of an implementation, so one is enough there.
             names = ["jaxlstm"] if args.dry_run and precision == "tf32" else impls
+            if precision == "bfloat16":  # a dry run: jl.LSTM and its float32 twin check the plumbing
+                names = [name for name in BF16_IMPLS if name in impls or name not in IMPLS]
+                names = ["jaxlstm.LSTM", "jaxlstm.LSTM@float32"] if args.dry_run else names
             argv = ["--shapes", ",".join(map(str, shape)), "--impls", ",".join(names), "--reps", str(reps)]
-            argv += ["--warmup", "0" if args.dry_run else "2", "--precision", precision, "--json", str(path)]
+            argv += ["--warmup", "0" if args.dry_run else "2", "--json", str(path)]
+            argv += ["--dtype", "bfloat16"] if precision == "bfloat16" else ["--precision", precision]
             argv += ["--matmul-size", "256" if args.dry_run else "4096"]
             if precision == "float32" and not args.dry_run:
                 argv.append("--check")

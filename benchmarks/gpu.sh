@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU benchmark: jaxlstm on cuDNN (backend="auto") and on its XLA loop, jaxlstm autodiff,
 # flax nn.RNN(OptimizedLSTMCell) and torch.nn.LSTM on CUDA, at (1,256,32,128), (32,128,128,256),
-# (128,64,256,512) and (16,1024,768,768); forward and forward+backward; float32 with TF32 off, then TF32 on.
+# (128,64,256,512) and (16,1024,768,768); forward and forward+backward; float32 with TF32 off, then TF32 on,
+# then bfloat16 (compare.py --dtype bfloat16: jl.LSTM(dtype=bfloat16) beside its float32 twin, Flax, torch).
 # Writes benchmarks/RESULTS-gpu.md and benchmarks/RESULTS-gpu.json (benchmarks/gpu.py does the work).
 #
 #   benchmarks/gpu.sh              # on a GPU machine, inside 8 minutes

@@ -40,6 +40,7 @@ FAMILY = {
     "jaxlstm+peepholes.autodiff",
 }
 GPU_ONLY = {"jaxlstm.xla", "torch.cuda"}  # run only when named (benchmarks/gpu.sh)
+FLOAT32_TWINS = {"jaxlstm.LSTM@float32", "torch@float32"}  # run only with --dtype bfloat16 (or when named)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def run(compare, tmp_path, *argv) -> tuple[int, dict]:
 
 def test_quick_run_reports_every_installed_implementation(compare, tmp_path):
     installed = ALWAYS | {name for name, package in OPTIONAL.items() if importlib.util.find_spec(package)}
-    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY | GPU_ONLY
+    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY | GPU_ONLY | FLOAT32_TWINS
+    assert not FLOAT32_TWINS & set(compare.DEFAULT_IMPLS)
     assert not GPU_ONLY & set(compare.DEFAULT_IMPLS) and set(compare.GPU_ONLY) == GPU_ONLY
 
     rc, report = run(compare, tmp_path, "--check")
@@ -120,6 +122,14 @@ def test_family_runs_when_asked_for(compare, tmp_path):
     assert set(report["results"][0]["impls"]) == {"jaxlstm", "jaxlstm+proj_size"}
 
 
+def test_bfloat16_run_computes_in_bfloat16_beside_its_float32_twin(compare, tmp_path):
+    rc, report = run(compare, tmp_path, "--dtype", "bfloat16", "--impls", "jaxlstm.LSTM,jaxlstm.LSTM@float32", "--reps", "1")
+    assert rc == 0 and [r["errors"] for r in report["results"]] == [{}]
+    assert report["config"]["dtype"] == "bfloat16"
+    assert set(report["results"][0]["impls"]) == {"jaxlstm.LSTM", "jaxlstm.LSTM@float32"}
+    assert isinstance(report["machine"]["bf16_instructions"], list)  # amx_bf16, avx512_bf16, ... or none
+
+
 def test_bad_arguments_are_rejected(compare):
     with pytest.raises(SystemExit):
         compare.main(["--impls", "jaxlstm,nonsense"])
@@ -155,8 +165,8 @@ def test_gemm_floor_runs_exactly_an_lstms_matmuls(compare, T):
 
 def test_gpu_script_dry_run(tmp_path):
     """``benchmarks/gpu.sh --dry-run`` on this CPU: every implementation it can run here in float32, jaxlstm
-    again with TF32, RESULTS-gpu.md and .json written (into tmp_path), with where jl.lstm ran and the goals'
-    ratios."""
+    again with TF32, jl.LSTM in bfloat16 beside its float32 twin, RESULTS-gpu.md and .json written (into
+    tmp_path), with where jl.lstm ran and the goals' ratios."""
     done = subprocess.run(
         ["bash", str(GPU_SH), "--dry-run", "--out", str(tmp_path)],
         capture_output=True,
@@ -170,16 +180,18 @@ def test_gpu_script_dry_run(tmp_path):
     assert [(run["precision"], run["shape"]) for run in summary["runs"]] == [
         ("float32", [2, 8, 4, 8]),
         ("tf32", [2, 8, 4, 8]),
+        ("bfloat16", [2, 8, 4, 8]),
     ]
     every = {"jaxlstm", "jaxlstm.xla", "jaxlstm.autodiff", "flax.OptimizedLSTMCell"} | (
         {"torch.cuda"} & set(summary["impls"])
     )
     for run in summary["runs"]:
         assert run["result"]["errors"] == {}
-        assert set(run["result"]["impls"]) == (every if run["precision"] == "float32" else {"jaxlstm"})
+        expected = {"float32": every, "tf32": {"jaxlstm"}, "bfloat16": {"jaxlstm.LSTM", "jaxlstm.LSTM@float32"}}
+        assert set(run["result"]["impls"]) == expected[run["precision"]]
         assert run["result"]["jaxlstm_backend"]["backend"] == ("cudnn" if jax.default_backend() == "gpu" else "xla")
         for entry in run["result"]["impls"].values():
             assert all(entry[mode]["median_ms"] > 0 for mode in ("fwd", "fwdbwd"))
     text = (tmp_path / "RESULTS-gpu.md").read_text()
-    assert "## float32" in text and "## tf32" in text and "DRY RUN" in text
+    assert "## float32" in text and "## tf32" in text and "## bfloat16" in text and "DRY RUN" in text
     assert "jaxlstm.xla / flax.OptimizedLSTMCell (fwd+bwd) ≤ 0.8" in text
