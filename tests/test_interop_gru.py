@@ -63,11 +63,15 @@ def torch_gru(num_layers=2, bidirectional=True, bias=True, seed=0):
 @pytest.mark.parametrize("bias", [True, False])
 def test_from_torch_gru_equals_torch_with_packed_sequences(bidirectional, bias):
     gru, x = torch_gru(bidirectional=bidirectional, bias=bias), inputs()
-    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), LENGTHS, batch_first=True, enforce_sorted=False)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.from_numpy(x), LENGTHS, batch_first=True, enforce_sorted=False
+    )
     out, h_n = gru(packed)
     out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)[0].detach().numpy()
     stack = from_torch_gru(gru)
-    assert [[p.w_ih.shape for p in layer] for layer in stack] == [[(D, 3 * H)] * (1 + bidirectional), [((1 + bidirectional) * H, 3 * H)] * (1 + bidirectional)]
+    directions = 1 + bidirectional
+    expected_shapes = [[(D, 3 * H)] * directions, [(directions * H, 3 * H)] * directions]
+    assert [[p.w_ih.shape for p in layer] for layer in stack] == expected_shapes
     finals, hs = _stacked(CELL, stack, jnp.asarray(x), seq_lengths=jnp.asarray(LENGTHS))
     assert_close(hs, out)
     assert_close(jnp.stack([h for layer in finals for h in layer]), h_n.detach().numpy())
@@ -130,7 +134,8 @@ def test_torch_bad_state_dicts_name_the_key():
     with pytest.raises(ValueError, match=r"missing key 'bias_hh_l1_reverse'"):
         from_torch_gru(missing)
     misshaped = {**good, "weight_hh_l1": torch.zeros(3 * H, H + 1)}
-    with pytest.raises(ValueError, match=r"'weight_hh_l1' has shape \(9, 4\), expected \(9, 3\) \(3 \* hidden_size, hidden_size\)"):
+    expected = r"'weight_hh_l1' has shape \(9, 4\), expected \(9, 3\) \(3 \* hidden_size, hidden_size\)"
+    with pytest.raises(ValueError, match=expected):
         from_torch_gru(misshaped)
     with pytest.raises(ValueError, match=r"unexpected key 'weight_hr_l0': torch.nn.GRU has no projection"):
         from_torch_gru({**good, "weight_hr_l0": torch.zeros(2, H)})
@@ -236,11 +241,19 @@ def test_keras_round_trips_are_bitwise():
     with keras_numerics():
         expected = np.asarray(keras_layer(inputs()))
     assert_close(_stacked(CELL, one, jnp.asarray(inputs()))[1], expected)
+    # use_bias=False: zero biases
+    no_bias = keras_built(keras.layers.GRU(H, use_bias=False, return_sequences=True))
+    with keras_numerics():
+        expected = np.asarray(no_bias(inputs()))
+    stack, options = from_keras_gru(no_bias)
+    assert not stack[0][0].b_ih.any() and not stack[0][0].b_hh.any()
+    assert_close(_stacked(CELL, stack, jnp.asarray(inputs()), **options)[1], expected)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the Keras interop needs KERAS_BACKEND=jax")
 def test_keras_refusals_say_why():
-    with pytest.raises(ValueError, match=r"has reset_after=False, a different cell: its candidate applies the reset gate before"):
+    reason = r"has reset_after=False, a different cell: its candidate applies the reset gate before"
+    with pytest.raises(ValueError, match=reason):
         from_keras_gru(keras_built(keras.layers.GRU(H, reset_after=False)))
     with pytest.raises(ValueError, match=r"has activation='relu'; jaxlstm's GRU cell uses tanh"):
         from_keras_gru(keras_built(keras.layers.GRU(H, activation="relu")))

@@ -113,7 +113,7 @@ def from_flax_gru(params, cell=None, *, allow_nonfinite: bool = False) -> GRUPar
     )
 
 
-def to_flax_gru(params: GRUParams, cell="GRUCell") -> dict:
+def to_flax_gru(params: GRUParams, cell: Any = "GRUCell") -> dict:
     """The parameter tree of a Flax ``GRUCell`` computing what ``jaxlstm.gru(params, ...)`` computes.
 
     Args:
