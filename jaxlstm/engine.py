@@ -439,8 +439,9 @@ batching.primitive_batchers[_tangent_p] = _tangent_batch
 # ----------------------------------------------------------------------------- the public entry
 
 
-def _check_cell_params(cell: Cell, params, xs) -> None:
-    """The engine's side of the contract: ``params`` a NamedTuple with ``w_ih`` ``(D, G·H)`` and ``w_hh`` ``(H, G·H)``."""
+def check_cell_params(cell: Cell, params) -> None:
+    """The engine's side of the contract: ``params`` a NamedTuple with ``w_ih`` ``(D, G·H)`` and ``w_hh``
+    ``(H, G·H)`` (and the input bias ``(G·H,)``), then the cell's own ``check_params``."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jaxlstm.Cell (e.g. jaxlstm.cells.GRU()), got {type(cell).__name__} {cell!r}")
     if not (isinstance(params, tuple) and hasattr(params, "_replace") and hasattr(params, "w_ih")):
@@ -465,7 +466,7 @@ def _check_cell_params(cell: Cell, params, xs) -> None:
     bias = _input_bias(cell, params)
     if bias is not None and tuple(bias.shape) != (gates * hidden,):
         raise ValueError(f"params.{cell.input_bias} must have shape ({gates * hidden},), got {tuple(bias.shape)}")
-    _checks.inputs(xs, w_ih.shape[0], "xs", min_rank=2, layout="(*batch, time, input)")
+    cell.check_params(params)
 
 
 def _check_carry(cell: Cell, carry, expected, name: str) -> None:
@@ -507,7 +508,8 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
     """
     with jax.named_scope(f"jaxlstm.rnn.{type(cell).__name__}"):
         opts = SequenceOptions(**options)
-        _check_cell_params(cell, params, xs)
+        check_cell_params(cell, params)
+        _checks.inputs(xs, cast(Any, params).w_ih.shape[0], "xs", min_rank=2, layout="(*batch, time, input)")
         batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
         zero = jax.eval_shape(lambda p: cell.init_carry(p, batch_shape, xs.dtype), params)
         if carry is None:

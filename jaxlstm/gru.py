@@ -14,7 +14,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _checks
 from .cell import promote
 from .cells.gru import GRU, GRUParams
-from .engine import rnn
+from .engine import check_cell_params, rnn
 from .rnn_stack import stacked_rnn
 from .stack import merge_directions
 
@@ -82,6 +82,7 @@ def gru_cell(
     """
     if not isinstance(params, GRUParams):
         raise TypeError(f"params must be a jaxlstm.GRUParams, got {type(params).__name__}")
+    check_cell_params(GRU(), params)
     _checks.inputs(x, params.input_size, "x", min_rank=1)
     _checks.floating(carry, "carry", section="carry")
     if tuple(carry.shape) != (*x.shape[:-1], params.hidden_size):

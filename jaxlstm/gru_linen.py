@@ -85,6 +85,8 @@ class GRUCell(nn.RNNCellBase):
     @nn.compact
     def __call__(self, carry: Float[Array, "*batch hidden"], inputs: Float[Array, "*batch input"]):
         features = _checks.positive_int(self.features, "features")
+        _checks.float_dtype(self.dtype, "dtype", allow_none=True)
+        _checks.float_dtype(self.param_dtype, "param_dtype")
         module_input(inputs, "inputs")
         params = _weights(self, inputs.shape[-1], features, self.param_dtype)
         params, inputs = _cast(params, inputs, self.dtype)
@@ -172,6 +174,8 @@ class GRU(nn.Module):
         _checks.positive_int(self.num_layers, "num_layers")
         _checks.one_of(self.merge, MERGE_MODES, "merge")
         _checks.rate(self.dropout, "dropout")
+        _checks.float_dtype(self.dtype, "dtype", allow_none=True)
+        _checks.float_dtype(self.param_dtype, "param_dtype")
         for name in ("bidirectional", "return_sequences", "return_carry", "reverse", "learn_initial_carry"):
             _checks.flag(getattr(self, name), name)
         if self.reverse and self.bidirectional:

@@ -25,6 +25,11 @@ from .stack import MERGE_MODES, merged_size
 __all__ = ["GRU", "GRUCell"]
 
 
+def _check_rngs(rngs) -> None:
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"rngs must be an nnx.Rngs, e.g. rngs=nnx.Rngs(0), got {_checks.described(rngs)}")
+
+
 def _uniform(key, shape, hidden_size: int, dtype):
     """PyTorch's GRU initialiser: U(−1/√H, 1/√H), drawn in float32 and cast."""
     bound = 1.0 / hidden_size**0.5
@@ -35,6 +40,7 @@ class _GRUWeights(nnx.Module):
     """One layer and direction's ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (and a learned ``h0``)."""
 
     def __init__(self, in_features: int, features: int, *, param_dtype, learn_initial_carry: bool, rngs: nnx.Rngs):
+        _check_rngs(rngs)
         gates = 3 * features
         self.w_ih = nnx.Param(_uniform(rngs.params(), (in_features, gates), features, param_dtype))
         self.w_hh = nnx.Param(_uniform(rngs.params(), (features, gates), features, param_dtype))
@@ -79,6 +85,8 @@ class GRUCell(_GRUWeights):
     ):
         self.in_features = _checks.positive_int(in_features, "in_features")
         self.hidden_features = _checks.positive_int(hidden_features, "hidden_features")
+        dtype = _checks.float_dtype(dtype, "dtype", allow_none=True)
+        param_dtype = _checks.float_dtype(param_dtype, "param_dtype")
         super().__init__(self.in_features, self.hidden_features, param_dtype=param_dtype, learn_initial_carry=False, rngs=rngs)
         self.dtype, self.param_dtype = dtype, param_dtype
         self.carry_init = carry_init
@@ -158,7 +166,9 @@ class GRU(nnx.Module):
         self.deterministic = _checks.flag(deterministic, "deterministic")
         if self.reverse and self.bidirectional:
             raise ValueError("reverse=True is for one-direction layers; a bidirectional layer already reads backward")
-        self.dtype, self.param_dtype, self.unroll = dtype, param_dtype, unroll
+        self.dtype = _checks.float_dtype(dtype, "dtype", allow_none=True)
+        self.param_dtype = _checks.float_dtype(param_dtype, "param_dtype")
+        self.unroll = unroll
         self.masked_output, self.gradient, self.checkpoint_every = masked_output, gradient, checkpoint_every
         directions = 2 if self.bidirectional else 1
         width = merged_size(self.features, directions, self.merge)

@@ -41,6 +41,11 @@ def init_rnn_stack(
     >>> [[p.w_ih.shape for p in layer] for layer in stack]     # layer 1 reads 2H = 32 (concat)
     [[(8, 48), (8, 48)], [(32, 48), (32, 48)]]
     """
+    _check_cell(cell)
+    key = _checks.prng_key(key, "key")
+    input_size = _checks.positive_int(input_size, "input_size")
+    hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    dtype = _checks.float_dtype(dtype, "dtype")
     num_layers = _checks.positive_int(num_layers, "num_layers")
     bidirectional = _checks.flag(bidirectional, "bidirectional")
     _checks.one_of(merge, MERGE_MODES, "merge")
@@ -54,6 +59,11 @@ def init_rnn_stack(
         )
         for layer in range(num_layers)
     )
+
+
+def _check_cell(cell) -> None:
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jaxlstm.Cell (e.g. jaxlstm.cells.GRU()), got {_checks.described(cell)}")
 
 
 def _check_stack(stack, carries, name: str) -> tuple[int, int]:
@@ -110,6 +120,8 @@ def stacked_rnn(
     >>> hs.shape, finals[1][1].shape                   # (batch, T, 2H); layer 1's backward carry (batch, H)
     ((4, 10, 32), (4, 16))
     """
+    _check_cell(cell)
+    dropout_key = _checks.prng_key(dropout_key, "dropout_key", allow_none=True)
     num_layers, num_directions = _check_stack(stack, carries, "stack")
     _check_stack(stack, reset_carries, "stack")
     _checks.one_of(merge, MERGE_MODES, "merge")

@@ -187,6 +187,11 @@ BAD = {
     "model": ["model", jl.init_params(_KEY, _D, _H)],
     "rngs": [0, "rngs", None],
     "call_rngs": [42, jnp.ones(2)],
+    "cell": [None, "GRU", jl.LSTMVariant(), jl.cells.GRU],
+    "gru_params": [jl.init_params(_KEY, _D, _H), tuple(jl.init_gru_params(_KEY, _D, _H)), {"w_ih": 1},
+                   jl.init_gru_params(_KEY, _D, _H)._replace(b_ih=jnp.ones(3))],
+    "gru_carry": [jl.zeros_carry(_H, (_B,)), jnp.zeros((_B, _H + 1)), jnp.zeros((_B, _H), jnp.int32), [[0.0] * _H] * _B],
+    "rnn_stack": [jl.init_gru_params(_KEY, _D, _H), (), ((jl.init_gru_params(_KEY, _D, _H),) * 3,), "stack"],
 }
 
 
@@ -245,6 +250,8 @@ class _Tiny(nn.Module):
 
 
 # entry point -> (call, {argument: kind}); the call's defaults are a good call, so each case changes one argument.
+_NO_RNGS = object()  # the GRU entries' default: "give a good nnx.Rngs" (None is one of the bad values)
+
 ENTRY_POINTS = {
     "init_params": (
         lambda key=_KEY, input_size=_D, hidden_size=_H, **kw: jl.init_params(key, input_size, hidden_size, **kw),
@@ -386,6 +393,86 @@ ENTRY_POINTS = {
              carry_init="opt_fn", rngs="rngs"),
     ),
     "nnx LSTMCell call": (_nnx_cell_call, dict(carry="carry", x="cell_x")),
+    # the GRU and the engine (jaxlstm.engine, jaxlstm.rnn_stack, jaxlstm.gru*)
+    "init_gru_params": (
+        lambda key=_KEY, input_size=_D, hidden_size=_H, **kw: jl.init_gru_params(key, input_size, hidden_size, **kw),
+        dict(key="key", input_size="size", hidden_size="size", dtype="dtype"),
+    ),
+    "init_rnn_stack": (
+        lambda cell=jl.cells.GRU(), key=_KEY, input_size=_D, hidden_size=_H, **kw: jl.init_rnn_stack(
+            cell, key, input_size, hidden_size, **kw
+        ),
+        dict(cell="cell", key="key", input_size="size", hidden_size="size", num_layers="size",
+             bidirectional="flag", merge="choice", dtype="dtype"),
+    ),
+    "gru": (
+        _eval(
+            lambda params=None, xs=_XS, carry=None, **kw: jl.gru(
+                jl.init_gru_params(_KEY, _D, _H) if params is None else params, xs, carry, **kw
+            )
+        ),
+        dict(params="gru_params", xs="xs", carry="gru_carry", seq_lengths="seq_lengths", mask="flags",
+             resets="flags", reverse="flag", masked_output="choice", gradient="choice", unroll="size",
+             checkpoint_every="opt_size"),
+    ),
+    "rnn": (
+        _eval(lambda cell=jl.cells.GRU(), **kw: jl.rnn(cell, jl.init_gru_params(_KEY, _D, _H), _XS, **kw)),
+        dict(cell="cell", reverse="flag", gradient="choice"),
+    ),
+    "gru_cell": (
+        _eval(
+            lambda params=None, carry=None, x=None: jl.gru_cell(
+                jl.init_gru_params(_KEY, _D, _H) if params is None else params,
+                jnp.zeros((_B, _H)) if carry is None else carry,
+                _XS[:, 0] if x is None else x,
+            )
+        ),
+        dict(params="gru_params", carry="gru_carry", x="x"),
+    ),
+    "stacked_rnn": (
+        _eval(
+            lambda cell=jl.cells.GRU(), stack=None, **kw: jl.stacked_rnn(
+                cell, jl.init_rnn_stack(jl.cells.GRU(), _KEY, _D, _H, num_layers=2) if stack is None else stack, _XS, **kw
+            )
+        ),
+        dict(cell="cell", stack="rnn_stack", merge="choice", dropout="rate", dropout_key="opt_key",
+             deterministic="opt_flag", reverse="flag", seq_lengths="seq_lengths"),
+    ),
+    "linen GRU": (
+        lambda x=_XS, deterministic=True, seq_lengths=None, **fields: jax.eval_shape(
+            lambda: jl.GRU(**{"features": _H, **fields}).init(
+                {"params": _KEY, "dropout": _KEY}, x, deterministic=deterministic, seq_lengths=seq_lengths
+            )
+        ),
+        dict(features="size", num_layers="size", bidirectional="flag", merge="choice", return_sequences="flag",
+             return_carry="flag", dropout="rate", dtype="opt_dtype", param_dtype="dtype", reverse="flag",
+             learn_initial_carry="flag", masked_output="choice", gradient="choice", checkpoint_every="opt_size",
+             x="module_x", deterministic="flag", seq_lengths="seq_lengths"),
+    ),
+    "linen GRUCell": (
+        lambda **fields: jax.eval_shape(
+            lambda: jl.GRUCell(**{"features": _H, **fields}).init(_KEY, jnp.zeros((_B, _H)), _XS[:, 0])
+        ),
+        dict(features="size", dtype="opt_dtype", param_dtype="dtype"),
+    ),
+    "nnx GRU": (
+        lambda in_features=_D, features=_H, rngs=_NO_RNGS, **kw: jl.nnx.GRU(
+            in_features, features, rngs=nnx.Rngs(0) if rngs is _NO_RNGS else rngs, **kw
+        ),
+        dict(in_features="size", features="size", num_layers="size", bidirectional="flag", merge="choice",
+             return_sequences="flag", return_carry="flag", dropout="rate", dtype="opt_dtype", param_dtype="dtype",
+             reverse="flag", learn_initial_carry="flag", deterministic="flag", rngs="rngs"),
+    ),
+    "nnx GRU call": (
+        lambda x=_XS, **kw: jl.nnx.GRU(_D, _H, rngs=nnx.Rngs(0))(x, **kw),
+        dict(x="module_x", seq_lengths="seq_lengths", deterministic="opt_flag"),
+    ),
+    "nnx GRUCell": (
+        lambda in_features=_D, hidden_features=_H, rngs=_NO_RNGS, **kw: jl.nnx.GRUCell(
+            in_features, hidden_features, rngs=nnx.Rngs(0) if rngs is _NO_RNGS else rngs, **kw
+        ),
+        dict(in_features="size", hidden_features="size", dtype="opt_dtype", param_dtype="dtype", rngs="rngs"),
+    ),
 }
 
 def _outcome(entry: str, argument: str, value) -> tuple[str, str]:

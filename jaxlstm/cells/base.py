@@ -40,6 +40,10 @@ class Cell:
             ``from_h = hidden(carry)·W_hh`` ``(N, G·H)`` and the carry. Elementwise
             along rows: row n of the result reads row n of its arguments only.
 
+    Optional:
+        check_params(params): refuse the cell's own parameters when misshaped (the engine checks
+            ``w_ih``, ``w_hh`` and the input bias).
+
     Optional (speed only):
         save(params, from_input, from_h, carry): what the fused backward pass keeps per
             step, a dict of ``(N, ·)`` arrays (default: the step's arguments).
@@ -66,6 +70,10 @@ class Cell:
         self, params: Params, from_input: Float[Array, "n gates"], from_h: Float[Array, "n gates"], carry: Carry
     ) -> Carry:
         raise NotImplementedError(f"{type(self).__name__} must define step")
+
+    def check_params(self, params: Params) -> None:
+        """Optional: refuse parameters of the wrong shape beyond ``w_ih``/``w_hh`` (the engine checks those),
+        with a ValueError naming the field. Called once per call, at trace time."""
 
     def save(self, params: Params, from_input, from_h, carry: Carry) -> dict[str, Any]:
         """What the backward pass keeps per step (default: the step's arguments)."""

@@ -72,14 +72,22 @@ class GRU(Cell):
     input_bias = "b_ih"
 
     def init_params(self, key: PRNGKeyArray, input_size: int, hidden_size: int, dtype=jnp.float32) -> GRUParams:
+        key = _checks.prng_key(key, "key")
         input_size = _checks.positive_int(input_size, "input_size")
         hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+        dtype = _checks.float_dtype(dtype, "dtype")
         bound = 1.0 / hidden_size**0.5
         shapes = ((input_size, 3 * hidden_size), (hidden_size, 3 * hidden_size), (3 * hidden_size,), (3 * hidden_size,))
         keys = jax.random.split(key, 4)
         return GRUParams(
             *(jax.random.uniform(k, s, jnp.float32, -bound, bound).astype(dtype) for k, s in zip(keys, shapes))
         )
+
+    def check_params(self, params: GRUParams) -> None:
+        gates = 3 * params.w_hh.shape[0]
+        _checks.floating(params.b_hh, "params.b_hh", section="parameters")
+        if tuple(params.b_hh.shape) != (gates,):
+            raise ValueError(f"params.b_hh must have shape (3 * hidden_size,) = ({gates},), got {tuple(params.b_hh.shape)}")
 
     def init_carry(self, params: GRUParams, batch_shape: tuple[int, ...], dtype) -> Array:
         return jnp.zeros((*batch_shape, params.w_hh.shape[0]), dtype)
