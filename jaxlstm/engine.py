@@ -37,17 +37,17 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _checks
 from .cell import promote
 from .cells.base import Cell
-from .scan import (
-    _BACKWARD_CHUNK_ROWS,
-    _FORWARD_CHUNK_STEPS,
+from .timeline import (
+    BACKWARD_CHUNK_ROWS,
+    FORWARD_CHUNK_STEPS,
     GRADIENTS,
     MASKED_OUTPUTS,
     Steps,
-    _at,
-    _chunked,
-    _no_cotangent,
-    _over_chunks,
-    _put,
+    at,
+    chunked,
+    no_cotangent,
+    over_chunks,
+    put,
     reset_steps,
     valid_steps,
 )
@@ -218,8 +218,8 @@ def _fused_loop(loop: _Loop, params, xs, carry, restart, steps: Steps, *, save: 
         )
         return carry, buffers
 
-    size = _chunk_steps(time, _FORWARD_CHUNK_STEPS)
-    final, buffers = _over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
+    size = _chunk_steps(time, FORWARD_CHUNK_STEPS)
+    final, buffers = over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
     return final, buffers[0], buffers[1:], (treedef[0] if treedef else None)
 
 
@@ -238,9 +238,9 @@ def _backward_step(loop: _Loop, params, small, saved, treedef, d_hs):
         d_carry, d_initial, d_small, grads_chunk, first = state
         t, steps_t, zero_out = inputs
         valid_t, reset_t = steps_t.valid, steps_t.reset
-        saved_t = jax.tree.unflatten(treedef, [_at(buffer, t) for buffer in saved])
+        saved_t = jax.tree.unflatten(treedef, [at(buffer, t) for buffer in saved])
         # d_hs None: no loss reads the outputs; the chunk's scan then hands each step zeros (zero_out)
-        d_out = zero_out if d_hs is None else _at(d_hs, t)
+        d_out = zero_out if d_hs is None else at(d_hs, t)
         if valid_t is None:
             d_total = _add_to_hidden(cell, d_carry, d_out)
             d_new = d_total
@@ -265,7 +265,7 @@ def _backward_step(loop: _Loop, params, small, saved, treedef, d_hs):
         if jax.tree.leaves(d_small_t):
             d_small = jax.tree.map(jnp.add, d_small, d_small_t)
         grads_chunk = tuple(
-            _put(buffer, g, t - first) for buffer, g in zip(grads_chunk, (d_from_input, d_from_h), strict=True)
+            put(buffer, g, t - first) for buffer, g in zip(grads_chunk, (d_from_input, d_from_h), strict=True)
         )
         return (d_prev, d_initial, d_small, grads_chunk, first), None
 
@@ -315,14 +315,14 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
     zero_carry = jax.tree.map(jnp.zeros_like, d_final)
     d_weights = (jnp.zeros_like(params.w_ih), jnp.zeros_like(params.w_hh), None if bias is None else jnp.zeros_like(bias))
     state = (d_final, zero_carry, jax.tree.map(jnp.zeros_like, small), d_weights, jnp.zeros_like(xs))
-    size = _chunk_steps(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
-    state = _over_chunks(chunk, state, time, size, backward=not loop.reverse)
+    size = _chunk_steps(time, -(-BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
+    state = over_chunks(chunk, state, time, size, backward=not loop.reverse)
     d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs = state
     d_params = d_small._replace(w_ih=d_w_ih, w_hh=d_w_hh)
     if bias is not None:
         d_params = d_params._replace(**{cast(str, cell.input_bias): d_bias})
     d_restart = None if steps.reset is None else d_initial
-    return d_params, d_xs, d_carry, d_restart, Steps(*(_no_cotangent(a) for a in steps))
+    return d_params, d_xs, d_carry, d_restart, Steps(*(no_cotangent(a) for a in steps))
 
 
 # ----------------------------------------------------------------------------- the fused gradient, every mode
@@ -550,6 +550,6 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
         if opts.checkpoint_every is None or opts.checkpoint_every >= time:
             final, hs = run(flat(carry), xs_flat, steps_flat)
         else:
-            final, hs = _chunked(run, flat(carry), xs_flat, steps_flat, opts.checkpoint_every, opts.reverse)
+            final, hs = chunked(run, flat(carry), xs_flat, steps_flat, opts.checkpoint_every, opts.reverse)
         final = jax.tree.map(lambda a: a.reshape(*batch_shape, *a.shape[1:]), final)
         return final, hs.reshape(*batch_shape, time, hs.shape[-1])

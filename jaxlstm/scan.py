@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -54,41 +54,23 @@ from .variants import (
     draw_masks,
     training_call,
 )
+from .timeline import BACKWARD_CHUNK_ROWS as _BACKWARD_CHUNK_ROWS
+from .timeline import FORWARD_CHUNK_STEPS as _FORWARD_CHUNK_STEPS
+from .timeline import GRADIENTS as GRADIENTS
+from .timeline import MASKED_OUTPUTS as MASKED_OUTPUTS
+from .timeline import Steps as Steps
+from .timeline import at as _at
+from .timeline import chunked as _chunked
+from .timeline import no_cotangent as _no_cotangent
+from .timeline import over_chunks as _over_chunks
+from .timeline import put as _put
+from .timeline import reset_steps as reset_steps
+from .timeline import valid_steps as valid_steps
 
 __all__ = ["lstm", "lstm_variant", "lstm_variant_cell", "GRADIENTS", "MASKED_OUTPUTS"]
 
-GRADIENTS = ("fused", "autodiff")
-MASKED_OUTPUTS = ("zeros", "previous")
-
 
 # ----------------------------------------------------------------------------- what a loop is
-
-
-class Steps(NamedTuple):
-    """Per-step data, time-major ``(T, N, ...)``; ``None`` where absent.
-
-    Attributes:
-        valid: ``(T, N)`` bools, the steps that count (``seq_lengths`` and ``mask``).
-        reset: ``(T, N)`` bools, the steps whose carry restarts (``resets``).
-        zone_h: ``(T, N, R)`` bools, zoneout of ``h`` while training: True keeps the previous value.
-        zone_c: ``(T, N, H)`` bools, zoneout of ``c`` while training.
-    """
-
-    valid: Array | None = None
-    reset: Array | None = None
-    zone_h: Array | None = None
-    zone_c: Array | None = None
-
-    def slice(self, start, length: int) -> Steps:
-        """Steps ``start .. start + length - 1``."""
-        return Steps(*(None if a is None else jax.lax.dynamic_slice_in_dim(a, start, length, axis=0) for a in self))
-
-    def tail(self, start: int) -> Steps:
-        return Steps(*(None if a is None else a[start:] for a in self))
-
-    def flatten_batch(self, batch_ndim: int, n: int) -> Steps:
-        """Every array's batch dims ``(T, *batch, ...)`` flattened into one, ``(T, N, ...)``."""
-        return Steps(*(None if a is None else a.reshape(a.shape[0], n, *a.shape[1 + batch_ndim :]) for a in self))
 
 
 @dataclass(frozen=True)
@@ -204,44 +186,6 @@ def _loop(loop: Loop, params: VariantParams, xs_tm, carry: LSTMCarry, restart, s
     return jax.lax.scan(step, carry, (xs_tm, steps), reverse=loop.reverse, unroll=loop.unroll)
 
 
-def _at(array, t):
-    """Step ``t`` of a batch-first ``(N, T, ...)`` array: ``(N, ...)``."""
-    return jax.lax.dynamic_index_in_dim(array, t, axis=1, keepdims=False)
-
-
-def _put(array, value, t):
-    """Writes ``value`` ``(N, ...)`` as step ``t`` of a batch-first ``(N, T, ...)`` array."""
-    return jax.lax.dynamic_update_index_in_dim(array, value, t, axis=1)
-
-
-def _over_chunks(chunk, state, time: int, size: int, *, backward: bool, unroll: int = 1):
-    """Runs ``chunk(state, first, length)`` over steps [0, time) in chunks of ``size`` steps.
-
-    Whole chunks cover [0, num_chunks·size) and run in one ``lax.scan``; the
-    remaining steps form one shorter chunk at the end. Chunks run from the first
-    to the last, or from the last to the first when ``backward``.
-    """
-    num_chunks, remainder = divmod(time, size)
-    covered = num_chunks * size
-
-    def body(state, index):
-        return chunk(state, index * size, size), None
-
-    if remainder and backward:
-        state = chunk(state, jnp.int32(covered), remainder)
-    if num_chunks:  # none when time is 0
-        chunks = jnp.arange(num_chunks, dtype=jnp.int32)
-        state, _ = jax.lax.scan(body, state, chunks, reverse=backward, unroll=unroll)
-    if remainder and not backward:
-        state = chunk(state, jnp.int32(covered), remainder)
-    return state
-
-
-# Steps per chunk of the fused forward loop: each chunk projects its inputs with one GEMM and
-# runs its steps unrolled, reading the projection at static offsets.
-_FORWARD_CHUNK_STEPS = 4
-
-
 def _project(loop: Loop, params: VariantParams, x_2d):
     """The input matmul of a chunk's rows: ``x·W_ih`` (``+ b`` unless the cell adds ``b`` itself)."""
     projected = matmul(x_2d, params.w_ih, params.w_ih.dtype)
@@ -334,15 +278,6 @@ def _fused(params, xs, carry, restart, rec_keep, steps, loop):
 def _fused_forward(params, xs, carry, restart, rec_keep, steps, loop):
     final, hs, saved = _fused_loop(loop, params, xs, carry, restart, steps, rec_keep, save=True)
     return (final, hs), (params, xs, rec_keep, steps, saved)
-
-
-def _no_cotangent(flags) -> Any:
-    return None if flags is None else np.zeros(flags.shape, jax.dtypes.float0)
-
-
-# Rows (N x steps) per chunk of the backward pass: big enough for efficient GEMMs, small
-# enough that each chunk's dz stays in cache instead of one fresh (N, T, 4H) buffer.
-_BACKWARD_CHUNK_ROWS = 1024
 
 
 def _zoneout_h_backward(loop: Loop, dh, zone_t) -> tuple[Array, Array | None]:
@@ -510,47 +445,6 @@ def _fused_backward(loop: Loop, residuals, cotangents):
 
 
 _fused.defvjp(_fused_forward, _fused_backward)
-
-
-# ----------------------------------------------------------------------------- per-step flags
-
-
-def valid_steps(
-    seq_lengths: Int[Array, "*batch"] | None,
-    mask: Bool[Array, "*batch time"] | None,
-    batch_shape: tuple[int, ...],
-    time: int,
-) -> Bool[Array, "time *batch"] | None:
-    """Time-major flags of the steps that count: t < length and mask[t]; ``None`` if all do.
-
-    ``seq_lengths`` must come checked (``_checks.seq_lengths``, which ``lstm`` runs once)."""
-    valid = None
-    if seq_lengths is not None:
-        steps = jnp.arange(time, dtype=jnp.int32).reshape((time,) + (1,) * len(batch_shape))
-        valid = steps < seq_lengths[None]
-    if mask is not None:
-        _checks.per_step_flags(mask, (*batch_shape, time), "mask")
-        mask_tm = jnp.moveaxis(mask, -1, 0)
-        valid = mask_tm if valid is None else valid & mask_tm
-    return valid
-
-
-def reset_steps(
-    resets: Bool[Array, "*batch time"] | None, batch_shape: tuple[int, ...], time: int, *, reverse: bool
-) -> Bool[Array, "time *batch"] | None:
-    """Time-major flags of the steps whose carry restarts from the initial one.
-
-    ``resets`` marks the first step of each segment. Read backward, a segment
-    begins at its last step, i.e. just before the next segment's first step,
-    so the flags shift by one.
-    """
-    if resets is None:
-        return None
-    _checks.per_step_flags(resets, (*batch_shape, time), "resets")
-    resets_tm = jnp.moveaxis(resets, -1, 0)
-    if reverse:
-        resets_tm = jnp.concatenate([resets_tm[1:], jnp.zeros_like(resets_tm[:1])], axis=0)
-    return resets_tm
 
 
 # ----------------------------------------------------------------------------- the public functions
@@ -820,43 +714,6 @@ def _fused_flat(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep):
     )
     final = LSTMCarry(*(a.reshape(*batch_shape, a.shape[-1]) for a in final))
     return final, hs.reshape(*batch_shape, time, hs.shape[-1])
-
-
-def _chunked(run, carry, xs, steps: Steps, chunk: int, reverse: bool):
-    """Runs ``run`` over time in chunks of ``chunk`` steps, each under ``jax.checkpoint``: an outer
-    scan over whole chunks, then (before, when reading backward) the remaining steps.
-
-    Each chunk is sliced from the batch-first input inside the loop, so no
-    time-major copy of the whole sequence is made.
-    """
-    time = xs.shape[-2]
-    num_chunks, remainder = divmod(time, chunk)
-    covered = num_chunks * chunk
-
-    @jax.checkpoint  # keeps only each chunk's starting carry; slicing inside it keeps no copy of xs
-    def body(carry, index):
-        start = index * chunk
-        x_chunk = jax.lax.dynamic_slice_in_dim(xs, start, chunk, axis=-2)
-        return run(carry, x_chunk, steps.slice(start, chunk))
-
-    def whole_chunks(carry):
-        carry, hs = jax.lax.scan(body, carry, jnp.arange(num_chunks), reverse=reverse)  # (chunks, *batch, chunk, H)
-        hs = jnp.moveaxis(hs, 0, -3)
-        return carry, hs.reshape(*hs.shape[:-3], covered, hs.shape[-1])
-
-    @jax.checkpoint
-    def rest(carry):
-        return run(carry, xs[..., covered:, :], steps.tail(covered))
-
-    if not remainder:
-        return whole_chunks(carry)
-    if reverse:
-        carry, hs_rest = rest(carry)
-        carry, hs_main = whole_chunks(carry)
-    else:
-        carry, hs_main = whole_chunks(carry)
-        carry, hs_rest = rest(carry)
-    return carry, jnp.concatenate([hs_main, hs_rest], axis=-2)
 
 
 def lstm_variant(params, xs, carry=None, *, variant: LSTMVariant, **options):
