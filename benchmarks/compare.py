@@ -415,6 +415,52 @@ def make_torch(shape: Shape, data: Data, dtype: str | None = None):
     return fwd, fwdbwd
 
 
+def make_jaxlstm_gru(shape: Shape, data: Data):
+    """``jl.gru(params, xs)``: the GRU cell on jaxlstm's engine (``jl.rnn(jl.cells.GRU(), ...)``)."""
+    import jax
+
+    import jaxlstm as jl
+
+    params = jl.init_gru_params(jax.random.key(data.seed), shape.D, shape.H)
+    dtype = _jax_dtype()
+
+    def apply(p, xs):
+        return jl.gru(*_narrow(p, xs, dtype))[1]
+
+    return _jax_closures(apply, params, data)
+
+
+def make_flax_gru(shape: Shape, data: Data):
+    """``flax.linen.RNN(GRUCell(H))``, batch-first."""
+    import flax.linen as nn
+
+    return _flax_rnn(nn.GRUCell, shape, data)
+
+
+def make_torch_gru(shape: Shape, data: Data, dtype: str | None = None):
+    """``torch.nn.GRU(D, H, batch_first=True)``, timed as ``make_torch`` times the LSTM."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    torch.manual_seed(data.seed)
+    torch_dtype = getattr(torch, dtype or DTYPE)
+    gru = torch.nn.GRU(shape.D, shape.H, batch_first=True).to(torch_dtype)
+    params = list(gru.parameters())
+    xs = torch.from_numpy(data.xs.copy()).to(torch_dtype)
+    ct = torch.from_numpy(data.cotangent.copy()).to(torch_dtype)
+
+    def fwd():
+        with torch.inference_mode():
+            return gru(xs)[0]
+
+    def fwdbwd():
+        x = xs.detach().requires_grad_(True)
+        loss = (gru(x)[0] * ct).sum()
+        return torch.autograd.grad(loss, [*params, x])
+
+    return fwd, fwdbwd
+
+
 def make_torch_cuda(shape: Shape, data: Data):
     """``torch.nn.LSTM(D, H, batch_first=True)`` on CUDA (cuDNN), each call ending in ``torch.cuda.synchronize()``.
 
@@ -489,6 +535,9 @@ IMPLS: dict[str, Impl] = {
     "equinox": Impl(make_equinox, ("jax", "equinox"), "`vmap` over batch of `lax.scan` of `eqx.nn.LSTMCell`"),
     "torch": Impl(make_torch, ("torch",), "`torch.nn.LSTM(batch_first=True)`, forward in `inference_mode`"),
     "torch.cuda": Impl(make_torch_cuda, ("torch",), "`torch.nn.LSTM(batch_first=True)` on CUDA (cuDNN)"),
+    "jaxlstm.gru": Impl(make_jaxlstm_gru, ("jax",), "`jl.gru(params, xs)` (the GRU cell on jaxlstm's engine)"),
+    "flax.GRUCell": Impl(make_flax_gru, ("jax", "flax"), "`nn.RNN(nn.GRUCell(H))`"),
+    "torch.GRU": Impl(make_torch_gru, ("torch",), "`torch.nn.GRU(batch_first=True)`, forward in `inference_mode`"),
     "jaxlstm.LSTM@float32": Impl(
         functools.partial(make_jaxlstm_linen, dtype="float32"), ("jax", "flax"), "`jl.LSTM(H)` in float32"
     ),
@@ -506,7 +555,11 @@ FAMILY = tuple(name for name in IMPLS if name.startswith("jaxlstm+") and name no
 GPU_ONLY = ("jaxlstm.xla", "torch.cuda")
 # --dtype bfloat16: the float32 twins that give the bfloat16/float32 ratios of one run, run only then.
 FLOAT32_TWINS = ("jaxlstm.LSTM@float32", "torch@float32")
-DEFAULT_IMPLS = [name for name in IMPLS if name not in FAMILY and name not in GPU_ONLY and name not in FLOAT32_TWINS]
+# The GRU (--gru): run only when named, beside the LSTMs whose ratios it is compared with in the same run.
+GRU_IMPLS = ("jaxlstm.gru", "flax.GRUCell", "torch.GRU")
+DEFAULT_IMPLS = [
+    name for name in IMPLS if name not in FAMILY + GPU_ONLY + FLOAT32_TWINS + GRU_IMPLS
+]
 # What --dtype bfloat16 runs by default: the implementations with a mixed-precision mode, and the twins.
 BFLOAT16_IMPLS = ["jaxlstm", "jaxlstm.LSTM", "flax.OptimizedLSTMCell", "flax.LSTMCell", "torch", *FLOAT32_TWINS]
 FLOOR = "xla.gemms"  # not an implementation: the matmuls alone
@@ -923,6 +976,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="untimed calls after compiling (default 3)")
     p.add_argument("--impls", type=parse_impls, default=DEFAULT_IMPLS, help=f"comma-separated subset of {list(IMPLS)}")
     p.add_argument("--family", action="store_true", help=f"only jaxlstm and the LSTM family: {', '.join(FAMILY)}")
+    p.add_argument(
+        "--gru",
+        action="store_true",
+        help=f"the GRU ({', '.join(GRU_IMPLS)}) beside jaxlstm, flax.OptimizedLSTMCell and torch (the LSTM's ratios)",
+    )
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul (default 2048; --quick 256)")
     p.add_argument("--json", metavar="PATH", help="write machine-readable results here")
     p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
@@ -967,7 +1025,10 @@ def main(argv: list[str] | None = None) -> int:
 
     skipped = {}
     impls = []
-    for name in ["jaxlstm", *FAMILY] if args.family else args.impls:
+    chosen = ["jaxlstm", *FAMILY] if args.family else args.impls
+    if args.gru:
+        chosen = ["jaxlstm", "flax.OptimizedLSTMCell", "torch", *GRU_IMPLS]
+    for name in chosen:
         missing = missing_modules(name)
         if missing:
             skipped[name] = f"{', '.join(missing)} not installed"

@@ -81,6 +81,18 @@ def _check_stack(stack, carries, name: str) -> tuple[int, int]:
     return len(stack), num_directions
 
 
+def _check_layer_inputs(stack, num_directions: int, merge: str) -> None:
+    """Every layer after the first must read the previous layer's merged width F."""
+    width = merged_size(stack[0][0].w_hh.shape[0], num_directions, merge)
+    for layer, directions in enumerate(stack[1:], start=1):
+        for direction, params in enumerate(directions):
+            if params.w_ih.shape[0] != width:
+                raise ValueError(
+                    f"stack[{layer}][{direction}].w_ih reads {params.w_ih.shape[0]} features, but layer "
+                    f"{layer - 1}'s outputs merged with {merge!r} have {width} (init_rnn_stack with the same merge)"
+                )
+
+
 def stacked_rnn(
     cell: Cell,
     stack,
@@ -133,14 +145,7 @@ def stacked_rnn(
     if deterministic is False and dropout_key is None and dropout > 0.0 and num_layers > 1:
         raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
     training = dropout_key is not None and deterministic is not True and dropout > 0.0
-    width = merged_size(stack[0][0].w_hh.shape[0], num_directions, merge)
-    for layer, directions in enumerate(stack[1:], start=1):
-        for direction, params in enumerate(directions):
-            if params.w_ih.shape[0] != width:
-                raise ValueError(
-                    f"stack[{layer}][{direction}].w_ih reads {params.w_ih.shape[0]} features, but layer "
-                    f"{layer - 1}'s outputs merged with {merge!r} have {width} (init_rnn_stack with the same merge)"
-                )
+    _check_layer_inputs(stack, num_directions, merge)
     hs, final_carries = xs, []
     for layer, directions in enumerate(stack):
         if layer > 0 and training:

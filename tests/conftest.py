@@ -38,6 +38,9 @@ SLOW = (
     "tests/test_examples.py::test_four_devices_give_the_loss_of_one",
     "tests/test_examples.py::test_a_second_ctrl_c_ends_in_one_line_keeping_the_last_checkpoint",
     "tests/test_distributed.py",  # the examples in 2 processes and docs/scaling.md on 4 devices, in subprocesses
+    # every path in bfloat16 and float16 (fixtures of 26 s and 12 s)
+    "tests/test_mixed_precision.py::test_every_path_in_a_narrow_dtype_follows_the_policy_and_stays_within_its_bound",
+    "tests/test_mixed_precision.py::test_narrow_linen_and_nnx_modules_match_their_float32_twins",
     # the generic engine's float64 gradient check of a bidirectional 2-layer stack with checkpointing
     "tests/test_rnn_stack.py::test_a_bidirectional_stack_of_a_user_cell_has_fused_gradients_equal_to_autodiff",
     # the cuDNN path's checks that compile many XLA fallbacks on the CPU
