@@ -41,6 +41,7 @@ FAMILY = {
 }
 GPU_ONLY = {"jaxlstm.xla", "torch.cuda"}  # run only when named (benchmarks/gpu.sh)
 FLOAT32_TWINS = {"jaxlstm.LSTM@float32", "torch@float32"}  # run only with --dtype bfloat16 (or when named)
+GRU = {"jaxlstm.gru", "flax.GRUCell", "torch.GRU"}  # run only with --gru (or when named)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def run(compare, tmp_path, *argv) -> tuple[int, dict]:
 
 def test_quick_run_reports_every_installed_implementation(compare, tmp_path):
     installed = ALWAYS | {name for name, package in OPTIONAL.items() if importlib.util.find_spec(package)}
-    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY | GPU_ONLY | FLOAT32_TWINS
-    assert not FLOAT32_TWINS & set(compare.DEFAULT_IMPLS)
+    assert set(compare.IMPLS) == ALWAYS | set(OPTIONAL) | FAMILY | GPU_ONLY | FLOAT32_TWINS | GRU
+    assert not FLOAT32_TWINS & set(compare.DEFAULT_IMPLS) and not GRU & set(compare.DEFAULT_IMPLS)
     assert not GPU_ONLY & set(compare.DEFAULT_IMPLS) and set(compare.GPU_ONLY) == GPU_ONLY
 
     rc, report = run(compare, tmp_path, "--check")
@@ -120,6 +121,17 @@ def test_family_runs_when_asked_for(compare, tmp_path):
     rc, report = run(compare, tmp_path, "--impls", "jaxlstm,jaxlstm+proj_size", "--reps", "1")
     assert rc == 0 and [r["errors"] for r in report["results"]] == [{}]
     assert set(report["results"][0]["impls"]) == {"jaxlstm", "jaxlstm+proj_size"}
+
+
+def test_gru_runs_beside_the_lstms_it_is_compared_with(compare, tmp_path):
+    """--gru times the GRU (jaxlstm's, Flax's, torch's) beside jaxlstm, Flax's and torch's LSTMs."""
+    assert set(compare.GRU_IMPLS) == GRU
+    rc, report = run(compare, tmp_path, "--gru", "--reps", "1")
+    assert rc == 0 and [r["errors"] for r in report["results"]] == [{}]
+    expected = {"jaxlstm", "flax.OptimizedLSTMCell", "torch"} | GRU
+    if importlib.util.find_spec("torch") is None:
+        expected -= {"torch", "torch.GRU"}
+    assert set(report["results"][0]["impls"]) == expected
 
 
 def test_bfloat16_run_computes_in_bfloat16_beside_its_float32_twin(compare, tmp_path):
