@@ -28,15 +28,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import jax
-import jax.core  # jax.core.ShapedArray: imported by name, so that type checkers know the submodule
-import jax.extend.core
 import jax.numpy as jnp
-from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import promote
 from .cells.base import Cell
+from .fused import FusedLoop, fused_call
 from .timeline import (
     BACKWARD_CHUNK_ROWS,
     FORWARD_CHUNK_STEPS,
@@ -44,6 +42,7 @@ from .timeline import (
     MASKED_OUTPUTS,
     Steps,
     at,
+    chunk_steps,
     chunked,
     no_cotangent,
     over_chunks,
@@ -218,14 +217,9 @@ def _fused_loop(loop: _Loop, params, xs, carry, restart, steps: Steps, *, save: 
         )
         return carry, buffers
 
-    size = _chunk_steps(time, FORWARD_CHUNK_STEPS)
+    size = chunk_steps(time, FORWARD_CHUNK_STEPS)
     final, buffers = over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
     return final, buffers[0], buffers[1:], (treedef[0] if treedef else None)
-
-
-def _chunk_steps(time, steps: int) -> int:
-    """Steps per chunk: ``steps``, fewer when T is shorter, 1 when T is symbolic (``jax.export``)."""
-    return max(1, min(time, steps)) if isinstance(time, int) else 1
 
 
 def _backward_step(loop: _Loop, params, small, saved, treedef, d_hs):
@@ -315,7 +309,7 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
     zero_carry = jax.tree.map(jnp.zeros_like, d_final)
     d_weights = (jnp.zeros_like(params.w_ih), jnp.zeros_like(params.w_hh), None if bias is None else jnp.zeros_like(bias))
     state = (d_final, zero_carry, jax.tree.map(jnp.zeros_like, small), d_weights, jnp.zeros_like(xs))
-    size = _chunk_steps(time, -(-BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
+    size = chunk_steps(time, -(-BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
     state = over_chunks(chunk, state, time, size, backward=not loop.reverse)
     d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs = state
     d_params = d_small._replace(w_ih=d_w_ih, w_hh=d_w_hh)
@@ -327,113 +321,36 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
 
 # ----------------------------------------------------------------------------- the fused gradient, every mode
 #
-# ``_fused`` is a ``custom_jvp`` whose tangent is one primitive, linear in the tangents of params, xs, carry
-# and restart. Evaluated (forward mode: jvp, jacfwd, linearize), the primitive computes the tangent through
-# the autodiff loop. Transposed (reverse mode: grad, vjp), it is the fused backward pass, which reads what
-# the forward loop saved. So every transformation works on the default path, and reverse mode keeps the
-# fused gradient (a custom_vjp would give the latter only).
+# jaxlstm.fused makes these three one function whose reverse mode is the fused backward pass and whose
+# forward mode (jvp, jacfwd, linearize) is the JVP of the autodiff loop.
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _fused(params, xs, carry, restart, steps, loop):
-    final, hs, _, _ = _fused_loop(loop, params, xs, carry, restart, steps, save=False)
-    return final, hs
+def _engine_forward(loop: _Loop, diff, steps: Steps, save: bool):
+    params, xs, carry, restart = diff
+    final, hs, saved, treedef = _fused_loop(loop, params, xs, carry, restart, steps, save=save)
+    if not save:
+        return (final, hs), None
+    h_prev, *leaves = saved
+    return (final, hs), (h_prev, jax.tree.unflatten(treedef, leaves))
 
 
-@_fused.defjvp
-def _fused_jvp(loop, primals, tangents):
-    params, xs, carry, restart, steps = primals
-    final, hs, saved, treedef = _fused_loop(loop, params, xs, carry, restart, steps, save=True)
-    diff_primals, diff_tangents = (params, xs, carry, restart), tangents[:4]
-    known = jax.tree.leaves((diff_primals, steps, saved))
-    structure = _TangentStructure(
-        loop,
-        jax.tree.structure((diff_primals, steps)),
-        treedef,
-        len(saved),
-        jax.tree.structure((final, hs)),
-    )
-    out = _tangent_p.bind(*known, *jax.tree.leaves(diff_tangents), structure=structure)
-    return (final, hs), jax.tree.unflatten(structure.outputs, out)
+def _engine_backward(loop: _Loop, diff, steps: Steps, saved, d_outputs, unread):
+    params, xs, _, _ = diff
+    h_prev, cell_saved = saved
+    leaves, treedef = jax.tree.flatten(cell_saved)
+    d_final, d_hs = d_outputs
+    # A loss on the final carry alone: hs's zeros are not read (reading an (N, T, H) buffer of zeros made
+    # such a loss slower than one on every step, superlinearly in T).
+    residuals = (params, xs, steps, [h_prev, *leaves], treedef)
+    return _fused_backward(loop, residuals, (d_final, None if unread[1] else d_hs))[:4]
 
 
-@dataclass(frozen=True)
-class _TangentStructure:
-    """The static part of a ``_tangent_p`` call: the loop and how its flat operands nest."""
-
-    loop: _Loop
-    primals: Any  # treedef of ((params, xs, carry, restart), steps)
-    saved: Any  # treedef of cell.save's dict
-    num_saved: int  # saved buffers: h before each step, then cell.save's leaves
-    outputs: Any  # treedef of (final, hs)
+def _engine_reference(loop: _Loop, diff, steps: Steps):
+    params, xs, carry, restart = diff
+    return _autodiff_loop(loop, params, xs, carry, restart, steps)
 
 
-def _split_operands(operands, structure: _TangentStructure):
-    """``(diff_primals, steps, saved, tangent_leaves)`` from the primitive's flat operands."""
-    num_primal = structure.primals.num_leaves
-    diff_primals, steps = jax.tree.unflatten(structure.primals, operands[:num_primal])
-    saved = list(operands[num_primal : num_primal + structure.num_saved])
-    return diff_primals, steps, saved, list(operands[num_primal + structure.num_saved :])
-
-
-def _tangent_impl(*operands, structure: _TangentStructure):
-    """The tangent of ``(final, hs)``, forward mode: the JVP of the autodiff loop."""
-    diff_primals, steps, _, tangent_leaves = _split_operands(operands, structure)
-    tangents = jax.tree.unflatten(jax.tree.structure(diff_primals), tangent_leaves)
-
-    def loop(params, xs, carry, restart):
-        return _autodiff_loop(structure.loop, params, xs, carry, restart, steps)
-
-    return jax.tree.leaves(jax.jvp(loop, diff_primals, tangents)[1])
-
-
-def _tangent_transpose(cotangents, *operands, structure: _TangentStructure):
-    """The fused backward pass: the gradients of params, xs, carry and restart from those of ``(final, hs)``."""
-    (params, xs, carry, restart), steps, saved, tangent_leaves = _split_operands(operands, structure)
-    # A symbolic zero for hs (a loss on the final carry only) stays None: the backward loop then reads no
-    # (N, T, H) buffer of zeros, which made such a loss slower than one on every step, superlinearly in T.
-    hs_zero = type(cotangents[-1]) is ad.Zero
-    d_final, d_hs = jax.tree.unflatten(structure.outputs, [ad.instantiate_zeros(ct) for ct in cotangents])
-    d_hs = None if hs_zero else d_hs
-    residuals = (params, xs, steps, saved, structure.saved)
-    d_params, d_xs, d_carry, d_restart, _ = _fused_backward(structure.loop, residuals, (d_final, d_hs))
-    grads = jax.tree.leaves((d_params, d_xs, d_carry, d_restart))
-    num_known = len(operands) - len(tangent_leaves)
-    return [None] * num_known + [g if ad.is_undefined_primal(t) else None for g, t in zip(grads, tangent_leaves, strict=True)]
-
-
-def _tangent_abstract(*operands, structure: _TangentStructure):
-    shapes = jax.eval_shape(functools.partial(_tangent_impl, structure=structure), *operands)
-    return [jax.core.ShapedArray(s.shape, s.dtype) for s in shapes]
-
-
-def _tangent_jvp(primals, tangents, *, structure: _TangentStructure):
-    """Second derivatives (e.g. ``jax.hessian``): the JVP of ``_tangent_impl`` in its floating operands."""
-    floating = [jnp.issubdtype(p.dtype, jnp.floating) for p in primals]
-    args = list(primals)
-
-    def fn(*values):
-        for index, value in zip([i for i, f in enumerate(floating) if f], values, strict=True):
-            args[index] = value
-        return _tangent_impl(*args, structure=structure)
-
-    differentials = [ad.instantiate_zeros(t) for t, f in zip(tangents, floating, strict=True) if f]
-    return jax.jvp(fn, [p for p, f in zip(primals, floating, strict=True) if f], differentials)
-
-
-def _tangent_batch(args, dims, *, structure: _TangentStructure):
-    outs = jax.vmap(functools.partial(_tangent_impl, structure=structure), in_axes=tuple(dims))(*args)
-    return outs, [0] * len(outs)
-
-
-_tangent_p = jax.extend.core.Primitive("jaxlstm_rnn_tangent")
-_tangent_p.multiple_results = True
-_tangent_p.def_impl(lambda *args, structure: jax.jit(functools.partial(_tangent_impl, structure=structure))(*args))
-_tangent_p.def_abstract_eval(_tangent_abstract)
-mlir.register_lowering(_tangent_p, mlir.lower_fun(_tangent_impl, multiple_results=True))
-ad.primitive_jvps[_tangent_p] = _tangent_jvp
-ad.primitive_transposes[_tangent_p] = _tangent_transpose
-batching.primitive_batchers[_tangent_p] = _tangent_batch
+_FUSED = FusedLoop(_engine_forward, _engine_backward, _engine_reference)
 
 
 # ----------------------------------------------------------------------------- the public entry
@@ -538,7 +455,7 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
         def run(carry, xs, steps):
             """The loop over a stretch of time, rows flattened: ``xs`` ``(N, t, D)``."""
             if fused:
-                return cast(Any, _fused)(params, xs, carry, flat(restart), steps, loop)
+                return fused_call(_FUSED, loop, (params, xs, carry, flat(restart)), steps)
             return _autodiff_loop(loop, params, xs, carry, flat(restart), steps)
 
         xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)

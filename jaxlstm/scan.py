@@ -32,6 +32,7 @@ and h between steps, in float32 (docs/variants.md#mixed-precision).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,6 +44,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from . import _checks, cudnn
 from .cell import Activation, LSTMCarry, LSTMParams, split_promote, state_dtype
 from .precision import accumulation_dtype, as_dtype, is_mixed, matmul, rows_transposed, weight_transposed
+from .fused import FusedLoop, fused_call
 from .pointwise import PlainPointwise, VariantPointwise, plain_bias, pointwise_for
 from .variants import (
     LSTMVariant,
@@ -60,6 +62,7 @@ from .timeline import GRADIENTS as GRADIENTS
 from .timeline import MASKED_OUTPUTS as MASKED_OUTPUTS
 from .timeline import Steps as Steps
 from .timeline import at as _at
+from .timeline import chunk_steps
 from .timeline import chunked as _chunked
 from .timeline import no_cotangent as _no_cotangent
 from .timeline import over_chunks as _over_chunks
@@ -261,7 +264,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
         )
         return carry, buffers
 
-    size = max(1, min(time, _FORWARD_CHUNK_STEPS))  # 1 when time is 0: no chunk runs
+    size = chunk_steps(time, _FORWARD_CHUNK_STEPS)
     final, buffers = _over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
     return final, buffers[0], buffers[1:]
 
@@ -269,15 +272,33 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
 # ----------------------------------------------------------------------------- the fused gradient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _fused(params, xs, carry, restart, rec_keep, steps, loop):
-    final, hs, _ = _fused_loop(loop, params, xs, carry, restart, steps, rec_keep, save=False)
-    return final, hs
+def _scan_forward(loop: Loop, diff, nondiff, save: bool):
+    params, xs, carry, restart = diff
+    rec_keep, steps = nondiff
+    final, hs, saved = _fused_loop(loop, params, xs, carry, restart, steps, rec_keep, save=save)
+    return (final, hs), saved
 
 
-def _fused_forward(params, xs, carry, restart, rec_keep, steps, loop):
-    final, hs, saved = _fused_loop(loop, params, xs, carry, restart, steps, rec_keep, save=True)
-    return (final, hs), (params, xs, rec_keep, steps, saved)
+def _scan_backward(loop: Loop, diff, nondiff, saved, d_outputs, unread):
+    params, xs, _, _ = diff
+    rec_keep, steps = nondiff
+    d_final, d_hs = d_outputs
+    # A loss on the final carry alone: hs's zeros are not read (it was superlinear in T).
+    residuals = (params, xs, rec_keep, steps, saved)
+    return _fused_backward(loop, residuals, (d_final, None if unread[1] else d_hs))[:4]
+
+
+def _scan_reference(loop: Loop, diff, nondiff):
+    """The loop JAX differentiates, batch-first: forward mode is its JVP."""
+    params, xs, carry, restart = diff
+    rec_keep, steps = nondiff
+    final, hs_tm = _loop(loop, params, jnp.moveaxis(xs, 1, 0), carry, restart, steps, rec_keep)
+    return final, jnp.moveaxis(hs_tm, 0, 1)
+
+
+# The fused path in every mode (jaxlstm.fused): reverse mode the fused backward pass, forward mode the
+# JVP of the autodiff loop.
+_FUSED = FusedLoop(_scan_forward, _scan_backward, _scan_reference)
 
 
 def _zoneout_h_backward(loop: Loop, dh, zone_t) -> tuple[Array, Array | None]:
@@ -304,10 +325,11 @@ def _backward_step(loop: Loop, params, small, saved, d_hs, rec_keep, zeros):
         # state: cotangents of the carry after this step, those collected for the initial carry,
         # those of the cell's own parameters, the chunk's gradients so far and where it starts.
         (dh, dc), d_initial, d_small, grads_chunk, first = state
-        t, steps_t = inputs
+        t, steps_t, zero_out = inputs
         valid_t, reset_t = steps_t.valid, steps_t.reset
         residuals = tuple(_at(buffer, t) for buffer in cell_saved)
-        c_prev_t, d_out = _at(c_prev, t), _at(d_hs, t)
+        c_prev_t = _at(c_prev, t)
+        d_out = zero_out if d_hs is None else _at(d_hs, t)  # None: no loss reads the outputs
         if valid_t is None:
             dh = dh + d_out
         else:
@@ -376,10 +398,11 @@ def _fused_backward(loop: Loop, residuals, cotangents):
         d_carry, d_initial, d_small, d_weights, d_xs = state
         steps_c = steps.slice(first, length)
         grads_chunk = tuple(jnp.zeros((n, length, width), wide) for width in grad_widths)
+        zero_outs = None if d_hs is not None else jnp.zeros((length, *d_final.h.shape), d_final.h.dtype)
         (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
             (d_carry, d_initial, d_small, grads_chunk, first),
-            (first + jnp.arange(length, dtype=jnp.int32), steps_c),
+            (first + jnp.arange(length, dtype=jnp.int32), steps_c, zero_outs),
             reverse=not loop.reverse,
             unroll=loop.unroll,
         )
@@ -428,7 +451,7 @@ def _fused_backward(loop: Loop, residuals, cotangents):
         d_weights,
         jnp.zeros(xs.shape, wide),
     )
-    size = max(1, min(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1))))
+    size = chunk_steps(time, -(-_BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
     state = _over_chunks(chunk, state, time, size, backward=not loop.reverse)  # against the forward loop
     d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_b, d_w_hr), d_xs = state
     d_params = params._replace(w_ih=d_w_ih, w_hh=d_w_hh, b=d_b, w_hr=d_w_hr)
@@ -444,7 +467,6 @@ def _fused_backward(loop: Loop, residuals, cotangents):
     return d_params, d_xs, d_carry, d_restart, d_rec_keep, Steps(*(_no_cotangent(a) for a in steps))
 
 
-_fused.defvjp(_fused_forward, _fused_backward)
 
 
 # ----------------------------------------------------------------------------- the public functions
@@ -647,6 +669,11 @@ def lstm(
             final_carry, hs_tm = _loop(loop, params, jnp.moveaxis(xs, -2, 0), carry, restart, steps, rec_keep)
             return final_carry, jnp.moveaxis(hs_tm, 0, -2)
 
+        if checkpoint_every is not None and not isinstance(time, int):
+            raise ValueError(
+                f"checkpoint_every needs a concrete number of time steps, got the symbolic T = {time} "
+                f"(jax.export shape polymorphism): export with a concrete T, or without checkpoint_every"
+            )
         if checkpoint_every is None or checkpoint_every >= time:
             final, hs = run(carry, xs, steps)
         else:
@@ -698,19 +725,16 @@ def _draw(key, variant: LSTMVariant, params: VariantParams, xs, steps: Steps):
 def _fused_flat(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep):
     """``_fused`` over the batch dims flattened into one, N = prod(batch) (1 for one sequence)."""
     batch_shape, (time, input_size) = xs.shape[:-2], xs.shape[-2:]
-    n = int(np.prod(batch_shape, dtype=int))
+    n = math.prod(batch_shape)  # symbolic under jax.export's shape polymorphism
 
     def flat(carry):
         return None if carry is None else LSTMCarry(*(a.reshape(n, a.shape[-1]) for a in carry))
 
-    final, hs = cast(Any, _fused)(  # jax types a partial(custom_vjp, ...)-decorated function's result as object
-        params,
-        xs.reshape(n, time, input_size),
-        flat(carry),
-        flat(restart),
-        None if rec_keep is None else rec_keep.reshape(n, rec_keep.shape[-1]),
-        steps.flatten_batch(len(batch_shape), n),
+    final, hs = fused_call(
+        _FUSED,
         loop,
+        (params, xs.reshape(n, time, input_size), flat(carry), flat(restart)),
+        (None if rec_keep is None else rec_keep.reshape(n, rec_keep.shape[-1]), steps.flatten_batch(len(batch_shape), n)),
     )
     final = LSTMCarry(*(a.reshape(*batch_shape, a.shape[-1]) for a in final))
     return final, hs.reshape(*batch_shape, time, hs.shape[-1])

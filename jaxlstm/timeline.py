@@ -27,6 +27,7 @@ __all__ = [
     "valid_steps",
     "reset_steps",
     "at",
+    "chunk_steps",
     "put",
     "over_chunks",
     "chunked",
@@ -113,6 +114,12 @@ def reset_steps(
 
 
 # ----------------------------------------------------------------------------- steps in batch-first buffers, chunks of time
+
+
+def chunk_steps(time, steps: int) -> int:
+    """Steps per chunk: ``steps``, fewer when T is shorter (1 when T is 0: no chunk runs), and 1 when T
+    is symbolic (``jax.export``'s shape polymorphism), whose comparisons with constants can't be decided."""
+    return max(1, min(time, steps)) if isinstance(time, int) else 1
 
 
 def at(array, t):
