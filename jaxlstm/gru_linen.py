@@ -111,7 +111,9 @@ class _Weights(nn.Module):
     learn_initial_carry: bool
 
     @nn.compact
-    def __call__(self, input_size: int):
+    def weights(self, input_size: int):
+        """``(GRUParams, h0 or None)`` for ``input_size`` D, created on first use (a method, not
+        ``__call__``, so that ``jl.summary`` lists the layer, not its weights, as ``jl.LSTM``'s)."""
         params = _weights(self, input_size, self.features, self.param_dtype)
         h0 = None
         if self.learn_initial_carry:
@@ -199,9 +201,9 @@ class GRU(nn.Module):
         width = merged_size(self.features, num_directions, self.merge)
         cells = [
             [
-                _Weights(self.features, self.param_dtype, self.learn_initial_carry, name=cell_name(layer, direction))(
-                    x.shape[-1] if layer == 0 else width
-                )
+                _Weights(
+                    self.features, self.param_dtype, self.learn_initial_carry, name=cell_name(layer, direction)
+                ).weights(x.shape[-1] if layer == 0 else width)
                 for direction in range(num_directions)
             ]
             for layer in range(self.num_layers)

@@ -189,7 +189,7 @@ def _size(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape"))
 
 
-def _carry(module, args, stack: bool) -> tuple[Shape | None, tuple[tuple[LSTMCarry, ...], ...] | None]:
+def _carry(module, args, stack: bool) -> tuple[Shape | None, tuple[tuple[Any, ...], ...] | None]:
     """(carry_shape, carry_shapes) of a jaxlstm layer or any RNN cell; (None, None) otherwise.
 
     The ``LSTMCarry`` values hold shapes, not arrays: a carry's structure.
@@ -197,6 +197,8 @@ def _carry(module, args, stack: bool) -> tuple[Shape | None, tuple[tuple[LSTMCar
     if stack:  # jl.LSTM / jl.nnx.LSTM: x is (*batch, T, D); h has proj_size features with a projection
         batch = tuple(args[0].shape[:-2])
         shape = Shape((*batch, module.features))
+        if type(module).__name__ == "GRU":  # jl.GRU / jl.nnx.GRU: the carry is h alone
+            return shape, tuple((shape,) * (2 if module.bidirectional else 1) for _ in range(module.num_layers))
         h_shape = Shape((*batch, getattr(module, "recurrent_size", module.features)))
         directions = 2 if module.bidirectional else 1
         one = LSTMCarry._make((h_shape, shape))
@@ -213,10 +215,10 @@ def _carry(module, args, stack: bool) -> tuple[Shape | None, tuple[tuple[LSTMCar
 def _type_name(module) -> tuple[str, bool, bool]:
     """(display name, is jaxlstm's, is a jaxlstm layer stack)."""
     cls = type(module)
-    if cls.__module__ == "jaxlstm.linen":
-        return f"jl.{cls.__name__}", True, cls.__name__ == "LSTM"
-    if cls.__module__ == "jaxlstm.nnx":
-        return f"jl.nnx.{cls.__name__}", True, cls.__name__ == "LSTM"
+    if cls.__module__ in ("jaxlstm.linen", "jaxlstm.gru_linen"):
+        return f"jl.{cls.__name__}", True, cls.__name__ in ("LSTM", "GRU")
+    if cls.__module__ in ("jaxlstm.nnx", "jaxlstm.gru_nnx"):
+        return f"jl.nnx.{cls.__name__}", True, cls.__name__ in ("LSTM", "GRU")
     return cls.__name__, False, False
 
 
@@ -399,10 +401,11 @@ def _fmt(tree) -> str:
 def _carry_text(row: SummaryRow) -> str:
     if row.carry_shape is None:
         return ""
-    text = f"h, c {tuple(row.carry_shape)}"
+    gru = "GRU" in row.type  # a GRU's carry is h alone
+    text = f"{'h' if gru else 'h, c'} {tuple(row.carry_shape)}"
     if row.carry_shapes is not None:
         first = row.carry_shapes[0][0]
-        if first.h != first.c:  # a projection: h (batch, P), c (batch, H)
+        if not gru and first.h != first.c:  # a projection: h (batch, P), c (batch, H)
             text = f"h {tuple(first.h)}, c {tuple(first.c)}"
         layers, directions = len(row.carry_shapes), len(row.carry_shapes[0])
         if layers * directions > 1:
@@ -433,12 +436,21 @@ def _table(s: Summary) -> str:
     out.append(f"Total params: {format_count(s.total_params)}")
     out.append(f"Input: {_fmt(s.input_shape)}  ->  output: {_fmt(s.output_shape)}")
     if any(row.carry_shape is not None for row in s.rows):
+        lstm = any(r.carry_shape is not None and "GRU" not in r.type for r in s.rows)
+        gru = any(r.carry_shape is not None and "GRU" in r.type for r in s.rows)
+        kept = "h and c, each (batch, H)" if lstm else "h, (batch, H)"
+        kept += " (a GRU's: h alone)" if lstm and gru else ""
         out.append(
-            "Carry per cell: h and c, each (batch, H), kept by every recurrent cell; a jaxlstm layer has one cell "
+            f"Carry per cell: {kept}, kept by every recurrent cell; a jaxlstm layer has one cell "
             "per layer and direction (x layers x directions), nested [layer][direction]. See "
             f"{_checks.GUIDE}#carry (jaxlstm docs shapes#carry)"
         )
-    if any(row.carry_shapes is not None and row.carry_shapes[0][0].h != row.carry_shapes[0][0].c for row in s.rows):
+    if any(
+        row.carry_shapes is not None
+        and isinstance(row.carry_shapes[0][0], LSTMCarry)
+        and row.carry_shapes[0][0].h != row.carry_shapes[0][0].c
+        for row in s.rows
+    ):
         out.append(
             "With proj_size P, h is (batch, P) and c stays (batch, H); "
             "see docs/variants.md#projection (jaxlstm docs variants#projection)"

@@ -214,3 +214,20 @@ def test_nnx_abstract_model_matches_real_one(nnx_model):
     real, fake = summary(nnx_model, jnp.ones((B, T, D))), summary(abstract, jnp.ones((B, T, D)))
     assert real.rows == fake.rows and real.total_params == fake.total_params
     assert str(real) == str(fake)
+
+
+def test_gru_layers_count_three_gates_and_carry_h_alone():
+    """A GRU cell holds 3 gates and two biases: 3·(H·(D + H) + 2H) parameters; its carry is h alone."""
+    d, h = 8, 32
+
+    class Tagger(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5)(jl.GRU(h, bidirectional=True)(x))
+
+    s = jl.summary(Tagger(), jnp.ones((4, 10, d)))
+    assert s["GRU_0"].num_params == 2 * 3 * (h * (d + h) + 2 * h)
+    assert s["GRU_0"].carry_shapes == (((4, h), (4, h)),)
+    assert "h (4, 32) x 1x2" in str(s) and "Carry per cell: h, (batch, H)" in str(s)
+    stacked = jl.summary(jl.nnx.GRU(d, h, num_layers=2, rngs=nnx.Rngs(0)), jnp.ones((4, 10, d)))
+    assert stacked.total_params == 3 * (h * (d + h) + 2 * h) + 3 * (h * (h + h) + 2 * h)
