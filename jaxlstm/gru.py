@@ -98,26 +98,22 @@ def gru_cell(
         return new, new
 
 
-def run_gru_layers(
-    stack,
-    x,
-    *,
-    dtype,
-    learned_h0=None,
-    initial_carry=None,
-    dropout_key=None,
-    merge: str = "concat",
-    dropout: float = 0.0,
-    return_sequences: bool = True,
-    return_carry: bool = False,
-    **options,
-):
-    """The call of the GRU modules (``jl.GRU``, ``jl.nnx.GRU``), written once: cast to the computation
-    dtype (``dtype``, else the params'; bool and integer inputs too), start from ``initial_carry``, else
+# The GRU modules' options that their call reads, under the same names in linen and NNX.
+LAYER_OPTIONS = ("merge", "dropout", "return_sequences", "return_carry", "masked_output", "reverse", "unroll")
+LAYER_OPTIONS += ("gradient", "checkpoint_every", "dtype")
+
+
+def run_gru_layers(layer, stack, x, *, learned_h0=None, initial_carry=None, dropout_key=None, **data):
+    """The call of the GRU modules (``jl.GRU``, ``jl.nnx.GRU``), written once, reading ``layer``'s options
+    (``LAYER_OPTIONS``); ``data`` are the call's ``seq_lengths``, ``mask`` and ``resets``. It casts to the
+    computation dtype (``dtype``, else the params'; bool and integer inputs too), starts from ``initial_carry``, else
     the learned ``h0`` (``[layer][direction]`` → ``(H,)``), else zeros, run ``stacked_rnn`` and pick the
     output: ``(*batch, T, F)``, or with ``return_sequences=False`` the last step's ``(*batch, F)`` (the
     forward direction's final h merged with the backward's, after step 0); with ``return_carry``,
     ``(final_carries, output)``."""
+    options = {name: getattr(layer, name) for name in LAYER_OPTIONS}
+    dtype, merge, dropout = options.pop("dtype"), options.pop("merge"), options.pop("dropout")
+    return_sequences, return_carry = options.pop("return_sequences"), options.pop("return_carry")
     if dtype is None:
         dtype = jax.tree.leaves(stack)[0].dtype
     stack = jax.tree.map(lambda a: jnp.asarray(a, dtype), stack)
@@ -130,7 +126,7 @@ def run_gru_layers(
             for row in learned_h0
         )
     finals, hs = stacked_rnn(
-        GRU(), stack, x, carries, merge=merge, dropout=dropout, dropout_key=dropout_key, **options
+        GRU(), stack, x, carries, merge=merge, dropout=dropout, dropout_key=dropout_key, **options, **data
     )
     output = hs
     if not return_sequences:

@@ -219,22 +219,13 @@ class GRU(nn.Module):
                 )
             key = self.make_rng("dropout")
         return run_gru_layers(
+            self,
             stack,
             x,
-            dtype=self.dtype,
             learned_h0=learned,
             initial_carry=initial_carry,
             dropout_key=key,
-            merge=self.merge,
-            dropout=self.dropout,
-            return_sequences=self.return_sequences,
-            return_carry=self.return_carry,
             seq_lengths=seq_lengths,
             mask=mask,
             resets=resets,
-            masked_output=self.masked_output,
-            reverse=self.reverse,
-            unroll=self.unroll,
-            gradient=self.gradient,
-            checkpoint_every=self.checkpoint_every,
         )

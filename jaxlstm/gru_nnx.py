@@ -216,22 +216,13 @@ class GRU(nnx.Module):
                 )
         cells = self._cells()
         return run_gru_layers(
+            self,
             tuple(tuple(cell.params for cell in row) for row in cells),
             x,
-            dtype=self.dtype,
             learned_h0=tuple(tuple(cell.h0[...] for cell in row) for row in cells) if self.learn_initial_carry else None,
             initial_carry=initial_carry,
             dropout_key=key,
-            merge=self.merge,
-            dropout=self.dropout,
-            return_sequences=self.return_sequences,
-            return_carry=self.return_carry,
             seq_lengths=seq_lengths,
             mask=mask,
             resets=resets,
-            masked_output=self.masked_output,
-            reverse=self.reverse,
-            unroll=self.unroll,
-            gradient=self.gradient,
-            checkpoint_every=self.checkpoint_every,
         )
