@@ -22,7 +22,6 @@ It imports neither Flax nor any backend.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,11 +43,13 @@ from .timeline import (
     at,
     chunk_steps,
     chunked,
+    input_chunk,
     no_cotangent,
     over_chunks,
     put,
     reset_steps,
     valid_steps,
+    zero_padding,
 )
 
 __all__ = ["rnn", "SequenceOptions"]
@@ -149,18 +150,13 @@ def _step(loop: _Loop, w_hh, small, carry, restart, from_input, steps_t: Steps):
     return new, output, carry, from_h
 
 
-def _zero_padding(x, valid):
-    """``x`` with the steps that don't count zeroed; ``valid`` is time-major ``(t, N)``, ``x`` ``(N, t, ·)``."""
-    return x if valid is None else jnp.where(valid.T[..., None], x, jnp.zeros_like(x))
-
-
 # ----------------------------------------------------------------------------- the loops
 
 
 def _autodiff_loop(loop: _Loop, params, xs, carry, restart, steps: Steps):
     """The loop JAX differentiates itself: a scan over time-major steps. ``xs`` ``(N, t, D)``."""
     small, bias = _cell_params(loop.cell, params), _input_bias(loop.cell, params)
-    xs_tm = jnp.moveaxis(_zero_padding(xs, steps.valid), 1, 0)
+    xs_tm = jnp.moveaxis(zero_padding(xs, steps.valid), 1, 0)
 
     def step(carry, inputs):
         x_t, steps_t = inputs
@@ -200,7 +196,7 @@ def _fused_loop(loop: _Loop, params, xs, carry, restart, steps: Steps, *, save: 
     def chunk(state, first, length):
         carry, buffers = state
         steps_c = steps.slice(first, length)
-        x_chunk = _zero_padding(jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1), steps_c.valid)
+        x_chunk = input_chunk(xs, steps_c, first, length)
         projected = x_chunk.reshape(-1, input_size) @ params.w_ih
         if bias is not None:
             projected = projected + bias[None]
@@ -291,7 +287,7 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
             reverse=not loop.reverse,
             unroll=loop.unroll,
         )
-        x_chunk = _zero_padding(jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1), steps_c.valid)
+        x_chunk = input_chunk(xs, steps_c, first, length)
         h_chunk = jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1)
         d_input, d_h = (g.reshape(n * length, width) for g in grads_chunk)
         # plain GEMMs on Xᵀ and H_prevᵀ written out (as jaxlstm.scan does: XLA:CPU's transposed-operand path is slower)

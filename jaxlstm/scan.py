@@ -38,7 +38,6 @@ from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks, cudnn
@@ -62,7 +61,7 @@ from .timeline import GRADIENTS as GRADIENTS
 from .timeline import MASKED_OUTPUTS as MASKED_OUTPUTS
 from .timeline import Steps as Steps
 from .timeline import at as _at
-from .timeline import chunk_steps
+from .timeline import chunk_steps, input_chunk
 from .timeline import chunked as _chunked
 from .timeline import no_cotangent as _no_cotangent
 from .timeline import over_chunks as _over_chunks
@@ -246,9 +245,7 @@ def _fused_loop(loop: Loop, params: VariantParams, xs, carry, restart, steps: St
         """Steps ``first .. first + length - 1`` (``length`` static), in the loop's direction."""
         carry, buffers = state
         steps_c = steps.slice(first, length)
-        x_chunk = jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1)
-        if steps_c.valid is not None:  # what padding holds, even NaN, must not reach the gradients
-            x_chunk = jnp.where(steps_c.valid.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
+        x_chunk = input_chunk(xs, steps_c, first, length)
         projected = _project(loop, params, x_chunk.reshape(-1, input_size)).reshape(n, length, rows)
         if loop.cell.separate:  # layer norm of the input side, for the chunk's steps at once
             projected = _normalized_input(loop, projected)
@@ -369,6 +366,13 @@ def _backward_step(loop: Loop, params, small, saved, d_hs, rec_keep, zeros):
     return step
 
 
+def _gemm_rows(chunk, compute):
+    """A chunk's ``(N, t, k)`` rows as the transposed ``(k, N·t)`` left operand of a weight-gradient GEMM."""
+    if is_mixed(compute):  # narrow dots: a transpose XLA keeps, or the dot would run in float32
+        return rows_transposed(chunk, compute)
+    return chunk.reshape(-1, chunk.shape[-1]).T
+
+
 def _fused_backward(loop: Loop, residuals, cotangents):
     """The backward pass, one chunk of steps at a time, in backward time order.
 
@@ -406,10 +410,7 @@ def _fused_backward(loop: Loop, residuals, cotangents):
             reverse=not loop.reverse,
             unroll=loop.unroll,
         )
-        valid_c = steps_c.valid
-        x_chunk = jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1)
-        if valid_c is not None:  # as in the forward loop: steps that don't count read zeros
-            x_chunk = jnp.where(valid_c.T[..., None], x_chunk, jnp.zeros_like(x_chunk))
+        x_chunk = input_chunk(xs, steps_c, first, length)  # as in the forward loop
         h_chunk = jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1)
         if rec_keep is not None:
             h_chunk = dropped(h_chunk, rec_keep[:, None, :], loop.recurrent_dropout)
@@ -433,11 +434,7 @@ def _fused_backward(loop: Loop, residuals, cotangents):
             d_b = d_b + jnp.sum(dz_input, axis=0)
         if d_w_hr is not None:
             h_cell_chunk = jax.lax.dynamic_slice_in_dim(cast(Array, h_cell), first, length, axis=1)  # w_hr: saved
-            if is_mixed(compute):
-                h_cell_t = rows_transposed(h_cell_chunk, compute)
-            else:
-                h_cell_t = h_cell_chunk.reshape(-1, h_cell_chunk.shape[-1]).T
-            d_w_hr = d_w_hr + matmul(h_cell_t, grads_2d[-1], compute)
+            d_w_hr = d_w_hr + matmul(_gemm_rows(h_cell_chunk, compute), grads_2d[-1], compute)
         return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_b, d_w_hr), d_xs
 
     d_weights = tuple(  # summed over chunks in the accumulation dtype

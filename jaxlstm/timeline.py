@@ -27,6 +27,8 @@ __all__ = [
     "valid_steps",
     "reset_steps",
     "at",
+    "input_chunk",
+    "zero_padding",
     "chunk_steps",
     "put",
     "over_chunks",
@@ -114,6 +116,18 @@ def reset_steps(
 
 
 # ----------------------------------------------------------------------------- steps in batch-first buffers, chunks of time
+
+
+def zero_padding(x, valid):
+    """``x`` ``(N, t, ·)`` with the steps that don't count zeroed (``valid`` time-major ``(t, N)``, or
+    ``None``): what padding holds, even NaN, must reach neither the values nor the gradients."""
+    return x if valid is None else jnp.where(valid.T[..., None], x, jnp.zeros_like(x))
+
+
+def input_chunk(xs, steps: Steps, first, length: int):
+    """Steps ``first .. first + length - 1`` of batch-first ``xs`` ``(N, T, D)``, padding zeroed;
+    ``steps`` is already that chunk's (``Steps.slice``)."""
+    return zero_padding(jax.lax.dynamic_slice_in_dim(xs, first, length, axis=1), steps.valid)
 
 
 def chunk_steps(time, steps: int) -> int:
