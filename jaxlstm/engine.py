@@ -42,10 +42,10 @@ from .timeline import (
     Steps,
     at,
     chunk_steps,
-    chunked,
     input_chunk,
     no_cotangent,
     over_chunks,
+    over_time,
     put,
     reset_steps,
     valid_steps,
@@ -87,7 +87,8 @@ class SequenceOptions:
         object.__setattr__(self, "reverse", _checks.flag(self.reverse, "reverse"))
         object.__setattr__(self, "unroll", _checks.positive_int(self.unroll, "unroll"))
         if self.checkpoint_every is not None:
-            object.__setattr__(self, "checkpoint_every", _checks.positive_int(self.checkpoint_every, "checkpoint_every"))
+            every = _checks.positive_int(self.checkpoint_every, "checkpoint_every")
+            object.__setattr__(self, "checkpoint_every", every)
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,8 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
         x_chunk = input_chunk(xs, steps_c, first, length)
         h_chunk = jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1)
         d_input, d_h = (g.reshape(n * length, width) for g in grads_chunk)
-        # plain GEMMs on Xᵀ and H_prevᵀ written out (as jaxlstm.scan does: XLA:CPU's transposed-operand path is slower)
+        # plain GEMMs on Xᵀ and H_prevᵀ written out (as jaxlstm.scan does: XLA:CPU's transposed-operand path
+        # is slower)
         x_t, h_t = jax.lax.optimization_barrier(
             (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
         )
@@ -303,7 +305,8 @@ def _fused_backward(loop: _Loop, residuals, cotangents):
         return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs
 
     zero_carry = jax.tree.map(jnp.zeros_like, d_final)
-    d_weights = (jnp.zeros_like(params.w_ih), jnp.zeros_like(params.w_hh), None if bias is None else jnp.zeros_like(bias))
+    d_bias = None if bias is None else jnp.zeros_like(bias)
+    d_weights = (jnp.zeros_like(params.w_ih), jnp.zeros_like(params.w_hh), d_bias)
     state = (d_final, zero_carry, jax.tree.map(jnp.zeros_like, small), d_weights, jnp.zeros_like(xs))
     size = chunk_steps(time, -(-BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
     state = over_chunks(chunk, state, time, size, backward=not loop.reverse)
@@ -455,14 +458,6 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
             return _autodiff_loop(loop, params, xs, carry, flat(restart), steps)
 
         xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)
-        if opts.checkpoint_every is not None and not isinstance(time, int):
-            raise ValueError(
-                f"checkpoint_every needs a concrete number of time steps, got the symbolic T = {time} "
-                f"(jax.export shape polymorphism): export with a concrete T, or without checkpoint_every"
-            )
-        if opts.checkpoint_every is None or opts.checkpoint_every >= time:
-            final, hs = run(flat(carry), xs_flat, steps_flat)
-        else:
-            final, hs = chunked(run, flat(carry), xs_flat, steps_flat, opts.checkpoint_every, opts.reverse)
+        final, hs = over_time(run, flat(carry), xs_flat, steps_flat, opts.checkpoint_every, opts.reverse)
         final = jax.tree.map(lambda a: a.reshape(*batch_shape, *a.shape[1:]), final)
         return final, hs.reshape(*batch_shape, time, hs.shape[-1])

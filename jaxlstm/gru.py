@@ -35,7 +35,10 @@ def init_gru_params(key: PRNGKeyArray, input_size: int, hidden_size: int, dtype=
 
 
 def gru(
-    params: GRUParams, xs: Float[Array, "*batch time input"], carry: Float[Array, "*batch hidden"] | None = None, **options
+    params: GRUParams,
+    xs: Float[Array, "*batch time input"],
+    carry: Float[Array, "*batch hidden"] | None = None,
+    **options,
 ) -> tuple[Float[Array, "*batch hidden"], Float[Array, "*batch time hidden"]]:
     """Runs one GRU layer (one direction) over whole sequences.
 

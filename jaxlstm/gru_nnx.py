@@ -87,7 +87,9 @@ class GRUCell(_GRUWeights):
         self.hidden_features = _checks.positive_int(hidden_features, "hidden_features")
         dtype = _checks.float_dtype(dtype, "dtype", allow_none=True)
         param_dtype = _checks.float_dtype(param_dtype, "param_dtype")
-        super().__init__(self.in_features, self.hidden_features, param_dtype=param_dtype, learn_initial_carry=False, rngs=rngs)
+        super().__init__(
+            self.in_features, self.hidden_features, param_dtype=param_dtype, learn_initial_carry=False, rngs=rngs
+        )
         self.dtype, self.param_dtype = dtype, param_dtype
         self.carry_init = carry_init
 
@@ -215,11 +217,12 @@ class GRU(nnx.Module):
                     "rngs=nnx.Rngs(0, dropout=1), call with rngs=, or call with deterministic=True"
                 )
         cells = self._cells()
+        learned = tuple(tuple(cell.h0[...] for cell in row) for row in cells) if self.learn_initial_carry else None
         return run_gru_layers(
             self,
             tuple(tuple(cell.params for cell in row) for row in cells),
             x,
-            learned_h0=tuple(tuple(cell.h0[...] for cell in row) for row in cells) if self.learn_initial_carry else None,
+            learned_h0=learned,
             initial_carry=initial_carry,
             dropout_key=key,
             seq_lengths=seq_lengths,

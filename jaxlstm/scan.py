@@ -61,8 +61,7 @@ from .timeline import GRADIENTS as GRADIENTS
 from .timeline import MASKED_OUTPUTS as MASKED_OUTPUTS
 from .timeline import Steps as Steps
 from .timeline import at as _at
-from .timeline import chunk_steps, input_chunk
-from .timeline import chunked as _chunked
+from .timeline import chunk_steps, input_chunk, over_time
 from .timeline import no_cotangent as _no_cotangent
 from .timeline import over_chunks as _over_chunks
 from .timeline import put as _put
@@ -613,20 +612,11 @@ def lstm(
         call: dict[str, Any]
         call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
         call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
-        given = [c for c in (carry, reset_carry) if c is not None]
-        if (
-            cudnn.choose(backend, cudnn_precision, ((params,),), xs, given, where="jaxlstm.lstm", **call).backend
-            == "cudnn"
-        ):
+        if _on_cudnn(backend, cudnn_precision, params, xs, (carry, reset_carry), call):
             finals, hs = cudnn.run(
-                ((params,),),
-                xs,
-                ((carry,),),
-                seq_lengths=seq_lengths,
-                reverse=reverse,
-                cudnn_precision=cudnn_precision,
-                layer=lstm,
-            )
+                ((params,),), xs, ((carry,),), seq_lengths=seq_lengths, reverse=reverse,
+                cudnn_precision=cudnn_precision, layer=lstm,
+            )  # fmt: skip
             return finals[0][0], hs
         steps = Steps(
             valid_steps(seq_lengths, mask, batch_shape, time), reset_steps(resets, batch_shape, time, reverse=reverse)
@@ -639,15 +629,8 @@ def lstm(
         if isinstance(cell, PlainPointwise):
             params = params._replace(b=plain_bias(params.b, variant))
         params, xs, carry, restart = split_promote(params, xs, carry, restart)
-        # The cell state sums over every step: kept in at least float32 whatever carry is given
-        # (a bfloat16 c stops growing at 256), as the default carry is. See docs/variants.md#mixed-precision.
-        carry, restart = (
-            None if k is None else k._replace(c=k.c.astype(state_dtype(k.c.dtype))) for k in (carry, restart)
-        )
-        # Mixed precision (docs/variants.md#mixed-precision): inside the loops h is carried in the
-        # accumulation dtype and cast down only as a matmul operand; outputs leave in the compute dtype.
         compute, wide = xs.dtype, accumulation_dtype(xs.dtype)
-        carry, restart = (None if k is None else k._replace(h=as_dtype(k.h, wide)) for k in (carry, restart))
+        carry, restart = (None if k is None else _loop_carry(k, wide) for k in (carry, restart))
         loop = Loop(
             cell,
             reverse=reverse,
@@ -666,16 +649,24 @@ def lstm(
             final_carry, hs_tm = _loop(loop, params, jnp.moveaxis(xs, -2, 0), carry, restart, steps, rec_keep)
             return final_carry, jnp.moveaxis(hs_tm, 0, -2)
 
-        if checkpoint_every is not None and not isinstance(time, int):
-            raise ValueError(
-                f"checkpoint_every needs a concrete number of time steps, got the symbolic T = {time} "
-                f"(jax.export shape polymorphism): export with a concrete T, or without checkpoint_every"
-            )
-        if checkpoint_every is None or checkpoint_every >= time:
-            final, hs = run(carry, xs, steps)
-        else:
-            final, hs = _chunked(run, carry, xs, steps, checkpoint_every, reverse)
+        final, hs = over_time(run, carry, xs, steps, checkpoint_every, reverse)
         return final._replace(h=as_dtype(final.h, compute)), as_dtype(hs, compute)
+
+
+def _on_cudnn(backend: str, cudnn_precision: str, params, xs, carries, call: dict) -> bool:
+    """Whether this ``jl.lstm`` call runs on cuDNN (``cudnn.choose``, which raises for ``backend="cudnn"``
+    when cuDNN can't compute it exactly)."""
+    given = [c for c in carries if c is not None]
+    choice = cudnn.choose(backend, cudnn_precision, ((params,),), xs, given, where="jaxlstm.lstm", **call)
+    return choice.backend == "cudnn"
+
+
+def _loop_carry(carry: LSTMCarry, wide) -> LSTMCarry:
+    """A carry as the loops keep it (docs/variants.md#mixed-precision). The cell state sums over every
+    step: at least float32 whatever carry is given (a bfloat16 c stops growing at 256), as the default
+    carry is. h is carried in the accumulation dtype, cast down only as a matmul operand; outputs leave
+    in the compute dtype."""
+    return carry._replace(c=carry.c.astype(state_dtype(carry.c.dtype)), h=as_dtype(carry.h, wide))
 
 
 def _start_carry(carry, reset_carry, batch_shape, params: VariantParams, variant, dtype) -> LSTMCarry:
@@ -731,7 +722,10 @@ def _fused_flat(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep):
         _FUSED,
         loop,
         (params, xs.reshape(n, time, input_size), flat(carry), flat(restart)),
-        (None if rec_keep is None else rec_keep.reshape(n, rec_keep.shape[-1]), steps.flatten_batch(len(batch_shape), n)),
+        (
+            None if rec_keep is None else rec_keep.reshape(n, rec_keep.shape[-1]),
+            steps.flatten_batch(len(batch_shape), n),
+        ),
     )
     final = LSTMCarry(*(a.reshape(*batch_shape, a.shape[-1]) for a in final))
     return final, hs.reshape(*batch_shape, time, hs.shape[-1])

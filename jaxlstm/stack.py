@@ -304,47 +304,21 @@ def stacked_lstm(
             raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
     training = dropout_key is not None and deterministic is not True
     given = [c for tree in (carries, reset_carries) for row in tree or () for c in row]
-    call: dict[str, Any]
-    call = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output, gradient=gradient)
-    call.update(gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every, variant=variant)
-    call.update(dropout_between_layers=dropout if training and num_layers > 1 else 0.0)
+    call: dict[str, Any] = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output)
+    call.update(gradient=gradient, gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every)
+    call.update(variant=variant, dropout_between_layers=dropout if training and num_layers > 1 else 0.0)
     if (
         cudnn.choose(backend, cudnn_precision, stack, xs, given, where="jaxlstm.stacked_lstm", **call).backend
         == "cudnn"
     ):
         merge_fn = functools.partial(merge_directions, merge=merge)
         return cudnn.run(
-            stack,
-            xs,
-            carries,
-            seq_lengths=seq_lengths,
-            reverse=reverse,
-            merge=merge,
-            merge_fn=merge_fn,
-            cudnn_precision=cudnn_precision,
-            layer=lstm,
-        )
-    cell_keys = None
-    if variant is not None and training and variant.regularizes:
-        dropout_key, cells_key = jax.random.split(cast(PRNGKeyArray, dropout_key))  # training: not None
-        cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
-    options = dict(
-        seq_lengths=seq_lengths,
-        mask=mask,
-        resets=resets,
-        masked_output=masked_output,
-        unroll=unroll,
-        gradient=gradient,
-        gate_fn=gate_fn,
-        activation_fn=activation_fn,
-        variant=variant,
-        checkpoint_every=checkpoint_every,
-        backend="xla",  # decided above, for the whole stack
-    )
-    layer_keys = [None] * num_layers  # the key of the dropout on layer l's input (l > 0)
-    if dropout > 0.0 and training:
-        for layer in range(1, num_layers):
-            dropout_key, layer_keys[layer] = jax.random.split(cast(PRNGKeyArray, dropout_key))  # training: not None
+            stack, xs, carries, seq_lengths=seq_lengths, reverse=reverse, merge=merge, merge_fn=merge_fn,
+            cudnn_precision=cudnn_precision, layer=lstm,
+        )  # fmt: skip
+    options = {name: value for name, value in call.items() if name != "dropout_between_layers"}  # the stack's own
+    options.update(unroll=unroll, backend="xla")  # XLA: decided above, for the whole stack
+    layer_keys, cell_keys = _keys(dropout_key if training else None, variant, dropout, num_layers, num_directions)
     per_layer = [
         (
             stack[layer],
@@ -356,6 +330,21 @@ def stacked_lstm(
         for layer in range(num_layers)
     ]
     return _run_layers(per_layer, xs, options, reverse=reverse, merge=merge, dropout=dropout)
+
+
+def _keys(dropout_key, variant: LSTMVariant | None, dropout: float, num_layers: int, num_directions: int):
+    """A training call's keys, drawn from ``dropout_key`` (``None``: not training) in a fixed order:
+    ``(layer_keys, cell_keys)``, the key of the dropout on layer l's input (l > 0; ``None`` without
+    dropout) and, for a variant that regularizes, each cell's ``[layer][direction]`` key (else ``None``)."""
+    cell_keys = None
+    if variant is not None and dropout_key is not None and variant.regularizes:
+        dropout_key, cells_key = jax.random.split(dropout_key)
+        cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
+    layer_keys = [None] * num_layers
+    if dropout > 0.0 and dropout_key is not None:
+        for layer in range(1, num_layers):
+            dropout_key, layer_keys[layer] = jax.random.split(dropout_key)
+    return layer_keys, cell_keys
 
 
 def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, dropout: float):

@@ -33,6 +33,7 @@ __all__ = [
     "put",
     "over_chunks",
     "chunked",
+    "over_time",
     "no_cotangent",
 ]
 
@@ -115,7 +116,7 @@ def reset_steps(
     return resets_tm
 
 
-# ----------------------------------------------------------------------------- steps in batch-first buffers, chunks of time
+# ----------------------------------------------------------------------------- buffers and chunks of time
 
 
 def zero_padding(x, valid):
@@ -171,6 +172,21 @@ def over_chunks(chunk, state, time: int, size: int, *, backward: bool, unroll: i
 
 def no_cotangent(flags) -> Any:
     return None if flags is None else np.zeros(flags.shape, jax.dtypes.float0)
+
+
+def over_time(run, carry, xs, steps: Steps, checkpoint_every: int | None, reverse: bool):
+    """``run(carry, xs, steps)`` over the whole sequence, or, with ``checkpoint_every`` K < T, over chunks of
+    K steps under ``jax.checkpoint`` (``chunked``). K needs a concrete T: a symbolic one (``jax.export``'s
+    shape polymorphism) is refused with a ValueError."""
+    time = xs.shape[-2]
+    if checkpoint_every is not None and not isinstance(time, int):
+        raise ValueError(
+            f"checkpoint_every needs a concrete number of time steps, got the symbolic T = {time} "
+            f"(jax.export shape polymorphism): export with a concrete T, or without checkpoint_every"
+        )
+    if checkpoint_every is None or checkpoint_every >= time:
+        return run(carry, xs, steps)
+    return chunked(run, carry, xs, steps, checkpoint_every, reverse)
 
 
 def chunked(run, carry, xs, steps: Steps, chunk: int, reverse: bool):

@@ -87,7 +87,9 @@ class GRU(Cell):
         gates = 3 * params.w_hh.shape[0]
         _checks.floating(params.b_hh, "params.b_hh", section="parameters")
         if tuple(params.b_hh.shape) != (gates,):
-            raise ValueError(f"params.b_hh must have shape (3 * hidden_size,) = ({gates},), got {tuple(params.b_hh.shape)}")
+            raise ValueError(
+                f"params.b_hh must have shape (3 * hidden_size,) = ({gates},), got {tuple(params.b_hh.shape)}"
+            )
 
     def init_carry(self, params: GRUParams, batch_shape: tuple[int, ...], dtype) -> Array:
         return jnp.zeros((*batch_shape, params.w_hh.shape[0]), dtype)
