@@ -61,9 +61,15 @@ __all__ = [
     "variant_param_shapes",
     "draw_masks",
     "training_call",
+    "is_training",
+    "check_variant",
+    "RATES",
 ]
 
 GUIDE = "docs/variants.md"
+
+RATES = ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c")
+"""The variant's options that draw random masks in a training call (dropout and zoneout rates)."""
 
 
 def _pointer(section: str) -> str:
@@ -180,7 +186,7 @@ class LSTMVariant:
                     f"cell_clip must be None (no clipping) or > 0, got {self.cell_clip!r}" + _pointer("cell-clipping")
                 )
             put("cell_clip", clip)
-        for name in ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c"):
+        for name in RATES:
             put(name, _checks.rate(getattr(self, name), name, see=_pointer(SECTIONS[name])))
         epsilon = _checks.real(self.layer_norm_epsilon, "layer_norm_epsilon", see=_pointer("layer-normalization"))
         if epsilon <= 0.0:
@@ -202,7 +208,7 @@ class LSTMVariant:
     @property
     def regularizes(self) -> bool:
         """Whether a call that is not deterministic draws random masks (dropout or zoneout)."""
-        return any(rate > 0.0 for rate in (self.input_dropout, self.recurrent_dropout, self.zoneout_h, self.zoneout_c))
+        return any(getattr(self, rate) > 0.0 for rate in RATES)
 
     @property
     def options(self) -> dict:
@@ -388,9 +394,17 @@ def init_variant_params(
 # ----------------------------------------------------------------------------- validation
 
 
-def check_variant(variant) -> None:
+def check_variant(variant, *, allow_none: bool = False) -> None:
+    """The variant type check, the one place it is written: ``variant`` must be a ``LSTMVariant``
+    (or ``None`` with ``allow_none``), else a TypeError naming what it got and what to write."""
+    if variant is None and allow_none:
+        return
     if not isinstance(variant, LSTMVariant):
-        raise TypeError(f"variant must be a jaxlstm.LSTMVariant, got {type(variant).__name__}" + _pointer("options"))
+        expected = "None or a jaxlstm.LSTMVariant" if allow_none else "a jaxlstm.LSTMVariant"
+        raise TypeError(
+            f"variant must be {expected}, got {type(variant).__name__} {variant!r}; "
+            "e.g. variant=jl.LSTMVariant(peepholes=True)" + _pointer("options")
+        )
 
 
 def as_variant_params(params, name: str = "params") -> VariantParams:
@@ -544,6 +558,20 @@ def draw_masks(
 
 # ----------------------------------------------------------------------------- training or not
 
+def is_training(dropout_key, deterministic) -> bool:
+    """Whether a call may draw random masks, the one rule every API follows: ``deterministic``
+    (``None``, ``True`` or ``False``; a NumPy bool or a 0-d bool array as the bool it holds) if
+    given, else whether a ``dropout_key`` is given. ``False`` without a key is the caller's error
+    to raise where something would draw.
+
+    >>> import jax, numpy as np
+    >>> is_training(jax.random.key(0), None), is_training(jax.random.key(0), np.True_), is_training(None, None)
+    (True, False, False)
+    """
+    deterministic = _checks.flag(deterministic, "deterministic", allow_none=True)
+    return dropout_key is not None if deterministic is None else not deterministic
+
+
 
 def training_call(variant: LSTMVariant | None, dropout_key, deterministic) -> bool:
     """Whether a call draws random masks: a rate > 0 and not deterministic (``None``: a key is given).
@@ -552,18 +580,12 @@ def training_call(variant: LSTMVariant | None, dropout_key, deterministic) -> bo
     ``deterministic`` (``None``, ``True`` or ``False``), whatever the variant, the plain LSTM (``None``) too.
     """
     dropout_key = _checks.prng_key(dropout_key, "dropout_key", allow_none=True)
-    deterministic = _checks.flag(deterministic, "deterministic", allow_none=True)
-    if deterministic is None:
-        deterministic = dropout_key is None
-    if deterministic or variant is None or not variant.regularizes:
+    if not is_training(dropout_key, deterministic) or variant is None or not variant.regularizes:
         return False
     if dropout_key is None:
-        rates = {k: v for k, v in variant.options.items() if k in _RATES}
+        rates = {k: v for k, v in variant.options.items() if k in RATES}
         raise ValueError(
             f"deterministic=False with {rates} needs a dropout_key (a jax.random key) for the masks"
             + _pointer("input-and-recurrent-dropout")
         )
     return True
-
-
-_RATES = ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c")

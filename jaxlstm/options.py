@@ -1,0 +1,162 @@
+"""The options of ``jaxlstm.lstm`` and ``jaxlstm.stacked_lstm``: each declared, documented and validated here, once.
+
+Three records, each the one before plus its own options:
+
+* ``jaxlstm.SequenceOptions`` (``jaxlstm.engine``): how a layer reads its
+  sequences (``seq_lengths``, ``mask``, ``resets``, ``reset_carry``,
+  ``masked_output``, ``reverse``, ``unroll``, ``gradient``, ``checkpoint_every``);
+* ``LSTMOptions``: the LSTM cell's and the backend's options;
+* ``StackOptions``: the stack's (``merge``, ``dropout``, ``reset_carries``).
+
+The functions keep their keyword arguments (``jl.stacked_lstm(stack, xs,
+seq_lengths=..., dropout=0.2)``) and build the record with ``build``, which
+refuses a name that is not an option with a TypeError listing the valid ones.
+The records are frozen and hashable where their fields are; every field is
+checked on construction (``_checks``), so a record in hand is a valid one.
+
+>>> import jax.numpy as jnp
+>>> options = StackOptions.build({"seq_lengths": jnp.array([3, 1]), "dropout": 0.5}, "example")
+>>> options.dropout, options.merge, options.backend, options.training
+(0.5, 'concat', 'auto', False)
+>>> StackOptions.build({"seq_length": 3}, "example")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+TypeError: example got an unexpected keyword argument 'seq_length'; its options are seq_lengths, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import PRNGKeyArray
+
+from . import _checks
+from .cell import Activation
+from .engine import SequenceOptions
+from .variants import LSTMVariant, check_variant, is_training
+
+__all__ = ["BACKENDS", "PRECISIONS", "MERGE_MODES", "LSTMOptions", "StackOptions", "option_names", "build"]
+
+BACKENDS = ("auto", "xla", "cudnn")
+"""The values of ``backend``: cuDNN where it computes a call exactly, always jaxlstm's XLA loop, or cuDNN."""
+PRECISIONS = ("float32", "tf32")
+"""The values of ``cudnn_precision``: the matmuls' precision on cuDNN."""
+MERGE_MODES = ("concat", "sum", "mul", "ave")
+"""How two directions' outputs combine, as Keras' ``Bidirectional(merge_mode=...)``."""
+
+_Record = TypeVar("_Record")
+
+
+def option_names(record: type) -> tuple[str, ...]:
+    """The option names of a record class (its fields, but those it refuses), in declaration order."""
+    refused = getattr(record, "REFUSED", {})
+    return tuple(field.name for field in dataclasses.fields(record) if field.name not in refused)
+
+
+def build(record: type[_Record], options: Mapping[str, Any], where: str) -> _Record:
+    """``record(**options)``, with a TypeError for a name that is not one of its options: it names
+    the option and lists the valid ones (``where`` is the function the options were given to)."""
+    names = option_names(record)
+    refused = getattr(record, "REFUSED", {})
+    for name in options:
+        if name in refused:
+            raise TypeError(f"{where} got {name}=...: {refused[name]}")
+        if name not in names:
+            raise TypeError(
+                f"{where} got an unexpected keyword argument {name!r}; its options are {', '.join(names)} "
+                f"(see jaxlstm.options.{record.__name__})"
+            )
+    return record(**options)
+
+
+@dataclass(frozen=True)
+class LSTMOptions(SequenceOptions):
+    """The options of ``jaxlstm.lstm``: ``jaxlstm.SequenceOptions``' and these, checked on construction.
+
+    Attributes:
+        gate_fn: the gates' activation σ (default ``jax.nn.sigmoid``; Keras' ``recurrent_activation``).
+        activation_fn: the candidate's and cell output's activation (default ``jnp.tanh``; Keras' ``activation``).
+        variant: a ``jaxlstm.LSTMVariant`` every cell is (projection, peepholes, layer norm, CIFG, forget
+            bias, cell clipping, dropouts, zoneout; docs/variants.md); ``None``: the plain LSTM.
+        dropout_key: a PRNG key for the random masks (dropout, zoneout) of a training call.
+        deterministic: ``True``: no random draws (dropout off, zoneout its expectation); ``False``: draw
+            masks from ``dropout_key`` (required when something draws); ``None``: random exactly when a
+            ``dropout_key`` is given (``training``).
+        backend: ``"auto"`` (cuDNN on a CUDA GPU where it computes the call exactly, else jaxlstm's XLA
+            loop), ``"xla"`` or ``"cudnn"`` (or a ValueError saying why not); docs/gpu.md.
+        cudnn_precision: the matmuls' precision on cuDNN, ``"float32"`` or ``"tf32"`` (~1e-3 relative).
+    """
+
+    gate_fn: Activation = jax.nn.sigmoid
+    activation_fn: Activation = jnp.tanh
+    variant: LSTMVariant | None = None
+    dropout_key: PRNGKeyArray | None = None
+    deterministic: bool | None = None
+    backend: str = "auto"
+    cudnn_precision: str = "float32"
+
+    REFUSED: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checks.activation(self.gate_fn, "gate_fn")
+        _checks.activation(self.activation_fn, "activation_fn")
+        check_variant(self.variant, allow_none=True)
+        key = _checks.prng_key(self.dropout_key, "dropout_key", allow_none=True)
+        object.__setattr__(self, "dropout_key", key)
+        object.__setattr__(self, "deterministic", _checks.flag(self.deterministic, "deterministic", allow_none=True))
+        _checks.one_of(self.backend, BACKENDS, "backend")
+        _checks.one_of(self.cudnn_precision, PRECISIONS, "cudnn_precision")
+
+    @property
+    def training(self) -> bool:
+        """Whether the call may draw random masks (``jaxlstm.variants.is_training``)."""
+        return is_training(self.dropout_key, self.deterministic)
+
+    @classmethod
+    def build(cls: type[_Record], options: Mapping[str, Any], where: str) -> _Record:
+        """``build(cls, options, where)``: the record, or a TypeError naming an unknown option."""
+        return build(cls, options, where)
+
+    def replace(self: _Record, **changes) -> _Record:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)  # pyright: ignore[reportArgumentType]
+
+    def fields_of(self, record: type) -> dict[str, Any]:
+        """This record's values of ``record``'s options (a record this one extends), ``{name: value}``."""
+        return {name: getattr(self, name) for name in option_names(record)}
+
+
+@dataclass(frozen=True)
+class StackOptions(LSTMOptions):
+    """The options of ``jaxlstm.stacked_lstm``: ``LSTMOptions``' (for every layer and direction) and these.
+
+    ``reset_carry`` is ``jaxlstm.lstm``'s: a stack takes ``reset_carries``.
+
+    Attributes:
+        merge: how the two directions' outputs combine: ``"concat"`` (F = 2R), ``"sum"``, ``"mul"``,
+            ``"ave"`` (F = R).
+        dropout: the rate of dropout on each layer's output but the last (PyTorch's ``dropout``), in a
+            training call.
+        reset_carries: what each layer and direction restarts from at ``resets``, nested
+            ``[layer][direction]`` → ``LSTMCarry``; by default the initial carries.
+    """
+
+    merge: str = "concat"
+    dropout: float = 0.0
+    reset_carries: Any = None
+
+    REFUSED: ClassVar[dict[str, str]] = {
+        "reset_carry": "a stack restarts each layer and direction from reset_carries, nested [layer][direction]"
+    }
+
+    def __post_init__(self):
+        if self.reset_carry is not None:
+            raise TypeError(f"reset_carry=... is not a stack's option: {self.REFUSED['reset_carry']}")
+        super().__post_init__()
+        _checks.one_of(self.merge, MERGE_MODES, "merge")
+        object.__setattr__(self, "dropout", _checks.rate(self.dropout, "dropout"))
