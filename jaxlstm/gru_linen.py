@@ -10,6 +10,7 @@ direction.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import flax.linen as nn
@@ -20,9 +21,10 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _checks
 from .cell import module_input
 from .cells.gru import GRUParams
-from .gru import gru_cell, run_gru_layers
-from .layer import cell_name
-from .stack import MERGE_MODES, merged_size
+from .cell import LSTMCarry
+from .gru import LAYER_OPTIONS, gru_cell, run_gru_layers
+from .layer import LayerConfig, cell_name, check_stateful_carry, dropout_key
+from .stack import merged_size
 
 __all__ = ["GRU", "GRUCell"]
 
@@ -121,6 +123,43 @@ class _Weights(nn.Module):
         return params, h0
 
 
+# The options the GRU shares with jl.LSTM, validated by the LSTM's own rules (jaxlstm.layer.LayerConfig).
+SHARED_OPTIONS = ("num_layers", "bidirectional", "merge", "return_sequences", "return_carry", "dropout", "dtype")
+SHARED_OPTIONS += ("param_dtype", "unroll", "reverse", "masked_output", "gradient", "learn_initial_carry")
+SHARED_OPTIONS += ("stateful", "checkpoint_every")
+
+
+def shared_config(module) -> LayerConfig:
+    """The ``LayerConfig`` of a GRU module's options that the LSTM has too (checked as ``jl.LSTM`` checks them:
+    the same errors, stateful with bidirectional or reverse refused)."""
+    return LayerConfig(module.features, **{name: getattr(module, name) for name in SHARED_OPTIONS})
+
+
+def stateful_run(layer, stack, x, stored, *, learned_h0, initial_carry, dropout_key, **data):
+    """``run_gru_layers`` for a ``stateful`` GRU module: ``(final_carries, result)``, the carries to keep.
+
+    It starts from ``initial_carry`` if given, else from ``stored`` (the carry kept from the last call,
+    ``[layer][direction]`` → ``h`` ``(*batch, H)``), else from the learned ``h0`` (H,) or zeros; resets
+    restart from ``initial_carry`` if given, else from the learned ``h0`` or zeros (never the stored carry).
+    Flax-free: ``jl.nnx.GRU`` calls it too."""
+    options = SimpleNamespace(**{**{name: getattr(layer, name) for name in LAYER_OPTIONS}, "return_carry": True})
+    if initial_carry is None and stored is not None:
+        batch_shape = tuple(x.shape[:-2])
+        # check_stateful_carry reads state[0][0].h: the GRU's carry is h alone
+        check_stateful_carry(((LSTMCarry(stored[0][0], stored[0][0]),),), batch_shape)
+        dtype = jax.tree.leaves(stack)[0].dtype if layer.dtype is None else layer.dtype
+        zeros = tuple(tuple(jnp.zeros((layer.features,)) for _ in row) for row in stack)
+        data["reset_carries"] = tuple(
+            tuple(jnp.broadcast_to(jnp.asarray(h0, dtype), (*batch_shape, layer.features)) for h0 in row)
+            for row in (zeros if learned_h0 is None else learned_h0)
+        )
+        initial_carry = stored
+    finals, output = run_gru_layers(
+        options, stack, x, learned_h0=learned_h0, initial_carry=initial_carry, dropout_key=dropout_key, **data
+    )
+    return finals, ((finals, output) if layer.return_carry else output)
+
+
 class GRU(nn.Module):
     """A GRU layer, or a stack of them, over whole sequences (batch-first), as ``jl.LSTM`` for the LSTM.
 
@@ -139,6 +178,14 @@ class GRU(nn.Module):
         unroll, reverse, masked_output, gradient, checkpoint_every: the sequence options of
             ``jaxlstm.SequenceOptions`` (``reverse`` for one-direction layers only).
         learn_initial_carry: a trainable ``h0`` (H,) per layer and direction.
+        stateful: keep each call's final carries, ``[layer][direction]`` → ``h`` ``(*batch, H)``, in the
+            variable collection ``"carry"`` (``variables["carry"]["state"]``) and start the next call from
+            them, to feed a long sequence chunk by chunk, as ``jl.LSTM(stateful=True)``:
+            ``y, state = layer.apply(variables, chunk, mutable=["carry"])``, then
+            ``variables = {**variables, **state}``. Resets (``resets[:, 0] = True`` restarts a row's stream)
+            restart from the learned ``h0`` or zeros; every chunk has the same batch shape. Forward only.
+
+    Options are checked as ``jl.LSTM`` checks them (``jaxlstm.layer.LayerConfig``), with the same errors.
 
     Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``, ``mask`` and ``resets``
     ``(*batch, T)``, ``initial_carry`` nested ``[layer][direction]``, and ``deterministic`` (default
@@ -168,20 +215,12 @@ class GRU(nn.Module):
     masked_output: str = "zeros"
     gradient: str = "fused"
     learn_initial_carry: bool = False
+    stateful: bool = False
     checkpoint_every: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        _checks.positive_int(self.features, "features")
-        _checks.positive_int(self.num_layers, "num_layers")
-        _checks.one_of(self.merge, MERGE_MODES, "merge")
-        _checks.rate(self.dropout, "dropout")
-        _checks.float_dtype(self.dtype, "dtype", allow_none=True)
-        _checks.float_dtype(self.param_dtype, "param_dtype")
-        for name in ("bidirectional", "return_sequences", "return_carry", "reverse", "learn_initial_carry"):
-            _checks.flag(getattr(self, name), name)
-        if self.reverse and self.bidirectional:
-            raise ValueError("reverse=True is for one-direction layers; a bidirectional layer already reads backward")
+        shared_config(self)  # a bad option fails where the module is built, with jl.LSTM's message
 
     @nn.compact
     def __call__(
@@ -196,7 +235,6 @@ class GRU(nn.Module):
     ):
         """Runs the layer (or stack): ``(*batch, T, D)`` → ``(*batch, T, F)`` (or ``(*batch, F)``)."""
         _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
-        deterministic = _checks.flag(deterministic, "deterministic")
         num_directions = 2 if self.bidirectional else 1
         width = merged_size(self.features, num_directions, self.merge)
         cells = [
@@ -210,22 +248,18 @@ class GRU(nn.Module):
         ]
         stack = tuple(tuple(params for params, _ in row) for row in cells)
         learned = tuple(tuple(h0 for _, h0 in row) for row in cells) if self.learn_initial_carry else None
-        key = None
-        if not deterministic and self.dropout > 0.0 and self.num_layers > 1:
-            if not self.has_rng("dropout"):
-                raise ValueError(
-                    "deterministic=False with dropout > 0 needs a 'dropout' rng: "
-                    "layer.apply(variables, x, deterministic=False, rngs={'dropout': key})"
-                )
-            key = self.make_rng("dropout")
-        return run_gru_layers(
-            self,
-            stack,
-            x,
-            learned_h0=learned,
-            initial_carry=initial_carry,
-            dropout_key=key,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
+        key = dropout_key(
+            shared_config(self), deterministic, lambda: self.make_rng("dropout") if self.has_rng("dropout") else None
         )
+        data = {"seq_lengths": seq_lengths, "mask": mask, "resets": resets}
+        if not self.stateful:
+            return run_gru_layers(
+                self, stack, x, learned_h0=learned, initial_carry=initial_carry, dropout_key=key, **data
+            )
+        stored = self.get_variable("carry", "state") if self.has_variable("carry", "state") else None
+        carries, result = stateful_run(
+            self, stack, x, stored, learned_h0=learned, initial_carry=initial_carry, dropout_key=key, **data
+        )
+        if not self.is_initializing() and self.is_mutable_collection("carry"):
+            self.put_variable("carry", "state", carries)
+        return result

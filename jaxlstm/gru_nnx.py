@@ -3,12 +3,15 @@ and ``jl.nnx.GRUCell``.
 
 The same parameters and the same call as the linen modules (``jaxlstm.gru_linen``), both running
 ``jaxlstm.gru.run_gru_layers``: ``model.layer_0.w_ih`` (D, 3H), ``w_hh`` (H, 3H), ``b_ih``, ``b_hh`` (3H,),
-``model.layer_0_reverse`` for the backward direction. Imports neither ``flax.linen`` nor ``jaxlstm.linen``.
+``model.layer_0_reverse`` for the backward direction. Imports not ``jaxlstm.linen``; from
+``jaxlstm.gru_linen`` only its Flax-free helpers (``shared_config``, ``stateful_run``; ``flax.linen`` is
+loaded by ``import flax`` anyway).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -16,18 +19,34 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import module_input
+from .cell import LSTMCarry, module_input
 from .cells.gru import GRUParams
 from .gru import gru_cell, run_gru_layers
-from .layer import cell_name
-from .stack import MERGE_MODES, merged_size
+from .gru_linen import SHARED_OPTIONS, shared_config, stateful_run
+from .layer import cell_name, check_stateful_carry, draws_masks, dropout_key
+from .stack import merged_size
 
-__all__ = ["GRU", "GRUCell"]
+__all__ = ["GRU", "GRUCell", "Carry"]
 
 
 def _check_rngs(rngs) -> None:
     if not isinstance(rngs, nnx.Rngs):
         raise TypeError(f"rngs must be an nnx.Rngs, e.g. rngs=nnx.Rngs(0), got {_checks.described(rngs)}")
+
+
+def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
+    return "dropout" in rngs or "default" in rngs
+
+
+class Carry(nnx.Variable):
+    """The carry a ``stateful=True`` GRU keeps between calls (``[layer][direction]`` → ``h`` ``(*batch, H)``),
+    ``None`` before the first call (or ``reset_carry(batch_shape)``). ``model.carry[...]`` reads it whole,
+    as a parameter's ``[...]`` does; the same as ``jaxlstm.nnx.Carry`` of the LSTM."""
+
+    def __getitem__(self, key):
+        if key is Ellipsis:
+            return self.get_value()
+        return super().__getitem__(key)
 
 
 def _uniform(key, shape, hidden_size: int, dtype):
@@ -120,9 +139,20 @@ class GRU(nnx.Module):
     Args:
         in_features: D. features: H.
         num_layers, bidirectional, merge, return_sequences, return_carry, dropout, dtype, param_dtype,
-            unroll, reverse, masked_output, gradient, learn_initial_carry, checkpoint_every: as ``jl.GRU``.
-        deterministic: the default of calls (``False``: dropout while training, as NNX's ``Dropout``).
-        rngs: ``nnx.Rngs`` for the parameters, and its ``'dropout'`` stream for dropout.
+            unroll, reverse, masked_output, gradient, learn_initial_carry, stateful, checkpoint_every: as
+            ``jl.GRU``, checked as ``jl.nnx.LSTM`` checks them (``jaxlstm.layer.LayerConfig``). Each is kept
+            as an attribute of the same name, read at every call. ``stateful=True`` keeps the final carries
+            in ``model.carry`` (a ``Carry``: ``[layer][direction]`` → ``h`` ``(*batch, H)``, read with
+            ``model.carry[...]``), as ``jl.nnx.LSTM``: ``model.reset_carry()`` starts afresh,
+            ``reset_carry(batch_shape)`` puts the initial carry in place, ``reset_carry(rows=...)`` or
+            ``resets[:, 0] = True`` restarts some rows.
+        deterministic: the default of calls (``False``: dropout while training, as NNX's ``Dropout``;
+            ``model.eval()`` and ``model.train()`` set it).
+        rngs: ``nnx.Rngs`` for the parameters, and its ``'dropout'`` stream (else ``'default'``) for dropout.
+
+    Call with ``x`` ``(*batch, T, D)``, optional ``seq_lengths`` ``(*batch,)``, ``mask`` and ``resets``
+    ``(*batch, T)``, ``initial_carry`` nested ``[layer][direction]`` → ``(*batch, H)``, ``deterministic`` and
+    ``rngs`` (an ``nnx.Rngs`` or a key, for this call's dropout masks), as ``jl.nnx.LSTM``.
 
     >>> import jax.numpy as jnp, jaxlstm as jl
     >>> from flax import nnx
@@ -132,6 +162,10 @@ class GRU(nnx.Module):
     >>> layer.layer_1_reverse.w_ih.shape               # layer 1 reads 2H
     (32, 48)
     """
+
+    if TYPE_CHECKING:  # __init__ sets the options (num_layers, ...) and the cells (layer_0, ...) by name
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(
         self,
@@ -151,45 +185,86 @@ class GRU(nnx.Module):
         masked_output: str = "zeros",
         gradient: str = "fused",
         learn_initial_carry: bool = False,
+        stateful: bool = False,
         checkpoint_every: int | None = None,
         deterministic: bool = False,
         rngs: nnx.Rngs,
     ):
+        options = {name: value for name, value in locals().items() if name in SHARED_OPTIONS}
         self.in_features = _checks.positive_int(in_features, "in_features")
         self.features = _checks.positive_int(features, "features")
-        self.num_layers = _checks.positive_int(num_layers, "num_layers")
-        self.merge = _checks.one_of(merge, MERGE_MODES, "merge")
-        self.dropout = _checks.rate(dropout, "dropout")
-        self.bidirectional = _checks.flag(bidirectional, "bidirectional")
-        self.return_sequences = _checks.flag(return_sequences, "return_sequences")
-        self.return_carry = _checks.flag(return_carry, "return_carry")
-        self.reverse = _checks.flag(reverse, "reverse")
-        self.learn_initial_carry = _checks.flag(learn_initial_carry, "learn_initial_carry")
+        config = shared_config(SimpleNamespace(features=self.features, **options))
+        for name in SHARED_OPTIONS:
+            setattr(self, name, getattr(config, name))
         self.deterministic = _checks.flag(deterministic, "deterministic")
-        if self.reverse and self.bidirectional:
-            raise ValueError("reverse=True is for one-direction layers; a bidirectional layer already reads backward")
-        self.dtype = _checks.float_dtype(dtype, "dtype", allow_none=True)
-        self.param_dtype = _checks.float_dtype(param_dtype, "param_dtype")
-        self.unroll = unroll
-        self.masked_output, self.gradient, self.checkpoint_every = masked_output, gradient, checkpoint_every
-        directions = 2 if self.bidirectional else 1
-        width = merged_size(self.features, directions, self.merge)
-        for layer in range(self.num_layers):
-            for direction in range(directions):
+        _check_rngs(rngs)
+        if config.stateful:  # only a stateful layer keeps a carry (none in nnx.state or checkpoints otherwise)
+            self.carry = Carry(None)
+        width = merged_size(self.features, config.num_directions, config.merge)
+        for layer in range(config.num_layers):
+            for direction in range(config.num_directions):
                 weights = _GRUWeights(
                     self.in_features if layer == 0 else width,
                     self.features,
-                    param_dtype=param_dtype,
-                    learn_initial_carry=self.learn_initial_carry,
+                    param_dtype=config.param_dtype,
+                    learn_initial_carry=config.learn_initial_carry,
                     rngs=rngs,
                 )
                 setattr(self, cell_name(layer, direction), weights)
-        has_stream = "dropout" in rngs
-        self.rngs = nnx.data(rngs["dropout"].fork() if self.dropout > 0.0 and has_stream else None)
+        may_draw = draws_masks(config, deterministic=False)
+        self.rngs = nnx.data(rngs["dropout"].fork() if may_draw and _has_dropout_stream(rngs) else None)
 
     def _cells(self) -> list[list[_GRUWeights]]:
         directions = 2 if self.bidirectional else 1
         return [[getattr(self, cell_name(l, d)) for d in range(directions)] for l in range(self.num_layers)]
+
+    def _learned(self):
+        """The learned ``h0`` (H,) per layer and direction (``learn_initial_carry``), else ``None``."""
+        return tuple(tuple(cell.h0[...] for cell in row) for row in self._cells()) if self.learn_initial_carry else None
+
+    def reset_carry(self, batch_shape: int | tuple[int, ...] | None = None, *, rows=None) -> None:
+        """Restarts the carry kept by ``stateful=True``, as ``jl.nnx.LSTM.reset_carry``.
+
+        Args:
+            batch_shape: ``None`` (default): forget the carry, the next call starts afresh. A shape
+                ``(*batch,)`` (or one int): put the initial carry for that batch in place now (zeros, or
+                the learned ``h0``), ``[layer][direction]`` → ``(*batch, H)``: what ``nnx.scan`` over
+                chunks and restoring a checkpoint into a fresh model need.
+            rows: optional ``(*batch,)`` bools: restart only these rows of the kept carry.
+        """
+        if not self.stateful:
+            raise ValueError(
+                "reset_carry is for a stateful=True layer; this one keeps no carry between calls"
+                + _checks._see("stateful-streaming")
+            )
+        if batch_shape is None and rows is None:
+            self.carry.set_value(None)
+            return
+        stored = self.carry.get_value()
+        if batch_shape is None:
+            if stored is None:
+                raise ValueError("reset_carry(rows=...) with no carry kept yet needs batch_shape, the rows' shape")
+            batch_shape = tuple(stored[0][0].shape[:-1])
+        batch_shape = _checks.batch_shape(batch_shape)
+        dtype = self.layer_0.w_hh[...].dtype if self.dtype is None else jnp.dtype(self.dtype)
+        learned = self._learned() or tuple(tuple(jnp.zeros((self.features,)) for _ in row) for row in self._cells())
+        fresh = jax.tree.map(lambda h0: jnp.broadcast_to(h0.astype(dtype), (*batch_shape, self.features)), learned)
+        if rows is not None:
+            _checks.per_sequence_flags(rows, batch_shape, "rows")
+            if stored is not None:
+                # check_stateful_carry reads state[0][0].h: the GRU's carry is h alone
+                check_stateful_carry(((LSTMCarry(stored[0][0], stored[0][0]),),), batch_shape)
+                restart = rows[..., None]
+                fresh = jax.tree.map(lambda new, old: jnp.where(restart, new.astype(old.dtype), old), fresh, stored)
+        self.carry.set_value(fresh)
+
+    def _dropout_key(self, rngs: nnx.Rngs | jax.Array | None) -> jax.Array | None:
+        """The call's key: from its ``rngs``, else from the module's own stream; ``None`` if neither has one."""
+        if isinstance(rngs, nnx.Rngs):
+            return rngs.dropout() if _has_dropout_stream(rngs) else None
+        if rngs is not None:
+            return _checks.prng_key(rngs, "rngs", see=" (or an nnx.Rngs with a 'dropout' stream)")
+        return None if self.rngs is None else self.rngs()
 
     def __call__(
         self,
@@ -200,32 +275,21 @@ class GRU(nnx.Module):
         resets: Bool[Array, "*batch time"] | None = None,
         initial_carry=None,
         deterministic: bool | None = None,
-        rngs: nnx.Rngs | None = None,
+        rngs: nnx.Rngs | jax.Array | None = None,
     ):
-        """Runs the layer (or stack): ``(*batch, T, D)`` → ``(*batch, T, F)`` (or ``(*batch, F)``)."""
+        """Runs the layer (or stack): ``(*batch, T, D)`` → ``(*batch, T, F)`` (or ``(*batch, F)``); a stateful
+        layer starts from ``model.carry`` (unless ``initial_carry`` is given) and keeps its final carries there."""
         _checks.inputs(x, self.in_features, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
-        deterministic = self.deterministic if deterministic is None else _checks.flag(deterministic, "deterministic")
-        key = None
-        if not deterministic and self.dropout > 0.0 and self.num_layers > 1:
-            if isinstance(rngs, nnx.Rngs) and "dropout" in rngs:
-                key = rngs.dropout()
-            elif self.rngs is not None:
-                key = self.rngs()
-            else:
-                raise ValueError(
-                    "dropout > 0 while training needs a 'dropout' stream: build with "
-                    "rngs=nnx.Rngs(0, dropout=1), call with rngs=, or call with deterministic=True"
-                )
-        cells = self._cells()
-        learned = tuple(tuple(cell.h0[...] for cell in row) for row in cells) if self.learn_initial_carry else None
-        return run_gru_layers(
-            self,
-            tuple(tuple(cell.params for cell in row) for row in cells),
-            x,
-            learned_h0=learned,
-            initial_carry=initial_carry,
-            dropout_key=key,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
-        )
+        config = shared_config(self)
+        deterministic = self.deterministic if deterministic is None else deterministic
+        key = dropout_key(config, deterministic, lambda: self._dropout_key(rngs))
+        stack = tuple(tuple(cell.params for cell in row) for row in self._cells())
+        data = {"seq_lengths": seq_lengths, "mask": mask, "resets": resets}
+        call = {"learned_h0": self._learned(), "initial_carry": initial_carry, "dropout_key": key, **data}
+        if not config.stateful:
+            return run_gru_layers(self, stack, x, **call)
+        if not hasattr(self, "carry"):  # made stateful after construction
+            self.carry = Carry(None)
+        carries, result = stateful_run(self, stack, x, self.carry.get_value(), **call)
+        self.carry.set_value(carries)
+        return result

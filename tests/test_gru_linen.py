@@ -77,7 +77,7 @@ def test_dropout_learned_carry_and_clear_errors():
         module.apply(variables, xs, deterministic=False)
     with pytest.raises(TypeError, match="bidirectional must be"):
         jl.GRU(H, bidirectional="no")
-    with pytest.raises(ValueError, match="reverse=True is for one-direction layers"):
+    with pytest.raises(ValueError, match="reverse=True is for a single direction"):
         jl.GRU(H, bidirectional=True, reverse=True)
     with pytest.raises(ValueError, match="features must be an int >= 1"):
         jl.GRU(0)

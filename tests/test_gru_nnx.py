@@ -44,9 +44,11 @@ def test_the_cell_in_nnx_rnn_equals_the_layer_and_dropout_needs_a_stream():
         getattr(cell, name).set_value(getattr(model.layer_0, name)[...])
     xs = jax.random.normal(jax.random.key(2), (B, T, D))
     assert_close(nnx.RNN(cell)(xs), model(xs))
-    stacked = jl.nnx.GRU(D, H, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="needs a 'dropout' stream"):
+    stacked = jl.nnx.GRU(D, H, num_layers=2, dropout=0.5, rngs=nnx.Rngs(params=0))  # no dropout or default stream
+    with pytest.raises(ValueError, match="dropout=0.5 between 2 layers draws random masks and needs a 'dropout' rng"):
         stacked(xs)
     assert_close(stacked(xs, deterministic=True), stacked(xs, deterministic=True))
-    with_stream = jl.nnx.GRU(D, H, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0, dropout=1))
-    assert not np.allclose(with_stream(xs), with_stream(xs, deterministic=True))
+    assert not np.allclose(stacked(xs, rngs=jax.random.key(3)), stacked(xs, deterministic=True))  # a key, as jl.nnx.LSTM
+    for rngs in (nnx.Rngs(0, dropout=1), nnx.Rngs(0)):  # the 'dropout' stream, else 'default', as jl.nnx.LSTM
+        with_stream = jl.nnx.GRU(D, H, num_layers=2, dropout=0.5, rngs=rngs)
+        assert not np.allclose(with_stream(xs), with_stream(xs, deterministic=True))
