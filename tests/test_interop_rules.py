@@ -14,12 +14,21 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxlstm as jl  # noqa: E402
+
+# Imported here, not in the tests, so that importing them (seconds) is not a test's time.
+try:
+    import torch
+except ImportError:
+    torch = None
+try:
+    import keras
+except ImportError:
+    keras = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 D, H, P = 3, 5, 2
 
@@ -94,8 +103,8 @@ PLAIN_CASES = [
 @pytest.mark.parametrize(
     "proj, params, message", [(P, *case) for case in PROJECTED_CASES] + [(None, *case) for case in PLAIN_CASES]
 )
+@needs_torch
 def test_to_torch_checks_every_entry_against_the_modules_configuration(proj, params, message):
-    pytest.importorskip("torch")
     from jaxlstm.interop import to_torch
 
     module = jl.LSTM(H, num_layers=2, bidirectional=True, variant=None if proj is None else jl.LSTMVariant(proj_size=P))
@@ -103,9 +112,9 @@ def test_to_torch_checks_every_entry_against_the_modules_configuration(proj, par
         to_torch(module, {"params": params})
 
 
+@needs_torch
 @pytest.mark.parametrize("proj", [None, P])
 def test_to_torch_bias_false_names_the_cell_whose_bias_is_not_zero(proj):
-    pytest.importorskip("torch")
     from jaxlstm.interop import to_torch
 
     params = _cells(2, True, proj)
@@ -120,16 +129,21 @@ def test_to_torch_bias_false_names_the_cell_whose_bias_is_not_zero(proj):
 
 
 def test_cell_names_are_one_rule_for_lstms_and_gru_stacks():
-    """``jl.LSTM``'s parameter tree, ``from_torch``'s and ``gru_stack_to_variables``' name cells alike."""
-    from jaxlstm.interop import gru_stack_from_variables, gru_stack_to_variables
+    """``from_torch_state_dict``'s parameter tree and ``gru_stack_to_variables``' name cells alike."""
+    from jaxlstm.interop import from_torch_state_dict, gru_stack_from_variables, gru_stack_to_variables
 
-    shapes = jax.eval_shape(jl.LSTM(H, num_layers=2, bidirectional=True).init, jax.random.key(0), jnp.ones((1, 2, D)))
-    lstm_names = list(shapes["params"])
-    stack = jl.init_rnn_stack(jl.cells.GRU(), jax.random.key(0), D, H, num_layers=2, bidirectional=True)
-    variables = gru_stack_to_variables(stack)
-    assert list(variables["params"]) == lstm_names == ["layer_0", "layer_0_reverse", "layer_1", "layer_1_reverse"]
-    back = gru_stack_from_variables(variables)
-    assert [len(directions) for directions in back] == [2, 2]
+    state = {}
+    for layer in range(2):
+        for suffix in ("", "_reverse"):
+            state[f"weight_ih_l{layer}{suffix}"] = np.zeros((4 * H, D if layer == 0 else 2 * H), np.float32)
+            state[f"weight_hh_l{layer}{suffix}"] = np.zeros((4 * H, H), np.float32)
+    _, lstm = from_torch_state_dict(state)
+    gru = jl.GRUParams(*(np.zeros(shape, np.float32) for shape in ((D, 3 * H), (H, 3 * H), (3 * H,), (3 * H,))))
+    deeper = jl.GRUParams(np.zeros((2 * H, 3 * H), np.float32), *gru[1:])
+    variables = gru_stack_to_variables(((gru, gru), (deeper, deeper)))
+    names = ["layer_0", "layer_0_reverse", "layer_1", "layer_1_reverse"]
+    assert list(variables["params"]) == list(lstm["params"]) == names
+    assert [len(directions) for directions in gru_stack_from_variables(variables)] == [2, 2]
     with pytest.raises(ValueError, match=r"missing \['layer_1_reverse'\], unexpected \[\]"):
         gru_stack_from_variables({"params": _drop(variables["params"], "layer_1_reverse")})
 
@@ -138,13 +152,13 @@ def test_cell_names_are_one_rule_for_lstms_and_gru_stacks():
 def test_variant_options_a_target_lacks_are_refused_by_name(target):
     """``layer_norm_epsilon`` rides with ``layer_norm``: only ``layer_norm=True`` is named."""
     if target == "torch":
-        pytest.importorskip("torch")
+        if torch is None:
+            pytest.skip("torch is not installed")
         from jaxlstm.interop import to_torch as convert
 
         expected = r"to_torch: torch.nn.LSTM has no layer_norm=True; of jaxlstm's LSTM variants it has proj_size only"
     else:
-        keras = pytest.importorskip("keras")
-        if keras.backend.backend() != "jax":
+        if keras is None or keras.backend.backend() != "jax":
             pytest.skip("the Keras interop needs KERAS_BACKEND=jax")
         from jaxlstm.interop import to_keras as convert
 
