@@ -250,3 +250,153 @@ def test_every_pointer_in_the_library_has_a_section_in_the_guide():
     required = {"inputs", "carry", "parameters", "padding-and-seq_lengths", "units-cells-and-time-steps"}
     assert required <= anchors
     assert not pointed - anchors, f"pointers to sections docs/shapes.md lacks: {sorted(pointed - anchors)}"
+
+
+# --------------------------------------------------------------------------- the GRU
+
+GRU_GRID = [
+    dict(num_layers=layers, bidirectional=bi, merge=merge, return_sequences=seq)
+    for layers, bi, merge, seq in itertools.product((1, 2), (False, True), ("concat", "ave"), (True, False))
+    if bi or merge == "concat"
+]
+
+
+@pytest.mark.parametrize("config", GRU_GRID, ids=map(_id, GRU_GRID))
+def test_gru_explanation_matches_linen_module(config):
+    """cell="gru": output, carries, every parameter shape and the total equal the real jl.GRU's."""
+    e = explain(B, T, D, H, cell="gru", **config)
+    layer = jl.GRU(H, return_carry=True, **config)
+    x = jax.ShapeDtypeStruct((B, T, D), jnp.float32)
+    (carries, out), variables = jax.eval_shape(lambda x: layer.init_with_output(jax.random.key(0), x), x)
+    params = variables["params"]
+
+    assert tuple(out.shape) == e.output_shape
+    assert _shapes(carries) == e.carry_shapes  # h alone per cell, nested [layer][direction]
+    assert e.carry_shape == e.h_shape == (B, H) and e.c_shape is None
+    assert dict(_shapes(params)) == e.param_shapes
+    assert sum(math.prod(a.shape) for a in jax.tree.leaves(params)) == e.total_params
+    for cell in e.cells:
+        assert cell.num_params == sum(math.prod(a.shape) for a in jax.tree.leaves(params[cell.name]))
+    assert e.output_shape[-1] == e.dense_input_size
+
+
+def test_gru_explanation_matches_nnx_module():
+    from flax import nnx
+
+    e = explain(B, T, D, H, cell="gru", num_layers=2, bidirectional=True)
+    model = nnx.eval_shape(lambda: jl.nnx.GRU(D, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert _shapes(params) == e.param_shapes
+    assert sum(math.prod(a.shape) for a in jax.tree.leaves(params)) == e.total_params
+
+
+@pytest.mark.slow  # imports torch
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (3, False), (1, True), (2, True)])
+def test_gru_count_and_shapes_equal_torch(num_layers, bidirectional):
+    torch = pytest.importorskip("torch")
+    gru = torch.nn.GRU(D, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=True)
+    e = explain(B, T, D, H, cell="gru", num_layers=num_layers, bidirectional=bidirectional)
+    assert e.total_params == sum(p.numel() for p in gru.parameters())
+    torch_shapes = {name: tuple(p.shape) for name, p in gru.named_parameters()}
+    for cell in e.cells:  # weight_ih_l1_reverse (3H, F) is w_ih (F, 3H) transposed; the biases alike
+        suffix = f"l{cell.layer}" + ("_reverse" if cell.direction == "backward" else "")
+        ours = cell.param_shapes
+        assert torch_shapes[f"weight_ih_{suffix}"] == ours["w_ih"][::-1]
+        assert torch_shapes[f"weight_hh_{suffix}"] == ours["w_hh"][::-1]
+        assert torch_shapes[f"bias_ih_{suffix}"] == ours["b_ih"] and torch_shapes[f"bias_hh_{suffix}"] == ours["b_hh"]
+    x = torch.zeros(B, T, D)
+    out, h_n = gru(x)
+    assert tuple(out.shape) == e.output_shape
+    assert tuple(h_n.shape) == (num_layers * e.num_directions, *e.carry_shape)
+
+
+def test_gru_numbers():
+    e = explain(4, 10, 8, 32, cell="gru")
+    assert e.module_call == "jl.GRU(32)" and e.is_gru and e.gate_names == ("r", "z", "n")
+    assert e.gates_shape == (4, 96) and e.gate_shape == e.carry_shape == (4, 32)
+    assert e.param_shapes == {"layer_0": {"w_ih": (8, 96), "w_hh": (32, 96), "b_ih": (96,), "b_hh": (96,)}}
+    assert e.total_params == 4032 == 8 * 96 + 32 * 96 + 96 + 96
+    assert e.layers[0].cells[0].formula == "3·(32·(8+32)+2·32) = 4,032"
+    assert e.variant.is_plain
+
+
+def test_gru_cell_params_formula():
+    for d, h in [(1, 1), (8, 32), (300, 1024)]:
+        assert cell_params(d, h, cell="gru") == d * 3 * h + h * 3 * h + 2 * 3 * h
+    assert cell_params(8, 32, cell="lstm") == cell_params(8, 32)
+
+
+def test_a_gru_cell_instance_means_gru():
+    assert explain(4, 10, 8, 32, cell=jl.cells.GRU(), num_layers=2) == explain(4, 10, 8, 32, cell="gru", num_layers=2)
+
+
+def test_gru_text_shows_three_gates_and_no_c():
+    text = str(explain(4, 10, 8, 32, cell="gru", num_layers=2, bidirectional=True))
+    steps = [
+        "jl.GRU(32, num_layers=2, bidirectional=True) on x",
+        '"This GRU has 32 units',
+        "a = x_t @ w_ih + b_ih  (B, 3H)     = (4, 96)",
+        "u = h @ w_hh + b_hh    (B, 3H)     = (4, 96)",
+        "r = sig(a_r + u_r)     (B, H)      = (4, 32)",
+        "z = sig(a_z + u_z)",
+        "n = tanh(a_n + r*u_n)",
+        "4. new carry      h = (1-z)*n + z*h      (B, H)      = (4, 32)",
+        "h -> step t+1",
+        "(B, T, 2H)  = (4, 10, 64)",
+        "h alone (there is no c), is (B, H) = (4, 32)",
+        "The step as torch.nn.GRU writes it",
+        "n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_(t-1) + b_hn))",
+        "h_t = (1 - z_t) * n_t + z_t * h_(t-1)",
+        "w_ih  (D, 3H)",
+        "b_ih  (3H,)",
+        "b_hh  (3H,)",
+        "3·(H·(D+H)+2·H)  = 3·(32·(8+32)+2·32)    4,032",
+        "w_ih  (F, 3H)          = (64, 96)",
+        "total (2 layers x 2 directions)                                                26,880",
+        "Gate order along the 3H axis: r, z, n",
+        "docs/cells.md#the-gru",
+    ]
+    position = 0
+    for step in steps:  # each one after the one before
+        position = text.index(step, position) + len(step)
+    for lstm_only in ("c = sig(f)", "(h, c)", "(B, 4H)", "i, f, g, o", "One bias b per cell", "Variant\n"):
+        assert lstm_only not in text
+
+
+def test_gru_diagram_is_refused_before_matplotlib():
+    with pytest.raises(ValueError, match="diagram draws LSTM cells only, got cell='gru'"):
+        explain(4, 10, 8, 32, cell="gru").diagram()
+
+
+class _MyCell(jl.Cell):
+    pass
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(cell="rnn"), ValueError, "cell must be one of 'lstm', 'gru' or a jl.cells.GRU(), got 'rnn'"),
+        (dict(cell="GRU"), ValueError, "cell must be one of 'lstm', 'gru' or a jl.cells.GRU(), got 'GRU'"),
+        (dict(cell=None), TypeError, "cell must be one of 'lstm', 'gru' or a jl.cells.GRU(), got NoneType None"),
+        (dict(cell=_MyCell()), TypeError, "cell must be one of 'lstm', 'gru' or a jl.cells.GRU(), got _MyCell"),
+        (dict(cell="gru", proj_size=2), ValueError, "proj_size=2 is an LSTM option: cell='gru' takes none of"),
+        (dict(cell="gru", peepholes=True), ValueError, "peepholes=True is an LSTM option"),
+        (dict(cell="gru", layer_norm=True), ValueError, "layer_norm=True is an LSTM option"),
+        (dict(cell="gru", cifg=True), ValueError, "cifg=True is an LSTM option"),
+        (dict(cell="gru", peepholes="yes"), TypeError, "peepholes must be True or False"),
+        (dict(cell="gru", merge="max"), ValueError, "merge must be one of"),
+    ],
+)
+def test_explain_validates_the_cell(kwargs, error, words):
+    with pytest.raises(error) as info:
+        explain(4, 10, 8, 32, **kwargs)
+    assert words in str(info.value)
+    if "LSTM option" in words:  # the choices: every LSTM-only option, and the cells
+        assert "proj_size, peepholes, layer_norm, cifg" in str(info.value) and "'lstm', 'gru'" in str(info.value)
+
+
+def test_cell_params_validates_the_cell():
+    with pytest.raises(ValueError, match="cell must be one of 'lstm', 'gru', got 'rnn'"):
+        cell_params(8, 32, cell="rnn")
+    with pytest.raises(ValueError, match="peepholes=True is an LSTM option"):
+        cell_params(8, 32, cell="gru", peepholes=True)
