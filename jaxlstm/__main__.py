@@ -1,8 +1,9 @@
 """The ``jaxlstm`` command (also ``python -m jaxlstm``).
 
 ``jaxlstm explain --batch 4 --time 10 --input 8 --units 32`` prints every
-shape and parameter of that LSTM (see ``jaxlstm.explain``); ``--plot FILE.png``
-(or ``.svg``) also draws it unrolled over time (needs matplotlib).
+shape and parameter of that LSTM (see ``jaxlstm.explain``), ``--cell gru`` of
+the GRU; ``--plot FILE.png`` (or ``.svg``) also draws an LSTM unrolled over
+time (needs matplotlib).
 
 ``jaxlstm docs shapes`` prints a guide (the Markdown files of the repository's
 ``docs/``, shipped in the package as ``jaxlstm/guides/``), ``jaxlstm docs
@@ -22,6 +23,9 @@ import re
 import sys
 from pathlib import Path
 
+from .explain_shapes import CELLS
+from .stack import MERGE_MODES
+
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
@@ -39,13 +43,34 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     explain = commands.add_parser(
         "explain",
-        help="walk through every shape and parameter of an LSTM configuration",
+        help="walk through every shape and parameter of an LSTM or GRU configuration",
         description=(
-            "Print, step by step, the shapes an LSTM computes for your sizes: input (B, T, D), one step "
-            "x_t (B, D), gates (B, 4H), carry (B, H), the layer's output, what a following Dense layer "
-            "receives, and every parameter with the total count."
+            "Print, step by step, the shapes an LSTM (or, with --cell gru, a GRU) computes for your sizes: "
+            "input (B, T, D), one step x_t (B, D), gates (B, 4H; a GRU's (B, 3H)), carry (B, H), the layer's "
+            "output, what a following Dense layer receives, and every parameter with the total count."
         ),
     )
+    _explain_arguments(explain)
+    docs = commands.add_parser(
+        "docs",
+        help="print a guide (shapes, sequence-state, variants, performance, ...), or list them",
+        description=(
+            "Print one of jaxlstm's guides as Markdown, or one section of it: `jaxlstm docs shapes#inputs` "
+            "prints the section that an error message pointing at docs/shapes.md#inputs means. "
+            "Without a name, list the guides."
+        ),
+    )
+    docs.add_argument(
+        "guide",
+        nargs="?",
+        metavar="GUIDE[#SECTION]",
+        help="a guide's name (shapes, sequence-state, variants, performance, ...), optionally with #section",
+    )
+    return parser
+
+
+def _explain_arguments(explain: argparse.ArgumentParser) -> None:
+    """The options of ``jaxlstm explain``: ``jl.explain``'s arguments."""
     explain.add_argument("--batch", type=int, required=True, metavar="B", help="sequences per batch")
     explain.add_argument("--time", type=int, required=True, metavar="T", help="time steps per sequence")
     explain.add_argument(
@@ -58,12 +83,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="H",
         help="size of the state vector (units = hidden_size = features)",
     )
+    explain.add_argument(
+        "--cell",
+        default="lstm",
+        choices=CELLS,
+        help="the recurrent cell: lstm (jl.LSTM) or gru (jl.GRU: gates r, z, n, carry h alone) (lstm)",
+    )
     explain.add_argument("--layers", dest="num_layers", type=int, default=1, metavar="L", help="stacked layers (1)")
     explain.add_argument("--bidirectional", action="store_true", help="add a backward direction to every layer")
     explain.add_argument(
         "--merge",
         default="concat",
-        choices=("concat", "sum", "mul", "ave"),
+        choices=MERGE_MODES,
         help="how a bidirectional layer combines its two directions (concat)",
     )
     explain.add_argument(
@@ -81,30 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="P",
-        help="project h to P < H features (LSTMP, PyTorch's proj_size): h and the output get P, c keeps H",
+        help="LSTM only: project h to P < H features (LSTMP, PyTorch's proj_size): h and the output get P, c keeps H",
     )
-    explain.add_argument("--peepholes", action="store_true", help="peephole connections from c to the gates")
-    explain.add_argument("--layer-norm", dest="layer_norm", action="store_true", help="layer-normalized LSTM")
-    explain.add_argument("--cifg", action="store_true", help="coupled input-forget gate (f = 1 - i)")
+    explain.add_argument("--peepholes", action="store_true", help="LSTM only: peephole connections from c to the gates")
+    explain.add_argument("--layer-norm", dest="layer_norm", action="store_true", help="LSTM only: layer-normalized")
+    explain.add_argument("--cifg", action="store_true", help="LSTM only: coupled input-forget gate (f = 1 - i)")
     explain.add_argument(
-        "--plot", metavar="FILE", help="also draw the network unrolled over time to FILE (.png, .svg or .pdf)"
+        "--plot", metavar="FILE", help="also draw an LSTM unrolled over time to FILE (.png, .svg or .pdf)"
     )
-    docs = commands.add_parser(
-        "docs",
-        help="print a guide (shapes, sequence-state, variants, performance, ...), or list them",
-        description=(
-            "Print one of jaxlstm's guides as Markdown, or one section of it: `jaxlstm docs shapes#inputs` "
-            "prints the section that an error message pointing at docs/shapes.md#inputs means. "
-            "Without a name, list the guides."
-        ),
-    )
-    docs.add_argument(
-        "guide",
-        nargs="?",
-        metavar="GUIDE[#SECTION]",
-        help="a guide's name (shapes, sequence-state, variants, performance, ...), optionally with #section",
-    )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +148,7 @@ def _explain(args: argparse.Namespace) -> int:
             args.time,
             args.input_size,
             args.units,
+            cell=args.cell,
             num_layers=args.num_layers,
             bidirectional=args.bidirectional,
             merge=args.merge,
@@ -143,13 +159,10 @@ def _explain(args: argparse.Namespace) -> int:
             cifg=args.cifg,
         )
     except (TypeError, ValueError) as error:
-        message = str(error)
-        for name, flag in (("input_size", "--input"), ("num_layers", "--layers"), ("proj_size", "--proj-size")):
-            message = message.replace(f"{name} must", f"{flag} must", 1)
-        for flag in ("batch", "time", "units"):
-            if message.startswith(f"{flag} must"):
-                message = "--" + message
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {_flags(str(error))}", file=sys.stderr)
+        return 2
+    if args.plot is not None and explanation.is_gru:
+        print(f"{prog}: error: --plot draws LSTM cells only, got --cell gru; leave --plot out", file=sys.stderr)
         return 2
     if args.plot is not None and os.path.splitext(args.plot)[1].lower() not in PLOT_FORMATS:
         print(f"{prog}: error: --plot must name a .png, .svg or .pdf file, got {args.plot!r}", file=sys.stderr)
@@ -169,6 +182,32 @@ def _explain(args: argparse.Namespace) -> int:
             return 1
         _print(f"\nDiagram written to {args.plot}")
     return 0
+
+
+# ``explain``'s argument names as ``jaxlstm explain`` spells them: anywhere in a message for these names, which
+# are not English words (but not in "PyTorch's proj_size"); the plain words ("batch must ...") only where the
+# message starts with them.
+_FLAG_NAMES = {
+    "input_size": "--input",
+    "num_layers": "--layers",
+    "proj_size": "--proj-size",
+    "layer_norm": "--layer-norm",
+    "peepholes": "--peepholes",
+    "cifg": "--cifg",
+}
+
+
+def _flags(message: str) -> str:
+    """An error of ``jl.explain`` in the command line's words: ``proj_size`` → ``--proj-size``,
+    ``cell='gru'`` → ``--cell gru``, ``cell is`` → ``--cell is``, a leading ``units must`` → ``--units must``."""
+    for name, flag in _FLAG_NAMES.items():
+        message = re.sub(rf"(?<![\w-])(?<!PyTorch's ){name}\b", flag, message)
+    message = re.sub(r"(?<![\w-])cell='(\w+)'", r"--cell \1", message)
+    message = re.sub(r"(?<![\w-])cell is\b", "--cell is", message)
+    for name in ("batch", "time", "units", "cell"):
+        if message.startswith(f"{name} must"):
+            message = "--" + message
+    return message
 
 
 # ----------------------------------------------------------------------------- jaxlstm docs

@@ -41,6 +41,13 @@ def test_explain_all_options(capsys):
         ("--batch", "-3", "jaxlstm explain: error: --batch must be an int >= 1, got -3"),
         ("--input", "0", "jaxlstm explain: error: --input must be an int >= 1, got 0"),
         ("--layers", "0", "jaxlstm explain: error: --layers must be an int >= 1, got 0"),
+        (
+            "--proj-size",
+            "0",
+            "jaxlstm explain: error: --proj-size must be None (no projection) or an int >= 1, got 0 "
+            "(PyTorch's proj_size=0 is jaxlstm's None)",
+        ),
+        ("--proj-size", "40", "jaxlstm explain: error: --proj-size must be smaller than units: got --proj-size=40"),
     ],
 )
 def test_invalid_values_give_one_line_and_exit_2(capsys, flag, value, message):
@@ -190,6 +197,89 @@ def test_draw_labels_a_projection_with_p_and_c_with_h(bidirectional):
     assert any(text.endswith("+ w_hr") for text in texts)  # the projection's weights are listed
     if bidirectional:
         assert "merge='concat'\n[→h, ←h]: 2P = 10" in texts
+
+
+# --------------------------------------------------------------------------- --cell gru
+
+
+def test_cell_gru_prints_the_gru_walk_through(capsys):
+    assert main(BASIC + ["--cell", "gru"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("jl.GRU(32) on x of shape (batch, time, input) = (4, 10, 8)")
+    words = " ".join(out.split())
+    for phrase in (
+        "r = sig(a_r + u_r) (B, H) = (4, 32)",
+        "n = tanh(a_n + r*u_n)",
+        "h = (1-z)*n + z*h (B, H) = (4, 32) = this step's output h_t",
+        "h alone (there is no c), is (B, H) = (4, 32)",
+        "n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_(t-1) + b_hn))",
+        "3·(32·(8+32)+2·32) 4,032",  # w_ih 8·96 + w_hh 32·96 + b_ih 96 + b_hh 96
+    ):
+        assert phrase in words
+    assert "c = sig(f)" not in out and "(B, 4H)" not in out
+
+
+def test_cell_gru_with_every_stacking_option(capsys):
+    argv = BASIC + ["--cell", "gru", "--layers", "2", "--bidirectional", "--merge", "sum", "--last-only"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("jl.GRU(32, num_layers=2, bidirectional=True, merge='sum', return_sequences=False)")
+    assert "9. model output returned (B, H) = (4, 32) last step only" in " ".join(out.split())
+    # two layers of two directions: 3·(H·(D+H)+2H) each, layer 1 reading H = 32 (sum) features
+    total = 2 * 3 * (32 * (8 + 32) + 2 * 32) + 2 * 3 * (32 * (32 + 32) + 2 * 32)
+    assert f"{total:,}" in out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--proj-size", "16"], "--proj-size=16 is an LSTM option: --cell gru takes none of"),
+        (["--peepholes"], "--peepholes=True is an LSTM option"),
+        (["--layer-norm"], "--layer-norm=True is an LSTM option"),
+        (["--cifg"], "--cifg=True is an LSTM option"),
+        (["--plot", "net.png"], "--plot draws LSTM cells only, got --cell gru"),
+    ],
+)
+def test_cell_gru_refuses_lstm_options_in_one_line(capsys, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(BASIC + ["--cell", "gru", *extra]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"jaxlstm explain: error: {message}")
+    if "LSTM option" in message:  # the choices: the LSTM-only flags and the cells
+        assert "--proj-size, --peepholes, --layer-norm, --cifg" in err and "--cell is one of 'lstm', 'gru'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "net.png").exists()
+
+
+def test_unknown_cell_exits_2_naming_the_choices(capsys):
+    assert main(BASIC + ["--cell", "rnn"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: jaxlstm" in err
+    assert "argument --cell: invalid choice: 'rnn' (choose from" in err and "'lstm', 'gru'" in err.replace('"', "'")
+    assert "Traceback" not in err
+
+
+def test_choices_come_from_the_library():
+    """--cell and --merge offer what jl.explain and the layers accept, written once in the library."""
+    import argparse
+
+    from jaxlstm import stack
+    from jaxlstm.__main__ import _parser
+    from jaxlstm.explain import CELLS
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {a.dest: a for a in commands.choices["explain"]._actions}
+    assert options["merge"].choices is stack.MERGE_MODES
+    assert options["cell"].choices is CELLS and tuple(CELLS) == ("lstm", "gru")
+
+
+def test_help_names_the_cell_option(capsys):
+    assert main(["explain", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--cell {lstm,gru}" in help_text
+    assert "LSTM only: project h to P < H features" in help_text
 
 
 # --------------------------------------------------------------------------- --last-only's help
