@@ -1,4 +1,7 @@
-"""jl.GRU and jl.GRUCell (flax.linen) against torch.nn.GRU and Flax's nn.RNN(nn.GRUCell) on shared weights."""
+"""jl.GRU and jl.GRUCell (flax.linen) against torch.nn.GRU and Flax's nn.RNN(nn.GRUCell) on shared weights;
+the stateful GRU against torch.nn.GRU and the NumPy loop of tests/reference_gru.py."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -9,6 +12,7 @@ import torch
 
 import jaxlstm as jl
 from tests.reference import assert_close
+from tests.reference_gru import ref_gru
 
 D, H, B, T = 3, 4, 3, 5
 
@@ -81,3 +85,72 @@ def test_dropout_learned_carry_and_clear_errors():
         jl.GRU(H, bidirectional=True, reverse=True)
     with pytest.raises(ValueError, match="features must be an int >= 1"):
         jl.GRU(0)
+
+
+# --------------------------------------------------------------------------- stateful streaming
+
+
+def ref_gru_stack(params: dict, xs, h0s=None):
+    """The NumPy loop of tests/reference_gru.py layer after layer (one direction): ``(finals, hs)``,
+    ``finals`` ``(num_layers, B, H)``; ``h0s[l]`` the initial h of layer l, ``(B, H)``."""
+    finals, hs = [], np.asarray(xs, np.float64)
+    for l in range(len(params)):
+        p = params[f"layer_{l}"]
+        final, hs = ref_gru(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], hs, None if h0s is None else h0s[l])
+        finals.append(final)
+    return np.stack(finals), hs
+
+
+@pytest.mark.slow
+def test_stateful_chunks_equal_one_call_on_the_whole_sequence():
+    torch.manual_seed(0)
+    torch_gru = torch.nn.GRU(D, H, num_layers=2, batch_first=True)
+    xs = np.random.default_rng(0).normal(size=(2, 6, D)).astype(np.float32)
+    out, h_n = (a.detach().numpy() for a in torch_gru(torch.tensor(xs)))
+    variables = _variables_from_torch(torch_gru, 2, False)
+    ref_finals, ref_hs = ref_gru_stack(variables["params"], xs)
+    assert_close(out, ref_hs)  # torch and the NumPy loop agree: the references are the same GRU
+
+    layer = jl.GRU(H, num_layers=2, stateful=True)
+    assert "carry" not in layer.init(jax.random.key(0), jnp.asarray(xs))  # as jl.LSTM: init keeps no carry
+    step = jax.jit(functools.partial(layer.apply, mutable=["carry"]))
+    no_resets = jnp.zeros((2, 3), bool)
+    first, state = step(variables, jnp.asarray(xs[:, :3]), resets=no_resets)
+    second, state = step({**variables, **state}, jnp.asarray(xs[:, 3:]), resets=no_resets)
+    assert_close(jnp.concatenate([first, second], axis=1), out)
+    kept = state["carry"]["state"]  # [layer][direction] -> h (B, H), as jl.LSTM's collection and name
+    assert jax.tree.map(jnp.shape, kept) == (((2, H),), ((2, H),))
+    assert_close(jnp.stack([row[0] for row in kept]), h_n)
+    assert_close(jnp.stack([row[0] for row in kept]), ref_finals)
+
+    # resets[:, 0] restarts row 0 from zeros (not from the kept carry); row 1 streams on
+    _, state = step(variables, jnp.asarray(xs[:, :3]), resets=no_resets)
+    restart = no_resets.at[0, 0].set(True)
+    restarted, _ = step({**variables, **state}, jnp.asarray(xs[:, 3:]), resets=restart)
+    assert_close(restarted[0], ref_gru_stack(variables["params"], xs[:, 3:])[1][0])
+    assert_close(restarted[1], out[1, 3:])
+    assert np.abs(np.asarray(restarted[0]) - out[0, 3:]).max() > 1e-3  # the restart changed row 0
+
+    # a stateful layer asked for its carries returns them, and a given initial_carry wins over the kept one
+    with_carry = jl.GRU(H, num_layers=2, stateful=True, return_carry=True)
+    zeros = ((jnp.zeros((2, H)),), (jnp.zeros((2, H)),))
+    finals, from_zeros = with_carry.apply({**variables, **state}, jnp.asarray(xs[:, 3:]), initial_carry=zeros)
+    assert_close(from_zeros, ref_gru_stack(variables["params"], xs[:, 3:])[1])
+    assert_close(jnp.stack([row[0] for row in finals]), ref_gru_stack(variables["params"], xs[:, 3:])[0])
+
+
+def test_stateful_errors_are_the_lstms():
+    xs = jnp.ones((2, 3, D))
+    for option in ({"bidirectional": True}, {"reverse": True}):
+        with pytest.raises(ValueError) as lstm_error:
+            jl.LSTM(H, stateful=True, **option)
+        with pytest.raises(ValueError, match=r"stateful=True streams a sequence forward chunk by chunk") as gru_error:
+            jl.GRU(H, stateful=True, **option)
+        assert str(gru_error.value) == str(lstm_error.value)
+    layer = jl.GRU(H, stateful=True)
+    params = {"params": layer.init(jax.random.key(0), xs)["params"]}
+    _, state = layer.apply(params, xs, mutable=["carry"])
+    with pytest.raises(ValueError, match=r"the stored carry has batch shape \(2,\) but x has batch shape \(1,\)"):
+        layer.apply({**params, **state}, xs[:1], mutable=["carry"])
+    with pytest.raises(ValueError, match=r"checkpoint_every must be an int >= 1"):  # checked as jl.LSTM checks it
+        jl.GRU(H, checkpoint_every=0)
