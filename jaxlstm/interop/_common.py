@@ -91,54 +91,46 @@ def lstm_module(module):
     return module  # its options were validated when it was built
 
 
-def read_stack(module, variables) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """``[layer][direction]`` → NumPy ``(w_ih, w_hh, b)`` of a ``jl.LSTM``'s variables.
+def read_stack(module, variables) -> list[list[tuple[np.ndarray, ...]]]:
+    """``[layer][direction]`` → NumPy ``(w_ih, w_hh, b)`` of a ``jl.LSTM``'s variables; with a projection
+    (``proj_size=P``), ``(w_ih, w_hh, b, w_hr)``.
 
     Every array is checked against the module's configuration (``features``,
-    ``num_layers``, ``bidirectional``, ``merge``), and keys the module would
-    not create are rejected, so variables of another configuration fail here
-    with the key named rather than converting into a different network.
+    ``num_layers``, ``bidirectional``, ``merge``, ``proj_size``): ``w_ih`` (F, 4H),
+    F the input's size in layer 0 and ``module.output_size`` after it, ``w_hh``
+    (R, 4H), R = P with a projection and H without, ``b`` (4H,), ``w_hr`` (H, P).
+    Keys the module would not create are rejected, so variables of another
+    configuration fail here with the key named rather than converting into a
+    different network.
     """
-    from ..linen import cell_name
+    from ..layer import cell_name
 
     params = params_tree(variables)
-    hidden = module.features
-    gates = 4 * hidden
-    expected_names = set()
+    hidden, proj = module.features, module.config.cell_variant.proj_size
+    fields = ("w_ih", "w_hh", "b") if proj is None else ("w_ih", "w_hh", "b", "w_hr")
     stack = []
     input_size = None
     for layer in range(module.num_layers):
         directions = []
         for direction in range(module.num_directions):
             name = cell_name(layer, direction)
-            expected_names.add(name)
-            if name not in params or not isinstance(params[name], Mapping):
-                raise ValueError(
-                    f"params[{name!r}] is missing: a jaxlstm.LSTM with num_layers={module.num_layers}, "
-                    f"bidirectional={module.bidirectional} has {_names(module)}; got {sorted(params)}"
-                )
-            cell = params[name]
-            arrays = {}
-            for field in ("w_ih", "w_hh", "b"):
-                if field not in cell:
-                    raise ValueError(f"params[{name!r}][{field!r}] is missing; got {sorted(cell)}")
-                arrays[field] = np.asarray(cell[field])
-            extra = sorted(set(cell) - {"w_ih", "w_hh", "b"})
-            if extra:
-                raise ValueError(f"params[{name!r}] has unexpected entries {extra}; expected w_ih, w_hh, b")
+            arrays = _read_cell(params, name, fields, module)
             if layer == 0 and input_size is None:
                 input_size = arrays["w_ih"].shape[0] if arrays["w_ih"].ndim == 2 else -1
             layer_input = input_size if layer == 0 else module.output_size
-            shapes = {"w_ih": (layer_input, gates), "w_hh": (hidden, gates), "b": (gates,)}
+            shapes = {"w_ih": (layer_input, 4 * hidden), "w_hh": (proj or hidden, 4 * hidden), "b": (4 * hidden,)}
+            shapes |= {} if proj is None else {"w_hr": (hidden, proj)}
             for field, shape in shapes.items():
                 if arrays[field].shape != shape:
                     raise ValueError(
                         f"params[{name!r}][{field!r}] has shape {arrays[field].shape}, expected {shape} "
-                        f"for features={hidden}" + (f", input_size={input_size}" if layer == 0 else "")
+                        f"for features={hidden}"
+                        + ("" if proj is None else f", proj_size={proj}")
+                        + (f", input_size={input_size}" if layer == 0 else "")
                     )
-            directions.append((arrays["w_ih"], arrays["w_hh"], arrays["b"]))
+            directions.append(tuple(arrays[field] for field in fields))
         stack.append(directions)
-    extra = sorted(set(params) - expected_names)
+    extra = sorted(set(params) - set(_names(module)))
     if extra:
         raise ValueError(
             f"params has entries {extra} that a jaxlstm.LSTM with num_layers={module.num_layers}, "
@@ -147,10 +139,46 @@ def read_stack(module, variables) -> list[list[tuple[np.ndarray, np.ndarray, np.
     return stack
 
 
+def _read_cell(params: Mapping, name: str, fields: tuple[str, ...], module) -> dict[str, np.ndarray]:
+    """``params[name]``'s ``fields`` as NumPy arrays; a missing cell or field, or an extra entry, is named."""
+    if name not in params or not isinstance(params[name], Mapping):
+        raise ValueError(
+            f"params[{name!r}] is missing: a jaxlstm.LSTM with num_layers={module.num_layers}, "
+            f"bidirectional={module.bidirectional} has {_names(module)}; got {sorted(params)}"
+        )
+    cell = params[name]
+    arrays = {}
+    for field in fields:
+        if field not in cell:
+            raise ValueError(f"params[{name!r}][{field!r}] is missing; got {sorted(cell)}")
+        arrays[field] = np.asarray(cell[field])
+    extra = sorted(set(cell) - set(fields))
+    if extra:
+        raise ValueError(f"params[{name!r}] has unexpected entries {extra}; expected {', '.join(fields)}")
+    return arrays
+
+
 def _names(module) -> list[str]:
-    from ..linen import cell_name
+    from ..layer import cell_name
 
     return [cell_name(layer, d) for layer in range(module.num_layers) for d in range(module.num_directions)]
+
+
+def refuse_variant_options(module, supported: tuple[str, ...], target: str, has: str) -> None:
+    """Refuses the options of ``module``'s LSTM variant that ``target`` (a layer of another framework) lacks,
+    naming them: ``"{target} has no peepholes=True; of jaxlstm's LSTM variants it has {has} ..."``.
+
+    ``supported`` names the options ``target`` has; ``layer_norm_epsilon`` only matters with
+    ``layer_norm`` and is never named on its own.
+    """
+    allowed = (*supported, "layer_norm_epsilon")
+    unsupported = {k: v for k, v in module.config.cell_variant.options.items() if k not in allowed}
+    if unsupported:
+        options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+        raise ValueError(
+            f"{target} has no {options}; of jaxlstm's LSTM variants it has {has} "
+            "(see docs/variants.md, or run jaxlstm docs variants)"
+        )
 
 
 def consensus(values: Mapping):
@@ -284,10 +312,12 @@ def gru_stack_to_variables(stack) -> dict:
     >>> jax.tree.all(jax.tree.map(lambda a, b: a is b, gru_stack_from_variables(variables), stack))
     True
     """
+    from ..layer import cell_name
+
     read_gru_stack(stack, "gru_stack_to_variables")
     return {
         "params": {
-            _cell_name(layer, direction): dict(params._asdict())
+            cell_name(layer, direction): dict(params._asdict())
             for layer, directions in enumerate(stack)
             for direction, params in enumerate(directions)
         }
@@ -302,16 +332,17 @@ def gru_stack_from_variables(variables) -> tuple:
     GRU stack, is named in a ValueError.
     """
     from ..cells.gru import GRUParams
+    from ..layer import cell_name
 
     params = params_tree(variables)
     fields = GRUParams._fields
     num_layers = 0
-    while _cell_name(num_layers, 0) in params:
+    while cell_name(num_layers, 0) in params:
         num_layers += 1
     if num_layers == 0:
         raise ValueError(f"variables['params'] has no 'layer_0' (a GRU stack's first layer); got {sorted(params)}")
-    num_directions = 2 if _cell_name(0, 1) in params else 1
-    names = [_cell_name(layer, d) for layer in range(num_layers) for d in range(num_directions)]
+    num_directions = 2 if cell_name(0, 1) in params else 1
+    names = [cell_name(layer, d) for layer in range(num_layers) for d in range(num_directions)]
     extra = sorted(set(params) - set(names), key=str)
     missing = [name for name in names if name not in params]
     if extra or missing:
@@ -323,7 +354,7 @@ def gru_stack_from_variables(variables) -> tuple:
     for layer in range(num_layers):
         directions = []
         for direction in range(num_directions):
-            name = _cell_name(layer, direction)
+            name = cell_name(layer, direction)
             cell = params[name]
             if not isinstance(cell, Mapping) or set(cell) != set(fields):
                 got = sorted(cell) if isinstance(cell, Mapping) else type(cell).__name__
@@ -332,6 +363,3 @@ def gru_stack_from_variables(variables) -> tuple:
         stack.append(tuple(directions))
     return tuple(stack)
 
-
-def _cell_name(layer: int, direction: int) -> str:
-    return f"layer_{layer}" + ("_reverse" if direction else "")
