@@ -59,6 +59,10 @@ converters need Keras on its JAX backend: ``export KERAS_BACKEND=jax``
 before Python imports keras (unset, Keras takes the backend from its
 ``keras.json``, ``"tensorflow"`` by default); on another backend they
 raise an ImportError that says so.
+
+This module holds ``KerasLSTM``, ``from_keras`` and ``to_keras``; what they read
+of a Keras layer lives in ``_keras_layers``, the activations in
+``_keras_activations``.
 """
 
 from __future__ import annotations
@@ -73,11 +77,24 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .. import _checks
 from ..cell import LSTMCarry
-from ..linen import LSTM, cell_name
-from ..variants import LSTMVariant
-from ._common import check_finite, floating, lstm_module, read_stack, require_keras, warn_if_x64_disabled
+from ..linen import LSTM
+from ._common import check_finite, lstm_module, read_stack, refuse_variant_options, require_keras
+# What from_keras reads and to_keras writes; keras_gru imports _masked_output, _name and _numpy from here.
+from ._keras_activations import KERAS_ACTIVATIONS as KERAS_ACTIVATIONS
+from ._keras_activations import activation_name as _name
+from ._keras_activations import activation_names as _activation_names
+from ._keras_activations import read_activations as _activations
+from ._keras_layers import dropout_variant as _variant
+from ._keras_layers import lstm_layers as _lstm_layers
+from ._keras_layers import masked_output as _masked_output
+from ._keras_layers import numpy_value as _numpy
+from ._keras_layers import read_params as _read_params
 
 __all__ = ["KerasLSTM", "from_keras", "to_keras"]
+
+# The variant options keras.layers.LSTM has (as dropout and recurrent_dropout); layer_norm_epsilon only
+# matters with layer_norm.
+KERAS_VARIANT_OPTIONS = ("input_dropout", "recurrent_dropout", "layer_norm_epsilon")
 
 
 class KerasLSTM(nn.Module):
@@ -248,233 +265,6 @@ def _module(layer, layers, variable_dtype, **options) -> LSTM | KerasLSTM:
     return module
 
 
-def _lstm_layers(keras, layer) -> tuple:
-    """``(lstm,)`` for an LSTM layer, ``(forward, backward)`` for a Bidirectional one, checked for what converts."""
-    if isinstance(layer, keras.layers.Bidirectional):
-        forward, backward = layer.forward_layer, layer.backward_layer
-        for name, sub in (("forward_layer", forward), ("backward_layer", backward)):
-            if not isinstance(sub, keras.layers.LSTM):
-                raise TypeError(
-                    f"from_keras: Bidirectional.{name} must be a keras.layers.LSTM, got {type(sub).__name__}"
-                )
-        if layer.merge_mode is None:
-            raise NotImplementedError(
-                "from_keras: Bidirectional(merge_mode=None) returns the two directions separately; "
-                "jaxlstm merges them — use merge_mode 'concat', 'sum', 'mul' or 'ave'"
-            )
-        if layer.stateful:
-            raise NotImplementedError(
-                "from_keras: a stateful Bidirectional layer is not supported; jaxlstm streams forward only "
-                "(a backward direction needs the whole sequence)"
-            )
-        if forward.go_backwards:
-            raise NotImplementedError(
-                "from_keras: Bidirectional over an LSTM with go_backwards=True (its 'forward' layer reads backward) "
-                "is not supported"
-            )
-        if forward.units != backward.units:
-            raise ValueError(
-                f"from_keras: Bidirectional layers with different units ({forward.units} forward, "
-                f"{backward.units} backward) are not supported"
-            )
-        return forward, backward
-    if isinstance(layer, keras.layers.LSTM):
-        if layer.stateful and layer.go_backwards:
-            raise NotImplementedError(
-                f"from_keras: {layer.name!r} has stateful=True with go_backwards=True; jaxlstm streams forward only"
-            )
-        return (layer,)
-    raise TypeError(
-        f"from_keras converts keras.layers.LSTM or keras.layers.Bidirectional(LSTM), got {type(layer).__name__}"
-    )
-
-
-def _variant(layers, ignore_dropout: bool) -> LSTMVariant | None:
-    """Keras' ``dropout`` and ``recurrent_dropout`` as the variant's ``input_dropout`` and
-    ``recurrent_dropout`` (Keras and jaxlstm both draw one mask per sequence, scaled by
-    1 / (1 - rate)); ``None`` when the layer has neither or ``ignore_dropout``."""
-    rates = {(float(sub.cell.dropout), float(sub.cell.recurrent_dropout)) for sub in layers}
-    if len(rates) > 1:
-        shown = "; ".join(
-            f"{sub.name!r}: dropout={sub.cell.dropout}, recurrent_dropout={sub.cell.recurrent_dropout}"
-            for sub in layers
-        )
-        raise ValueError(
-            f"from_keras: the forward and backward layers have different dropout rates ({shown}); "
-            "a jaxlstm.LSTM uses one variant for both directions"
-        )
-    input_dropout, recurrent_dropout = rates.pop()
-    if ignore_dropout or (input_dropout == 0.0 and recurrent_dropout == 0.0):
-        return None
-    return LSTMVariant(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout)
-
-
-def _read_params(keras, layer, layers, allow_nonfinite: bool) -> dict:
-    """The layers' weights as ``{"layer_0": {"w_ih", "w_hh", "b"}, "layer_0_reverse": ...}`` (Keras' layout)."""
-    if not layer.built or any(getattr(sub.cell, "kernel", None) is None for sub in layers):
-        raise ValueError(
-            f"from_keras: layer {layer.name!r} is not built, so it has no weights yet; "
-            "call it on an input or call layer.build(input_shape) first"
-        )
-    params = {}
-    for direction, sub in enumerate(layers):
-        kernel = _weight(keras, sub, "kernel", allow_nonfinite)
-        recurrent = _weight(keras, sub, "recurrent_kernel", allow_nonfinite)
-        if sub.cell.use_bias:
-            bias = _weight(keras, sub, "bias", allow_nonfinite)
-        else:
-            bias = np.zeros((4 * sub.units,), kernel.dtype)
-        warn_if_x64_disabled(kernel.dtype, f"layer {sub.name!r}")
-        params[cell_name(0, direction)] = {
-            "w_ih": jnp.asarray(kernel),
-            "w_hh": jnp.asarray(recurrent),
-            "b": jnp.asarray(bias),
-        }
-    return params
-
-
-def _weight(keras, sub, field: str, allow_nonfinite: bool) -> np.ndarray:
-    """The layer's cell weight ``field`` (``kernel``, ...) as NumPy, checked to be floating and finite."""
-    where = f"from_keras: {sub.name}.{field}"
-    return check_finite(floating(_numpy(keras, getattr(sub.cell, field)), where), where, allow_nonfinite)
-
-
-# The variant options keras.layers.LSTM has (as dropout and recurrent_dropout); layer_norm_epsilon only
-# matters with layer_norm.
-KERAS_VARIANT_OPTIONS = ("input_dropout", "recurrent_dropout", "layer_norm_epsilon")
-
-
-def _linear(x):
-    """``keras.activations.linear``: the identity."""
-    return x
-
-
-def _gelu(x):
-    """``keras.activations.gelu`` with its default ``approximate=False`` (the erf form)."""
-    return jax.nn.gelu(x, approximate=False)
-
-
-def _leaky_relu(x):
-    """``keras.activations.leaky_relu`` with its default ``negative_slope=0.2``."""
-    return jax.nn.leaky_relu(x, negative_slope=0.2)
-
-
-KERAS_ACTIVATIONS = {
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "hard_sigmoid": jax.nn.hard_sigmoid,
-    "relu": jax.nn.relu,
-    "relu6": jax.nn.relu6,
-    "linear": _linear,
-    "elu": jax.nn.elu,
-    "selu": jax.nn.selu,
-    "celu": jax.nn.celu,
-    "gelu": _gelu,
-    "leaky_relu": _leaky_relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "hard_silu": jax.nn.hard_silu,
-    "hard_swish": jax.nn.hard_silu,
-    "softplus": jax.nn.softplus,
-    "softsign": jax.nn.soft_sign,
-    "log_sigmoid": jax.nn.log_sigmoid,
-    "hard_tanh": jax.nn.hard_tanh,
-    "exponential": jnp.exp,
-    "mish": jax.nn.mish,
-    "sparse_plus": jax.nn.sparse_plus,
-    "squareplus": jax.nn.squareplus,
-    "sparse_sigmoid": jax.nn.sparse_sigmoid,
-}
-"""Keras 3 activation name → the JAX function computing ``keras.activations.get(name)`` (default arguments).
-
-All elementwise, so they can serve as ``gate_fn`` / ``activation_fn``;
-``softmax``, ``log_softmax``, ``glu`` and ``sparsemax`` are not (they mix a
-vector's entries) and ``threshold`` has no defaults, so those are refused.
-"""
-
-
-def _activation_table(keras) -> dict:
-    """Every accepted callable → its JAX function: Keras' activations, the
-    ``keras.ops`` functions of the same name (``ops.gelu`` is the tanh
-    approximation) and the JAX functions themselves."""
-    table = {}
-    for name, fn in KERAS_ACTIVATIONS.items():
-        table[fn] = fn
-        table[keras.activations.get(name)] = fn
-        op = getattr(keras.ops, name, None)
-        if callable(op):
-            table[op] = jax.nn.gelu if name == "gelu" else fn
-    table[jax.nn.gelu] = jax.nn.gelu
-    return table
-
-
-def _keras_name(fn) -> str | None:
-    """The Keras activation name of a JAX function (``to_keras``), or ``None``."""
-    if fn is jax.nn.gelu:
-        return None  # Keras' "gelu" is the exact form
-    return next((name for name, known in KERAS_ACTIVATIONS.items() if known is fn), None)
-
-
-def _activations(keras, layers) -> tuple:
-    """``(gate_fn, activation_fn)`` for the layers' ``recurrent_activation`` and ``activation``."""
-    table = _activation_table(keras)
-    converted = []
-    for option in ("recurrent_activation", "activation"):
-        fns = []
-        for sub in layers:
-            fn = getattr(sub.cell, option)
-            try:
-                fns.append(table[fn])
-            except (KeyError, TypeError):  # TypeError: an unhashable callable
-                raise ValueError(
-                    f"from_keras: {sub.name!r} has {option}={_name(keras.activations, fn)!r}, which is not one "
-                    f"of the elementwise Keras activations jaxlstm converts ({', '.join(KERAS_ACTIVATIONS)}); "
-                    "build jl.LSTM(..., gate_fn=..., activation_fn=...) with the JAX function yourself"
-                ) from None
-        if len(set(fns)) > 1:
-            raise ValueError(
-                f"from_keras: the forward and backward layers have different {option}s "
-                f"({', '.join(repr(_name(keras.activations, getattr(sub.cell, option))) for sub in layers)}); "
-                "a jaxlstm.LSTM uses one for both directions"
-            )
-        converted.append(fns[0])
-    return tuple(converted)
-
-
-def _masked_output(layers, *, bidirectional: bool) -> str:
-    """What Keras writes at a masked step, as ``masked_output``.
-
-    Keras' scan (``unroll=False``) writes zeros when ``zero_output_for_mask``
-    (which ``Bidirectional`` forces on when it returns sequences; when it
-    doesn't, masked outputs are never returned) and else the ``h`` state, the
-    previous output. Its unrolled loop always writes the previous output.
-    """
-    modes = {
-        "previous" if sub.unroll else ("zeros" if bidirectional or sub.zero_output_for_mask else "previous")
-        for sub in layers
-    }
-    if len(modes) > 1:
-        raise NotImplementedError(
-            "from_keras: the forward and backward layers treat masked steps differently "
-            "(one has unroll=True, the other not); a jaxlstm.LSTM uses one masked_output for both"
-        )
-    return modes.pop()
-
-
-def _numpy(keras, variable) -> np.ndarray:
-    """A Keras variable's value as a NumPy array, bits unchanged, on any backend."""
-    return np.asarray(keras.ops.convert_to_numpy(variable.value))
-
-
-def _name(activations, fn) -> str:
-    try:
-        name = activations.serialize(fn)
-    except Exception:  # an arbitrary callable
-        name = None
-    # Keras serializes a function it does not know as a dict: name it by its __name__ instead
-    return name if isinstance(name, str) else getattr(fn, "__name__", repr(fn))
-
-
 def to_keras(module, variables):
     """A Keras 3 layer computing what ``module.apply(variables, x)`` computes.
 
@@ -571,13 +361,8 @@ def _check_keras_has(module: LSTM, flip: bool | None) -> None:
             raise ValueError(
                 f"to_keras: {field.name}={getattr(module, field.name)!r} has no keras.layers.LSTM equivalent"
             )
-    unsupported = {k: v for k, v in module.config.cell_variant.options.items() if k not in KERAS_VARIANT_OPTIONS}
-    if unsupported:
-        options = ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
-        raise ValueError(
-            f"to_keras: keras.layers.LSTM has no {options}; of jaxlstm's LSTM variants it has input_dropout "
-            "(its dropout) and recurrent_dropout only (see docs/variants.md, or run jaxlstm docs variants)"
-        )
+    has = "input_dropout (its dropout) and recurrent_dropout only"
+    refuse_variant_options(module, KERAS_VARIANT_OPTIONS, "to_keras: keras.layers.LSTM", has)
     if module.learn_initial_carry:
         raise ValueError(
             "to_keras: Keras' LSTM has no learnable initial state; a module with learn_initial_carry=True "
@@ -588,16 +373,3 @@ def _check_keras_has(module: LSTM, flip: bool | None) -> None:
             "to_keras: stateful=True does not convert (a stateful Keras layer needs a fixed batch size); "
             "convert the module with stateful=False and pass initial_state to the Keras layer"
         )
-
-
-def _activation_names(module: LSTM) -> dict[str, str]:
-    """``{"activation_fn": name, "gate_fn": name}``: the Keras names of the module's activations."""
-    names = {}
-    for option, fn in (("activation_fn", module.activation_fn), ("gate_fn", module.gate_fn)):
-        names[option] = _keras_name(fn)
-        if names[option] is None:
-            raise ValueError(
-                f"to_keras: {option}={getattr(fn, '__name__', fn)!r} is not one of the functions Keras has an "
-                f"activation for ({', '.join(KERAS_ACTIVATIONS)}; see jaxlstm.interop.keras.KERAS_ACTIVATIONS)"
-            )
-    return names
