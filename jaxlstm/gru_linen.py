@@ -50,9 +50,8 @@ def _weights(module: nn.Module, input_size: int, features: int, param_dtype) -> 
 
 
 def _cast(tree, x, dtype):
-    """The computation dtype: ``dtype`` if given, else the params'; bool and integer inputs cast to it."""
-    if dtype is None:
-        dtype = jax.tree.leaves(tree)[0].dtype
+    """Params and input in the computation dtype (``computation_dtype``); bool and integer inputs cast to it."""
+    dtype = computation_dtype(dtype, x, jax.tree.leaves(tree)[0].dtype)
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree), jnp.asarray(x, dtype)
 
 
@@ -65,7 +64,7 @@ class GRUCell(nn.RNNCellBase):
 
     Attributes:
         features: H, the size of the state vector.
-        dtype: computation dtype (``None``: the params').
+        dtype: computation dtype (``None``: the wider of the input's and the params').
         param_dtype: parameter dtype.
         carry_init: Flax's carry initializer for ``initialize_carry``.
 
@@ -135,22 +134,33 @@ def shared_config(module) -> LayerConfig:
     return LayerConfig(module.features, **{name: getattr(module, name) for name in SHARED_OPTIONS})
 
 
-def stateful_run(layer, stack, x, stored, *, learned_h0, initial_carry, dropout_key, **data):
-    """``run_gru_layers`` for a ``stateful`` GRU module: ``(final_carries, result)``, the carries to keep.
+def computation_dtype(dtype, x, params_dtype):
+    """``dtype`` if given, else the wider of ``x``'s and the parameters' dtypes, as ``jl.LSTM``
+    (``jaxlstm.layer.cast``) and Flax's cells: float32 inputs to bfloat16 parameters compute in float32."""
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    with jax.numpy_dtype_promotion("standard"):  # the wider of the two, whatever the user's promotion mode
+        return jnp.promote_types(jnp.asarray(x).dtype, params_dtype)
 
-    It starts from ``initial_carry`` if given, else from ``stored`` (the carry kept from the last call,
-    ``[layer][direction]`` → ``h`` ``(*batch, H)``), else from the learned ``h0`` (H,) or zeros; resets
-    restart from ``initial_carry`` if given, else from the learned ``h0`` or zeros (never the stored carry).
-    Flax-free: ``jl.nnx.GRU`` calls it too."""
-    options = SimpleNamespace(**{**{name: getattr(layer, name) for name in LAYER_OPTIONS}, "return_carry": True})
+
+def run_module(layer, stack, x, stored, *, learned_h0, initial_carry, dropout_key, **data):
+    """The call of ``jl.GRU`` and ``jl.nnx.GRU`` (Flax-free): ``run_gru_layers`` with the computation dtype
+    of ``computation_dtype``; returns ``(final_carries, result)``, the carries for a stateful module to keep.
+
+    It starts from ``initial_carry`` if given, else from ``stored`` (the carry a stateful module kept from
+    its last call, ``[layer][direction]`` → ``h`` ``(*batch, H)``), else from the learned ``h0`` (H,) or
+    zeros; resets restart from ``initial_carry`` if given, else from the learned ``h0`` or zeros (never
+    from the stored carry), as ``jaxlstm.layer.start_carries`` for the LSTM."""
+    options = SimpleNamespace(**{name: getattr(layer, name) for name in LAYER_OPTIONS})
+    options.dtype = computation_dtype(layer.dtype, x, jax.tree.leaves(stack)[0].dtype)
+    options.return_carry = True
     if initial_carry is None and stored is not None:
         batch_shape = tuple(x.shape[:-2])
         # check_stateful_carry reads state[0][0].h: the GRU's carry is h alone
         check_stateful_carry(((LSTMCarry(stored[0][0], stored[0][0]),),), batch_shape)
-        dtype = jax.tree.leaves(stack)[0].dtype if layer.dtype is None else layer.dtype
         zeros = tuple(tuple(jnp.zeros((layer.features,)) for _ in row) for row in stack)
         data["reset_carries"] = tuple(
-            tuple(jnp.broadcast_to(jnp.asarray(h0, dtype), (*batch_shape, layer.features)) for h0 in row)
+            tuple(jnp.broadcast_to(jnp.asarray(h0, options.dtype), (*batch_shape, layer.features)) for h0 in row)
             for row in (zeros if learned_h0 is None else learned_h0)
         )
         initial_carry = stored
@@ -174,7 +184,8 @@ class GRU(nn.Module):
         return_sequences: every step's output ``(*batch, T, F)`` (default), else the last ``(*batch, F)``.
         return_carry: also return the final carries, nested ``[layer][direction]`` → ``h`` ``(*batch, H)``.
         dropout: PyTorch's ``dropout``: on every layer's output but the last, while training.
-        dtype, param_dtype: the computation dtype (``None``: the params') and the parameters'.
+        dtype, param_dtype: the computation dtype (``None``: the wider of the input's and the params', as
+            ``jl.LSTM``) and the parameters'.
         unroll, reverse, masked_output, gradient, checkpoint_every: the sequence options of
             ``jaxlstm.SequenceOptions`` (``reverse`` for one-direction layers only).
         learn_initial_carry: a trainable ``h0`` (H,) per layer and direction.
@@ -251,15 +262,21 @@ class GRU(nn.Module):
         key = dropout_key(
             shared_config(self), deterministic, lambda: self.make_rng("dropout") if self.has_rng("dropout") else None
         )
-        data = {"seq_lengths": seq_lengths, "mask": mask, "resets": resets}
-        if not self.stateful:
-            return run_gru_layers(
-                self, stack, x, learned_h0=learned, initial_carry=initial_carry, dropout_key=key, **data
-            )
-        stored = self.get_variable("carry", "state") if self.has_variable("carry", "state") else None
-        carries, result = stateful_run(
-            self, stack, x, stored, learned_h0=learned, initial_carry=initial_carry, dropout_key=key, **data
+        stored = None
+        if self.stateful and self.has_variable("carry", "state"):
+            stored = self.get_variable("carry", "state")
+        carries, result = run_module(
+            self,
+            stack,
+            x,
+            stored,
+            learned_h0=learned,
+            initial_carry=initial_carry,
+            dropout_key=key,
+            seq_lengths=seq_lengths,
+            mask=mask,
+            resets=resets,
         )
-        if not self.is_initializing() and self.is_mutable_collection("carry"):
+        if self.stateful and not self.is_initializing() and self.is_mutable_collection("carry"):
             self.put_variable("carry", "state", carries)
         return result

@@ -4,7 +4,7 @@ and ``jl.nnx.GRUCell``.
 The same parameters and the same call as the linen modules (``jaxlstm.gru_linen``), both running
 ``jaxlstm.gru.run_gru_layers``: ``model.layer_0.w_ih`` (D, 3H), ``w_hh`` (H, 3H), ``b_ih``, ``b_hh`` (3H,),
 ``model.layer_0_reverse`` for the backward direction. Imports not ``jaxlstm.linen``; from
-``jaxlstm.gru_linen`` only its Flax-free helpers (``shared_config``, ``stateful_run``; ``flax.linen`` is
+``jaxlstm.gru_linen`` only its Flax-free helpers (``shared_config``, ``run_module``, ``computation_dtype``; ``flax.linen`` is
 loaded by ``import flax`` anyway).
 """
 
@@ -21,8 +21,8 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _checks
 from .cell import LSTMCarry, module_input
 from .cells.gru import GRUParams
-from .gru import gru_cell, run_gru_layers
-from .gru_linen import SHARED_OPTIONS, shared_config, stateful_run
+from .gru import gru_cell
+from .gru_linen import SHARED_OPTIONS, computation_dtype, run_module, shared_config
 from .layer import cell_name, check_stateful_carry, draws_masks, dropout_key
 from .stack import merged_size
 
@@ -78,7 +78,7 @@ class GRUCell(_GRUWeights):
 
     Args:
         in_features: D. hidden_features: H (Flax's name).
-        dtype: computation dtype (``None``: the params'). param_dtype: parameter dtype.
+        dtype: computation dtype (``None``: the wider of the input's and the params'). param_dtype: parameter dtype.
         carry_init: the initializer of ``initialize_carry`` (zeros by default).
         rngs: ``nnx.Rngs`` for the parameters.
 
@@ -115,7 +115,7 @@ class GRUCell(_GRUWeights):
     def __call__(self, carry: Float[Array, "*batch hidden"], x: Float[Array, "*batch input"]):
         module_input(x, "x")
         params = self.params
-        dtype = params.w_hh.dtype if self.dtype is None else self.dtype
+        dtype = computation_dtype(self.dtype, x, params.w_hh.dtype)
         params = GRUParams(*(a.astype(dtype) for a in params))
         new = gru_cell(params, jnp.asarray(carry, dtype), jnp.asarray(x, dtype))[0]
         return new, new
@@ -284,12 +284,20 @@ class GRU(nnx.Module):
         deterministic = self.deterministic if deterministic is None else deterministic
         key = dropout_key(config, deterministic, lambda: self._dropout_key(rngs))
         stack = tuple(tuple(cell.params for cell in row) for row in self._cells())
-        data = {"seq_lengths": seq_lengths, "mask": mask, "resets": resets}
-        call = {"learned_h0": self._learned(), "initial_carry": initial_carry, "dropout_key": key, **data}
-        if not config.stateful:
-            return run_gru_layers(self, stack, x, **call)
-        if not hasattr(self, "carry"):  # made stateful after construction
+        if config.stateful and not hasattr(self, "carry"):  # made stateful after construction
             self.carry = Carry(None)
-        carries, result = stateful_run(self, stack, x, self.carry.get_value(), **call)
-        self.carry.set_value(carries)
+        carries, result = run_module(
+            self,
+            stack,
+            x,
+            self.carry.get_value() if config.stateful else None,
+            learned_h0=self._learned(),
+            initial_carry=initial_carry,
+            dropout_key=key,
+            seq_lengths=seq_lengths,
+            mask=mask,
+            resets=resets,
+        )
+        if config.stateful:
+            self.carry.set_value(carries)
         return result

@@ -154,3 +154,14 @@ def test_stateful_errors_are_the_lstms():
         layer.apply({**params, **state}, xs[:1], mutable=["carry"])
     with pytest.raises(ValueError, match=r"checkpoint_every must be an int >= 1"):  # checked as jl.LSTM checks it
         jl.GRU(H, checkpoint_every=0)
+
+
+def test_dtype_none_computes_in_the_wider_of_the_input_and_the_params_as_the_lstm():
+    xs = jax.random.normal(jax.random.key(1), (2, 3, D))
+    layer = jl.GRU(H, param_dtype=jnp.bfloat16)
+    variables = layer.init(jax.random.key(0), xs)
+    ys = layer.apply(variables, xs)  # float32 inputs, bfloat16 params: float32, as jl.LSTM (jaxlstm.layer.cast)
+    assert ys.dtype == jnp.float32
+    upcast = jax.tree.map(lambda a: a.astype(jnp.float32), variables)
+    np.testing.assert_array_equal(ys, jl.GRU(H).apply(upcast, xs))  # the same float32 computation
+    assert layer.apply(variables, xs.astype(jnp.bfloat16)).dtype == jnp.bfloat16
