@@ -76,6 +76,22 @@ def per_gate(init, name: str = "initializer"):
     return packed
 
 
+def torch_uniform(hidden_size: int):
+    """PyTorch's initialisation of every LSTM weight (``torch.nn.LSTM``, its ``proj_size`` weight too),
+    the one place it is written: each entry U(−1/√H, 1/√H). Returns ``(key, shape, dtype) -> array``."""
+    bound = 1.0 / hidden_size**0.5
+
+    def symmetric_uniform(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return symmetric_uniform
+
+
+def in_float32(init):
+    """``init`` drawn in float32 and cast, so every dtype (bfloat16 too, which QR lacks) gets the same weights."""
+    return lambda key, shape, dtype=jnp.float32: init(key, shape, jnp.float32).astype(dtype)
+
+
 def initializers(
     scheme: str,
     hidden_size: int,
@@ -109,17 +125,7 @@ def initializers(
 
         inits = (jax.nn.initializers.glorot_uniform(), jax.nn.initializers.orthogonal(), forget_bias_one)
     else:
-        bound = 1.0 / hidden_size**0.5
-
-        def symmetric_uniform(key, shape, dtype=jnp.float32):
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-        inits = (symmetric_uniform,) * 3
-
-    def in_float32(init):
-        # Drawn in float32 and cast, so every dtype (bfloat16 too, which QR lacks) gets the same weights.
-        return lambda key, shape, dtype=jnp.float32: init(key, shape, jnp.float32).astype(dtype)
-
+        inits = (torch_uniform(hidden_size),) * 3
     defaults = (in_float32(init) for init in inits)
     names = ("kernel_init", "recurrent_kernel_init", "bias_init")
     return tuple(given.get(name, default) for name, default in zip(names, defaults, strict=True))

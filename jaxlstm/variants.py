@@ -51,7 +51,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _checks
-from .cell import LSTMCarry, LSTMParams, initializers
+from .cell import LSTMCarry, LSTMParams, in_float32, initializers, torch_uniform
 
 __all__ = [
     "LSTMVariant",
@@ -326,15 +326,9 @@ def variant_initializers(scheme: str, hidden_size: int, *, argument: str = "sche
     init_w_ih, init_w_hh, init_b = initializers(scheme, hidden_size, argument=argument)
     if scheme in ("keras", "flax"):  # Keras' Dense default, glorot-uniform; Flax's Dense default, lecun-normal
         dense = jax.nn.initializers.glorot_uniform() if scheme == "keras" else jax.nn.initializers.lecun_normal()
-
-        def init_w_hr(key, shape, dtype=jnp.float32):
-            return dense(key, shape, jnp.float32).astype(dtype)
-
     else:
-        bound = 1.0 / hidden_size**0.5
-
-        def init_w_hr(key, shape, dtype=jnp.float32):
-            return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+        dense = torch_uniform(hidden_size)
+    init_w_hr = in_float32(dense)
 
     def zeros(key, shape, dtype=jnp.float32):
         return jnp.zeros(shape, dtype)
