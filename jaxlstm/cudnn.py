@@ -7,15 +7,10 @@ This module lets ``jl.lstm``, ``jl.stacked_lstm``, ``jl.LSTM`` and
 jaxlstm's XLA loop wherever cuDNN would compute something else. The guide is
 docs/gpu.md.
 
-* **Packing** (exact, both ways): ``to_cudnn`` / ``from_cudnn`` between
-  ``StackParams`` and cuDNN's flat float32 vector: for each layer and
-  direction (forward of layer l, then backward of layer l) W_ih (4H, D_in) and
-  W_hh (4H, H), i.e. ``w_ih.T`` and ``w_hh.T``, gates i, f, g, o as jaxlstm's;
-  then every b_ih and b_hh. jaxlstm has one bias: b_ih = b and b_hh = −0.0,
-  IEEE's exact additive identity, so ``from_cudnn``'s b = b_ih + b_hh gives
-  every b back bit for bit (−0.0 included). ``carries_to_cudnn`` /
-  ``carries_from_cudnn`` turn ``StackCarry`` into cuDNN's
-  ``(layers·directions, *batch, H)`` h_0 and c_0 and back.
+* **Packing** (exact, both ways; ``jaxlstm.cudnn_weights``, re-exported here):
+  ``to_cudnn`` / ``from_cudnn`` between ``StackParams`` and cuDNN's flat
+  weight vector, ``carries_to_cudnn`` / ``carries_from_cudnn`` between
+  ``StackCarry`` and cuDNN's ``(layers·directions, *batch, H)`` h_0 and c_0.
 * **The choice**: ``backend_for`` says which backend a call runs on and why
   (``BackendChoice``); ``ineligible`` is the rule, in one place.
 * **The call** (``run``): cuDNN through three primitives of this module whose
@@ -45,6 +40,14 @@ from jaxtyping import Array, Float, Int
 
 from . import _checks
 from ._types import LSTMCarry, LSTMParams
+from .cudnn_weights import carries_from_cudnn as carries_from_cudnn
+from .cudnn_weights import carries_to_cudnn as carries_to_cudnn
+from .cudnn_weights import from_cudnn as from_cudnn
+from .cudnn_weights import num_weights as num_weights
+from .cudnn_weights import to_cudnn as to_cudnn
+from .options import BACKENDS as BACKENDS
+from .options import PRECISIONS as PRECISIONS
+from .options import LSTMOptions, StackOptions, build, takes
 
 if TYPE_CHECKING:
     from .variants import VariantParams
@@ -62,10 +65,9 @@ __all__ = [
     "carries_to_cudnn",
     "carries_from_cudnn",
     "run",
+    "choose",
+    "choose_backend",
 ]
-
-BACKENDS = ("auto", "xla", "cudnn")
-PRECISIONS = ("float32", "tf32")
 
 logger = logging.getLogger("jaxlstm")
 
@@ -73,96 +75,6 @@ if TYPE_CHECKING:  # choose and ineligible also see a variant's cells; run and t
     Stack = Sequence[Sequence[LSTMParams | VariantParams]]
 else:
     Stack = Sequence[Sequence[LSTMParams]]
-
-
-# ----------------------------------------------------------------------------- packing
-
-
-def num_weights(input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False) -> int:
-    """The length of cuDNN's flat weight vector (``jax.experimental.rnn.get_num_params_in_lstm``)."""
-    directions = 2 if bidirectional else 1
-    gates = 4 * hidden_size
-    later_input = directions * hidden_size
-    per_direction = [
-        gates * ((input_size if layer == 0 else later_input) + hidden_size + 2) for layer in range(num_layers)
-    ]
-    return directions * sum(per_direction)
-
-
-def to_cudnn(stack: Stack) -> Float[Array, " weights"]:
-    """``StackParams`` ``[layer][direction]`` → cuDNN's flat weight vector, exactly.
-
-    Layer l > 0 must read the concatenated directions (F = 2H bidirectional,
-    H otherwise), as cuDNN's stack does. The dtype is the parameters' (cuDNN
-    takes float32).
-
-    >>> import numpy as np, jaxlstm as jl
-    >>> cell = jl.LSTMParams(np.zeros((3, 20), np.float32), np.zeros((5, 20), np.float32), np.ones(20, np.float32))
-    >>> w = jl.cudnn.to_cudnn(((cell,),))                 # one layer, one direction: D = 3, H = 5
-    >>> w.shape, float(w[-40:-20].sum()), float(w[-1])   # (4H·D + 4H·H + 2·4H,), b_ih = b, b_hh = −0.0
-    ((200,), 20.0, -0.0)
-    """
-    linear, biases = [], []
-    for directions in stack:
-        for params in directions:
-            linear += [params.w_ih.T.reshape(-1), params.w_hh.T.reshape(-1)]
-            biases += [params.b, jnp.full_like(params.b, -0.0)]  # b_hh = −0.0: b_ih + b_hh == b_ih, bit for bit
-    return jnp.concatenate(linear + biases)
-
-
-def from_cudnn(
-    weights: Float[Array, " weights"],
-    input_size: int,
-    hidden_size: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-) -> tuple[tuple[LSTMParams, ...], ...]:
-    """cuDNN's flat weight vector → ``StackParams`` ``[layer][direction]``: w_ih = W_ihᵀ, w_hh = W_hhᵀ, b = b_ih + b_hh.
-
-    ``weights`` is ``(num_weights(input_size, hidden_size, num_layers, bidirectional),)``, e.g. from
-    ``jax.experimental.rnn.init_lstm_weight`` or from ``to_cudnn`` (whose round trip is exact).
-    """
-    expected = num_weights(input_size, hidden_size, num_layers, bidirectional)
-    if getattr(weights, "shape", None) != (expected,):
-        raise ValueError(
-            f"weights must be cuDNN's flat vector of shape ({expected},) for input_size={input_size}, "
-            f"hidden_size={hidden_size}, num_layers={num_layers}, bidirectional={bidirectional}, "
-            f"got {getattr(weights, 'shape', type(weights).__name__)}; "
-            "see docs/gpu.md#weights (jaxlstm docs gpu#weights)"
-        )
-    directions = 2 if bidirectional else 1
-    gates, offset = 4 * hidden_size, 0
-
-    def take(size: int):
-        nonlocal offset
-        offset += size
-        return weights[offset - size : offset]
-
-    kernels = []
-    for layer in range(num_layers):
-        width = input_size if layer == 0 else directions * hidden_size
-        for _ in range(directions):
-            w_ih = take(gates * width).reshape(gates, width).T
-            kernels.append((w_ih, take(gates * hidden_size).reshape(gates, hidden_size).T))
-    cells = [LSTMParams(w_ih, w_hh, take(gates) + take(gates)) for w_ih, w_hh in kernels]
-    return tuple(tuple(cells[layer * directions : (layer + 1) * directions]) for layer in range(num_layers))
-
-
-def carries_to_cudnn(carries) -> tuple[Float[Array, "cells *batch hidden"], Float[Array, "cells *batch hidden"]]:
-    """``StackCarry`` ``[layer][direction]`` → cuDNN's ``(h_0, c_0)``, each ``(layers·directions, *batch, H)``."""
-    cells = [carry for directions in carries for carry in directions]
-    return jnp.stack([carry.h for carry in cells]), jnp.stack([carry.c for carry in cells])
-
-
-def carries_from_cudnn(
-    h: Float[Array, "cells *batch hidden"], c: Float[Array, "cells *batch hidden"], bidirectional: bool = False
-) -> tuple[tuple[LSTMCarry, ...], ...]:
-    """cuDNN's ``(h_n, c_n)``, each ``(layers·directions, *batch, H)`` → ``StackCarry`` ``[layer][direction]``."""
-    directions = 2 if bidirectional else 1
-    return tuple(
-        tuple(LSTMCarry(h[cell], c[cell]) for cell in range(layer, layer + directions))
-        for layer in range(0, h.shape[0], directions)
-    )
 
 
 # ----------------------------------------------------------------------------- the choice
@@ -206,47 +118,39 @@ def _name(fn) -> str:
 
 
 def ineligible(
-    stack: Stack,
-    xs,
-    carries: Sequence[LSTMCarry] = (),
-    *,
-    seq_lengths=None,
-    mask=None,
-    resets=None,
-    masked_output: str = "zeros",
-    gradient: str = "fused",
-    gate_fn=jax.nn.sigmoid,
-    activation_fn=jnp.tanh,
-    checkpoint_every: int | None = None,
-    variant=None,
-    dropout_between_layers: float = 0.0,
+    stack: Stack, xs, carries: Sequence[LSTMCarry] = (), options: LSTMOptions = LSTMOptions(), dropout: float = 0.0
 ) -> str | None:
     """Why cuDNN would not compute this call exactly (``None``: it would). The rule, in one place.
 
-    ``stack`` is ``[layer][direction]`` → params, ``carries`` every given
-    initial ``LSTMCarry``, ``dropout_between_layers`` the rate of dropout a
-    training call applies between layers (0 when it applies none). The
-    other arguments are the call's own.
+    ``stack`` is ``[layer][direction]`` → params, ``xs`` ``(*batch, T, D)``, ``carries`` every
+    given initial ``LSTMCarry``, ``options`` the call's (``jaxlstm.options``) and ``dropout`` the
+    rate of dropout a training call applies between layers (0 when it applies none).
     """
+    variant = options.variant
     if variant is not None and not variant.is_plain:
-        options = ", ".join(f"{name}={value!r}" for name, value in variant.options.items())
-        return f"variant=LSTMVariant({options}) is not the plain LSTM cell cuDNN computes"
-    if gate_fn not in _GATE_FNS:
-        return f"gate_fn={_name(gate_fn)} is not jax.nn.sigmoid"
-    if activation_fn not in _ACTIVATION_FNS:
-        return f"activation_fn={_name(activation_fn)} is not jnp.tanh"
-    if gradient != "fused":
-        return f"gradient={gradient!r} asks JAX to differentiate jaxlstm's scan"
-    if mask is not None:
+        described = ", ".join(f"{name}={value!r}" for name, value in variant.options.items())
+        return f"variant=LSTMVariant({described}) is not the plain LSTM cell cuDNN computes"
+    if options.gate_fn not in _GATE_FNS:
+        return f"gate_fn={_name(options.gate_fn)} is not jax.nn.sigmoid"
+    if options.activation_fn not in _ACTIVATION_FNS:
+        return f"activation_fn={_name(options.activation_fn)} is not jnp.tanh"
+    if options.gradient != "fused":
+        return f"gradient={options.gradient!r} asks JAX to differentiate jaxlstm's scan"
+    if options.mask is not None:
         return "mask= is given (cuDNN skips only the padding after seq_lengths)"
-    if resets is not None:
+    if options.resets is not None:
         return "resets= is given (cuDNN restarts no carry inside a sequence)"
-    if masked_output != "zeros" and seq_lengths is not None:
-        return f"masked_output={masked_output!r} with seq_lengths (cuDNN outputs zeros at padded steps)"
-    if checkpoint_every is not None:
-        return f"checkpoint_every={checkpoint_every} (cuDNN keeps its own activations for the backward pass)"
-    if dropout_between_layers > 0.0:
-        return f"dropout={dropout_between_layers} between layers while training"
+    if options.masked_output != "zeros" and options.seq_lengths is not None:
+        return f"masked_output={options.masked_output!r} with seq_lengths (cuDNN outputs zeros at padded steps)"
+    if options.checkpoint_every is not None:
+        return f"checkpoint_every={options.checkpoint_every} (cuDNN keeps its own activations for the backward pass)"
+    if dropout > 0.0:
+        return f"dropout={dropout} between layers while training"
+    return _ineligible_arrays(stack, xs, carries)
+
+
+def _ineligible_arrays(stack: Stack, xs, carries: Sequence[LSTMCarry]) -> str | None:
+    """Why cuDNN can't take these arrays (``None``: it can): float32 only, and no empty batch or sequence."""
     for name, value in [("xs", xs)] + [
         (f"params.{field}", getattr(params, field))
         for directions in stack
@@ -264,16 +168,24 @@ def ineligible(
     return None
 
 
-def choose(backend: str, cudnn_precision: str, stack: Stack, xs, carries=(), *, where: str, **call) -> BackendChoice:
-    """The backend of one call of ``where`` (``"jaxlstm.lstm"``, ...): validates ``backend`` and
-    ``cudnn_precision``; an explicit ``backend="cudnn"`` that cuDNN can't serve is a ValueError naming why."""
-    _checks.one_of(backend, BACKENDS, "backend")
-    _checks.one_of(cudnn_precision, PRECISIONS, "cudnn_precision")
-    if backend == "xla":
+def between_layers(options: StackOptions, num_layers: int) -> float:
+    """The rate of dropout a call applies between layers: ``options.dropout`` in a training call
+    of two or more layers, else 0."""
+    return options.dropout if options.training and num_layers > 1 else 0.0
+
+
+def choose_backend(
+    options: LSTMOptions, stack: Stack, xs, carries=(), *, where: str, dropout: float = 0.0
+) -> BackendChoice:
+    """The backend of one call of ``where`` (``"jaxlstm.lstm"``, ...) with these (validated) ``options``;
+    ``dropout`` is the rate between layers (``between_layers``). An explicit ``backend="cudnn"`` that
+    cuDNN can't serve is a ValueError naming why."""
+    if options.backend == "xla":
         choice = BackendChoice("xla", "backend='xla' was asked for")
     else:
-        reason = environment() or ineligible(stack, xs, [c for c in carries if c is not None], **call)
-        if reason is not None and backend == "cudnn":
+        given = [c for c in carries if c is not None]
+        reason = environment() or ineligible(stack, xs, given, options, dropout)
+        if reason is not None and options.backend == "cudnn":
             raise ValueError(
                 f"{where}(..., backend='cudnn') can't run on cuDNN: {reason}. Use backend='auto' to fall back "
                 "to jaxlstm's XLA loop where cuDNN can't serve a call; "
@@ -284,41 +196,26 @@ def choose(backend: str, cudnn_precision: str, stack: Stack, xs, carries=(), *, 
     return choice
 
 
-# Keywords of jl.lstm and jl.stacked_lstm that never change the backend.
-_NEVER_DECIDE = frozenset({"reverse", "merge", "unroll", "reset_carry", "reset_carries"})
+def choose(backend: str, cudnn_precision: str, stack: Stack, xs, carries=(), *, where: str, **call) -> BackendChoice:
+    """``choose_backend`` for a call given as keyword arguments of ``LSTMOptions`` (``jl.lstm``'s, until
+    it passes its record), ``dropout_between_layers`` the rate between layers."""
+    dropout = call.pop("dropout_between_layers", 0.0)
+    options = LSTMOptions(backend=backend, cudnn_precision=cudnn_precision, **call)
+    return choose_backend(options, stack, xs, carries, where=where, dropout=dropout)
 
 
-def backend_for(
-    params,
-    xs,
-    carry=None,
-    *,
-    backend: str = "auto",
-    cudnn_precision: str = "float32",
-    seq_lengths=None,
-    mask=None,
-    resets=None,
-    masked_output: str = "zeros",
-    gradient: str = "fused",
-    gate_fn=jax.nn.sigmoid,
-    activation_fn=jnp.tanh,
-    checkpoint_every: int | None = None,
-    variant=None,
-    dropout: float = 0.0,
-    dropout_key=None,
-    deterministic: bool | None = None,
-    **ignored: Any,
-) -> BackendChoice:
+@takes(StackOptions)
+def backend_for(params, xs, carry=None, **options: Any) -> BackendChoice:
     """The backend a ``jl.lstm`` or ``jl.stacked_lstm`` call with these arguments runs on, and why.
 
     ``params`` is one cell's ``LSTMParams`` (a ``jl.lstm`` call) or a stack's
-    ``StackParams`` (``jl.stacked_lstm``); ``carry`` an ``LSTMCarry`` or a
-    ``StackCarry``. The keywords are the call's own; those that never change
-    the backend (``reverse``, ``merge``, ``unroll``, ``reset_carry``,
-    ``reset_carries``) are accepted and ignored, any other is a TypeError.
-    With ``backend="cudnn"`` on a call cuDNN can't serve it raises the
-    call's ValueError. ``vmap``, ``jax.jvp`` and second
-    derivatives fall back to XLA inside the call itself (docs/gpu.md).
+    ``StackParams`` (``jl.stacked_lstm``), ``xs`` ``(*batch, T, D)``; ``carry``
+    an ``LSTMCarry`` or a ``StackCarry``. ``**options`` are the call's own,
+    those of ``jaxlstm.options.StackOptions`` (``reset_carry`` too, for a
+    ``jl.lstm`` call); any other is a TypeError. With ``backend="cudnn"`` on a
+    call cuDNN can't serve it raises the call's ValueError. ``vmap``,
+    ``jax.jvp`` and second derivatives fall back to XLA inside the call
+    itself (docs/gpu.md).
 
     >>> import jax, jax.numpy as jnp, jaxlstm as jl
     >>> params = jl.init_params(jax.random.key(0), 3, 4)
@@ -327,33 +224,12 @@ def backend_for(
     >>> jl.backend_for(params, jnp.ones((2, 5, 3)), backend="xla").reason
     "backend='xla' was asked for"
     """
-    unknown = sorted(set(ignored) - _NEVER_DECIDE)
-    if unknown:
-        raise TypeError(
-            f"jaxlstm.backend_for got unexpected keyword arguments {unknown}; it takes jl.lstm's and "
-            "jl.stacked_lstm's keywords (see help(jaxlstm.backend_for))"
-        )
+    options.pop("reset_carry", None)  # jl.lstm's: never changes the backend
+    record = build(StackOptions, options, "jaxlstm.backend_for")
     stack = ((params,),) if isinstance(params, LSTMParams) or hasattr(params, "w_hr") else params
     carries = [carry] if isinstance(carry, LSTMCarry) else [c for row in carry or () for c in row]
-    training = dropout_key is not None and deterministic is not True
-    return choose(
-        backend,
-        cudnn_precision,
-        stack,
-        xs,
-        carries,
-        where="jaxlstm.backend_for",
-        seq_lengths=seq_lengths,
-        mask=mask,
-        resets=resets,
-        masked_output=masked_output,
-        gradient=gradient,
-        gate_fn=gate_fn,
-        activation_fn=activation_fn,
-        checkpoint_every=checkpoint_every,
-        variant=variant,
-        dropout_between_layers=dropout if training and len(stack) > 1 else 0.0,
-    )
+    dropout = between_layers(record, len(stack))
+    return choose_backend(record, stack, xs, carries, where="jaxlstm.backend_for", dropout=dropout)
 
 
 # ----------------------------------------------------------------------------- the primitives

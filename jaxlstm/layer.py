@@ -3,9 +3,12 @@
 ``jl.LSTM`` (flax.linen) and ``jl.nnx.LSTM`` (flax.nnx) differ only in how
 they hold parameters, carries and randomness. Everything else is here, once:
 
-* ``LayerConfig``: every option of the layer, declared, documented and
-  validated in one frozen dataclass (the LSTM variants inside it as one
-  ``variant``, a ``jaxlstm.LSTMVariant``);
+* ``LayerFields`` and ``LayerConfig``: every option of the layer, declared
+  and documented once (``LayerFields``, which ``jl.LSTM`` inherits too) and
+  validated in one frozen dataclass (``LayerConfig``), the options it hands
+  to ``jaxlstm.stacked_lstm`` by their own record,
+  ``jaxlstm.options.StackOptions`` (the LSTM variants as one ``variant``, a
+  ``jaxlstm.LSTMVariant``);
 * ``cell_name``: the parameter-tree key of a layer and direction;
 * ``start_carries``: the carries a call starts from and resets restart from;
 * ``cast``: the computation dtype of parameters and inputs;
@@ -53,19 +56,26 @@ A random module call without an rng raises the ``ValueError`` of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, state_dtype
-from .cudnn import BACKENDS, PRECISIONS
-from .scan import GRADIENTS, MASKED_OUTPUTS
-from .stack import MERGE_MODES, StackCarry, StackParams, check_stack_carry, last_output, merged_size, stacked_lstm
-from .variants import LSTMVariant, VariantParams
+from .options import StackOptions, check_names, option_names
+from .stack import (
+    StackCarry,
+    StackParams,
+    check_reverse,
+    check_stack_carry,
+    last_output,
+    merged_size,
+    stacked_lstm,
+)
+from .variants import RATES, LSTMVariant, VariantParams, is_training
 
 __all__ = [
     "LayerConfig",
@@ -81,8 +91,8 @@ __all__ = [
 ]
 
 
-# The boolean options, checked by _checks.flag.
-_FLAGS = ("bidirectional", "return_sequences", "return_carry", "reverse", "learn_initial_carry", "stateful")
+# The layer's own boolean options, checked by _checks.flag (reverse is the stack's: StackOptions checks it).
+_FLAGS = ("bidirectional", "return_sequences", "return_carry", "learn_initial_carry", "stateful")
 
 
 def cell_name(layer: int, direction: int) -> str:
@@ -93,20 +103,25 @@ def cell_name(layer: int, direction: int) -> str:
 # ----------------------------------------------------------------------------- the options
 
 
-@dataclass(frozen=True)
-class LayerConfig:
-    """Every option of an LSTM layer (a stack of them), validated on construction.
+_DEFAULTS = StackOptions()  # the stack's options' defaults, declared in jaxlstm.options
 
-    ``jl.LSTM`` has these as its fields and ``jl.nnx.LSTM`` as its keyword
-    arguments; both build a ``LayerConfig`` from them (``module.config``).
+
+@dataclass
+class LayerFields:
+    """Every option of an LSTM layer (a stack of them), declared once: ``LayerConfig`` (validated,
+    frozen) and ``jl.LSTM`` (linen, as its fields) inherit them, ``jl.nnx.LSTM`` takes them as keywords.
+
+    The fields not documented below are options of ``jaxlstm.options.StackOptions``, which the
+    layer hands to ``jaxlstm.stacked_lstm``: each means, defaults and is checked as the option of
+    that name there, where it is documented; ``dropout``'s randomness follows "Deterministic or
+    random" above, and ``reverse`` is for a single direction. A non-frozen dataclass, since linen's
+    modules (non-frozen dataclasses) can't inherit a frozen one.
 
     Attributes:
         features: H (Keras' ``units``, PyTorch's ``hidden_size``), the size of
             each cell's state vector.
         num_layers: stacked layers; layer l + 1 reads layer l's output sequence.
         bidirectional: add a backward direction to every layer.
-        merge: how directions combine: ``"concat"`` (F = 2R), ``"sum"``,
-            ``"mul"``, ``"ave"`` (F = R), as Keras' ``Bidirectional``.
         return_sequences: output every step ``(*batch, T, F)``; ``False``
             gives each sequence's last valid step ``(*batch, F)`` (for
             bidirectional: forward final h merged with backward final h, the
@@ -114,24 +129,12 @@ class LayerConfig:
         return_carry: return ``(carries, output)``, ``carries`` nested
             ``[layer][direction]`` → ``LSTMCarry`` of ``(*batch, R)`` and
             ``(*batch, H)``.
-        dropout: dropout rate on every layer's output but the last (PyTorch's
-            ``dropout``); see "Deterministic or random" above.
         dtype: computation dtype (``None``: the wider of the input's and the
             parameters'); with bfloat16 or float16 the matmuls run in that
             dtype while the cell state c stays float32 (mixed precision).
         param_dtype: the parameters' dtype.
         init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` initialisation (see
             ``jaxlstm.init_params``; not ``init``, which is linen's method).
-        unroll: ``lax.scan`` unroll (speed only).
-        reverse: a single direction that reads each sequence from its last
-            valid step back to step 0 (outputs stay aligned with the inputs);
-            not with ``bidirectional``, which already has such a direction.
-        masked_output: what steps outside ``mask`` output: ``"zeros"`` or
-            ``"previous"`` (the last counted step's output), as ``jaxlstm.lstm``.
-        gradient: ``"fused"`` (default) or ``"autodiff"``, as ``jaxlstm.lstm``.
-        gate_fn, activation_fn: the gates' (sigmoid) and the candidate and
-            cell output's (tanh) activations — Keras' ``recurrent_activation``
-            and ``activation``.
         learn_initial_carry: trainable ``h0`` (R,) and ``c0`` (H,) for every
             layer and direction (``params["layer_0"]["h0"]``), zeros at first,
             broadcast over the batch; an ``initial_carry`` given to the call
@@ -140,20 +143,50 @@ class LayerConfig:
             it, to feed a long sequence chunk by chunk (linen: the variable
             collection ``"carry"``; NNX: ``model.carry``). ``resets[:, 0] =
             True`` restarts a row's stream. Forward only.
-        checkpoint_every: for very long sequences, keep only every K-th carry
-            of each layer for the backward pass and recompute the rest (see
-            ``jaxlstm.lstm``); values and gradients do not change.
-        variant: the LSTM variant every cell is, a ``jaxlstm.LSTMVariant``
-            (projection, peepholes, layer norm, CIFG, forget bias, cell clip,
-            input and recurrent dropout, zoneout; docs/variants.md), handed
-            unchanged to ``jaxlstm.stacked_lstm``. ``None`` (or a variant with
-            every option off): the plain LSTM on its fused fast path. With a
-            projection, R = ``proj_size``; else R = H.
-        backend: ``"auto"`` (cuDNN on a CUDA GPU where it computes the layer
-            exactly, else jaxlstm's XLA loop), ``"xla"`` or ``"cudnn"``, as
-            ``jaxlstm.stacked_lstm``; see docs/gpu.md.
-        cudnn_precision: ``"float32"`` (default) or ``"tf32"``, the matmuls'
-            precision on cuDNN.
+
+    With a projection (``variant=jl.LSTMVariant(proj_size=P)``), R = P; else R = H.
+    """
+
+    features: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    merge: str = _DEFAULTS.merge
+    return_sequences: bool = True
+    return_carry: bool = False
+    dropout: float = _DEFAULTS.dropout
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    init_scheme: str = "keras"
+    unroll: int = _DEFAULTS.unroll
+    reverse: bool = _DEFAULTS.reverse
+    masked_output: str = _DEFAULTS.masked_output
+    gradient: str = _DEFAULTS.gradient
+    gate_fn: Activation = _DEFAULTS.gate_fn
+    activation_fn: Activation = _DEFAULTS.activation_fn
+    learn_initial_carry: bool = False
+    stateful: bool = False
+    checkpoint_every: int | None = _DEFAULTS.checkpoint_every
+    variant: LSTMVariant | None = _DEFAULTS.variant
+    backend: str = _DEFAULTS.backend
+    cudnn_precision: str = _DEFAULTS.cudnn_precision
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """A frozen base: a dataclass may be frozen over non-frozen bases only when one of them is frozen."""
+
+
+# The layer's options that are jl.stacked_lstm's (jaxlstm.options.StackOptions), checked there.
+_STACK_OPTIONS = tuple(name for name in option_names(StackOptions) if name in LayerFields.__dataclass_fields__)
+
+
+# Frozen over the non-frozen LayerFields: allowed at run time because _Frozen is frozen; pyright refuses it.
+@dataclass(frozen=True)  # pyright: ignore[reportGeneralTypeIssues]
+class LayerConfig(LayerFields, _Frozen):
+    """Every option of an LSTM layer (``LayerFields``, documented there), validated on construction.
+
+    ``jl.LSTM`` has these as its fields and ``jl.nnx.LSTM`` as its keyword
+    arguments; both build a ``LayerConfig`` from them (``module.config``).
 
     >>> import jaxlstm as jl
     >>> config = LayerConfig(32, bidirectional=True, variant=jl.LSTMVariant(proj_size=16))
@@ -161,58 +194,20 @@ class LayerConfig:
     (16, 32, 2)
     """
 
-    features: int
-    num_layers: int = 1
-    bidirectional: bool = False
-    merge: str = "concat"
-    return_sequences: bool = True
-    return_carry: bool = False
-    dropout: float = 0.0
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    init_scheme: str = "keras"
-    unroll: int = 1
-    reverse: bool = False
-    masked_output: str = "zeros"
-    gradient: str = "fused"
-    gate_fn: Activation = jax.nn.sigmoid
-    activation_fn: Activation = jnp.tanh
-    learn_initial_carry: bool = False
-    stateful: bool = False
-    checkpoint_every: int | None = None
-    variant: LSTMVariant | None = None
-    backend: str = "auto"
-    cudnn_precision: str = "float32"
-
     def __post_init__(self):
         _checks.positive_int(self.features, "features")
         _checks.positive_int(self.num_layers, "num_layers")
         for name in _FLAGS:  # np.True_ is True here, as everywhere; "no" or 1 is refused
             object.__setattr__(self, name, _checks.flag(getattr(self, name), name))
-        _checks.one_of(self.merge, MERGE_MODES, "merge")
-        _checks.rate(self.dropout, "dropout")
         _checks.float_dtype(self.dtype, "dtype", allow_none=True)
         _checks.float_dtype(self.param_dtype, "param_dtype")
         _checks.one_of(self.init_scheme, INIT_SCHEMES, "init_scheme")
-        _checks.positive_int(self.unroll, "unroll")
-        _checks.one_of(self.masked_output, MASKED_OUTPUTS, "masked_output")
-        _checks.one_of(self.gradient, GRADIENTS, "gradient")
-        _checks.activation(self.gate_fn, "gate_fn")
-        _checks.activation(self.activation_fn, "activation_fn")
-        _checks.one_of(self.backend, BACKENDS, "backend")
-        _checks.one_of(self.cudnn_precision, PRECISIONS, "cudnn_precision")
-        if self.checkpoint_every is not None:
-            _checks.positive_int(self.checkpoint_every, "checkpoint_every")
+        checked = self.stack_options()  # the stack's options, checked by their own record
+        for name in _STACK_OPTIONS:
+            object.__setattr__(self, name, getattr(checked, name))
         if self.variant is not None:
-            if not isinstance(self.variant, LSTMVariant):
-                raise TypeError(
-                    f"variant must be None or a jaxlstm.LSTMVariant, got {type(self.variant).__name__} "
-                    f"{self.variant!r}; e.g. variant=jl.LSTMVariant(peepholes=True) "
-                    "(see docs/variants.md, or run jaxlstm docs variants)"
-                )
             self.variant.check_hidden_size(self.features, "features")
-        if self.reverse and self.bidirectional:
-            raise ValueError("reverse=True is for a single direction; bidirectional=True already reads backward too")
+        check_reverse(self.reverse, self.num_directions, "a single direction")
         if self.stateful and (self.bidirectional or self.reverse):
             given = "bidirectional=True" if self.bidirectional else "reverse=True"
             raise ValueError(
@@ -220,10 +215,15 @@ class LayerConfig:
                 "which needs the whole sequence"
             )
 
+    def stack_options(self, **call: Any) -> StackOptions:
+        """The ``jaxlstm.options.StackOptions`` of a ``jl.stacked_lstm`` call of this layer: its
+        options of that record, and ``call``'s (``seq_lengths``, ``mask``, ``resets``, ...)."""
+        return StackOptions(**{name: getattr(self, name) for name in _STACK_OPTIONS}, **call)
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The option names, in declaration order."""
-        return tuple(field.name for field in fields(cls))
+        return option_names(cls)
 
     @classmethod
     def of(cls, module) -> LayerConfig:
@@ -232,31 +232,15 @@ class LayerConfig:
 
     @classmethod
     def from_options(cls, features: int, options: dict, where: str) -> LayerConfig:
-        """``LayerConfig(features, **options)``, with a TypeError for an unknown option that says what to write.
-
-        A variant option given flat (``peepholes=True``) is pointed to
-        ``variant=jl.LSTMVariant(peepholes=True)``.
-        """
+        """``LayerConfig(features, **options)``, with ``check_names``' TypeError for an unknown option."""
         cls.check_names(options, where)
         return cls(features, **options)
 
     @classmethod
     def check_names(cls, options: dict, where: str) -> None:
-        """A TypeError for a name in ``options`` that is not an option, saying what to write: a variant
-        option given flat (``peepholes=True``) is pointed to ``variant=jl.LSTMVariant(peepholes=True)``."""
-        variant_names = {field.name for field in fields(LSTMVariant)}
-        for name, value in options.items():
-            if name in variant_names:
-                raise TypeError(
-                    f"{where} got {name}={value!r}: the LSTM variant options are one option now, "
-                    f"write variant=jl.LSTMVariant({name}={value!r}) "
-                    "(see docs/variants.md, or run jaxlstm docs variants)"
-                )
-            if name not in cls.names():
-                raise TypeError(
-                    f"{where} got an unexpected keyword argument {name!r}; its options are "
-                    f"{', '.join(cls.names()[1:])} (see jaxlstm.layer.LayerConfig)"
-                )
+        """``jaxlstm.options.check_names``: a TypeError naming an option that is not one and listing them
+        (a variant option given flat, ``peepholes=True``, is pointed to ``variant=jl.LSTMVariant(...)``)."""
+        check_names(cls, options, where)
 
     # ------------------------------------------------------------------ what follows from them
 
@@ -389,15 +373,13 @@ def check_stateful_carry(state: StackCarry, batch_shape: tuple[int, ...]) -> Non
 
 # ----------------------------------------------------------------------------- the rng rule
 
-_RATES = ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c")  # the variant options that draw masks
-
 
 def draws_masks(config: LayerConfig, deterministic: bool) -> bool:
     """Whether a call draws random masks: not ``deterministic``, and dropout between
     layers (``dropout > 0`` with ``num_layers > 1``) or a variant that regularizes
     (input or recurrent dropout, zoneout)."""
     between_layers = config.dropout > 0.0 and config.num_layers > 1
-    return not deterministic and (between_layers or config.cell_variant.regularizes)
+    return is_training(None, deterministic) and (between_layers or config.cell_variant.regularizes)
 
 
 def dropout_key(
@@ -410,7 +392,7 @@ def dropout_key(
         return None
     key = draw()
     if key is None:
-        needs = [f"{name}={value!r}" for name, value in config.cell_variant.options.items() if name in _RATES]
+        needs = [f"{name}={value!r}" for name, value in config.cell_variant.options.items() if name in RATES]
         if config.dropout > 0.0 and config.num_layers > 1:
             needs.insert(0, f"dropout={config.dropout!r} between {config.num_layers} layers")
         raise ValueError(
@@ -430,13 +412,11 @@ def run(
     stack: StackParams,
     x: Float[Array, "*batch time input"],
     *,
-    seq_lengths: Int[Array, "*batch"] | None = None,
-    mask: Bool[Array, "*batch time"] | None = None,
-    resets: Bool[Array, "*batch time"] | None = None,
     initial_carry: StackCarry | None = None,
     learned: StackCarry | None = None,
     stored: StackCarry | None = None,
     dropout_key: PRNGKeyArray | None = None,
+    **options: Any,
 ) -> tuple[StackCarry, Any]:
     """Runs the layer ``config`` describes with the module's parameters.
 
@@ -445,12 +425,13 @@ def run(
         stack: the module's weights, ``[layer][direction]`` → ``LSTMParams``
             (``VariantParams`` with a variant), in the parameter dtype.
         x: ``(*batch, T, D)``.
-        seq_lengths, mask, resets: as ``jaxlstm.stacked_lstm``.
         initial_carry: the call's initial carries, nested ``[layer][direction]``.
         learned: the learned ``h0`` (R,) and ``c0`` (H,) per layer and
             direction (``learn_initial_carry``), else ``None``.
         stored: the carry a stateful module kept from its last call, else ``None``.
         dropout_key: from ``dropout_key``; ``None``: a deterministic call.
+        **options: the call's own options of ``jaxlstm.options.StackOptions``
+            (the modules': ``seq_lengths`` ``(*batch,)``, ``mask`` and ``resets`` ``(*batch, T)``).
 
     Returns:
         ``(final_carries, result)``: the final carries (for a stateful module
@@ -468,27 +449,8 @@ def run(
         batch_shape=tuple(x.shape[:-2]),
         dtype=xs.dtype,
     )
-    carries, hs = stacked_lstm(
-        stack,
-        xs,
-        start,
-        reset_carries=fresh,
-        seq_lengths=seq_lengths,
-        mask=mask,
-        resets=resets,
-        masked_output=config.masked_output,
-        merge=config.merge,
-        dropout=config.dropout,
-        dropout_key=dropout_key,
-        unroll=config.unroll,
-        reverse=config.reverse,
-        gradient=config.gradient,
-        gate_fn=config.gate_fn,
-        activation_fn=config.activation_fn,
-        variant=config.variant,
-        checkpoint_every=config.checkpoint_every,
-        backend=config.backend,
-        cudnn_precision=config.cudnn_precision,
-    )
+    check_names(StackOptions, options, "jaxlstm.layer.run")
+    call = config.stack_options(reset_carries=fresh, dropout_key=dropout_key, **options)
+    carries, hs = stacked_lstm(stack, xs, start, **call.fields_of(StackOptions))
     output = hs if config.return_sequences else last_output(carries, config.merge)
     return carries, ((carries, output) if config.return_carry else output)

@@ -26,7 +26,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
-from .layer import LayerConfig, cast, check_input, dropout_key, run
+from .layer import LayerConfig, LayerFields, cast, check_input, dropout_key, run
 from .layer import cell_name as cell_name
 from .stack import StackCarry
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
@@ -215,20 +215,39 @@ def _check_no_unused_params(module: nn.Module, config: LayerConfig, stack) -> No
         )
 
 
-class LSTM(nn.Module):
+def _weight_modules(config: LayerConfig) -> list[list[LSTMCell | VariantWeights]]:
+    """One weights module per layer and direction, ``[layer][direction]``, named ``cell_name``: the plain
+    cell, or one holding a variant's extra weights. Called inside ``LSTM.__call__``, whose submodules they are."""
+    if config.plain:
+        make_cell = functools.partial(LSTMCell, config.features, config.init_scheme, config.dtype)
+    else:
+        make_cell = functools.partial(  # not config.plain: a variant is set
+            VariantWeights, config.features, typing.cast(LSTMVariant, config.variant), config.init_scheme
+        )
+    return [
+        [
+            make_cell(
+                param_dtype=config.param_dtype,
+                learn_initial_carry=config.learn_initial_carry,
+                name=cell_name(layer, direction),
+            )
+            for direction in range(config.num_directions)
+        ]
+        for layer in range(config.num_layers)
+    ]
+
+
+class LSTM(LayerFields, nn.Module):
     """An LSTM layer, or a stack of them, over whole sequences (batch-first).
 
     There is one cell per layer and direction, applied to every time step;
     ``features`` is the size H of its state vector.
 
     Attributes:
-        features, num_layers, bidirectional, merge, return_sequences,
-        return_carry, dropout, dtype, param_dtype, init_scheme, unroll,
-        reverse, masked_output, gradient, gate_fn, activation_fn,
-        learn_initial_carry, stateful, checkpoint_every, variant, backend,
-        cudnn_precision: the options of ``jaxlstm.layer.LayerConfig``, documented there once
-        (``module.config`` is this module's). ``variant`` is a
-        ``jaxlstm.LSTMVariant`` (docs/variants.md), e.g.
+        the options of ``jaxlstm.layer.LayerFields`` (``features``, ``num_layers``, ``bidirectional``,
+        ...), inherited from it and documented there once, those handed to ``jaxlstm.stacked_lstm``
+        in ``jaxlstm.options.StackOptions``; ``module.config`` is this module's validated
+        ``LayerConfig``. ``variant`` is a ``jaxlstm.LSTMVariant`` (docs/variants.md), e.g.
         ``jl.LSTM(32, variant=jl.LSTMVariant(proj_size=16, peepholes=True))``.
 
     With ``stateful=True`` the final carries go to the variable collection
@@ -255,29 +274,7 @@ class LSTM(nn.Module):
     (32, 16)
     """
 
-    # The fields of jaxlstm.layer.LayerConfig, in its order, with its defaults (a test keeps them equal).
-    features: int
-    num_layers: int = 1
-    bidirectional: bool = False
-    merge: str = "concat"
-    return_sequences: bool = True
-    return_carry: bool = False
-    dropout: float = 0.0
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    init_scheme: str = "keras"
-    unroll: int = 1
-    reverse: bool = False
-    masked_output: str = "zeros"
-    gradient: str = "fused"
-    gate_fn: Activation = jax.nn.sigmoid
-    activation_fn: Activation = jnp.tanh
-    learn_initial_carry: bool = False
-    stateful: bool = False
-    checkpoint_every: int | None = None
-    variant: LSTMVariant | None = None
-    backend: str = "auto"
-    cudnn_precision: str = "float32"
+    # The fields: jaxlstm.layer.LayerFields', inherited (LayerConfig's too), declared there once.
 
     def __post_init__(self):
         super().__post_init__()
@@ -352,24 +349,7 @@ class LSTM(nn.Module):
         """
         config = self.config
         check_input(x)
-        # One weights module per layer and direction: the plain cell, or one holding a variant's extra weights.
-        if config.plain:
-            make_cell = functools.partial(LSTMCell, config.features, config.init_scheme, config.dtype)
-        else:
-            make_cell = functools.partial(  # not config.plain: a variant is set
-                VariantWeights, config.features, typing.cast(LSTMVariant, config.variant), config.init_scheme
-            )
-        cells = [
-            [
-                make_cell(
-                    param_dtype=config.param_dtype,
-                    learn_initial_carry=config.learn_initial_carry,
-                    name=cell_name(layer, direction),
-                )
-                for direction in range(config.num_directions)
-            ]
-            for layer in range(config.num_layers)
-        ]
+        cells = _weight_modules(config)
         stack = tuple(
             tuple(cell.weights(config.layer_input_size(layer, x.shape[-1])) for cell in row)
             for layer, row in enumerate(cells)

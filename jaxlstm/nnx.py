@@ -231,14 +231,9 @@ class LSTM(nnx.Module):
         rngs: required, as in Flax's own layers: ``nnx.Rngs`` for the parameters
             and (stream ``"dropout"``, falling back to ``"default"``) the dropout
             and zoneout masks.
-        **options: the other options of ``jaxlstm.layer.LayerConfig``, as
-            ``jaxlstm.LSTM``'s fields: ``num_layers``, ``bidirectional``,
-            ``merge``, ``return_sequences``, ``return_carry``, ``dropout``,
-            ``dtype``, ``param_dtype``, ``init_scheme``, ``unroll``,
-            ``reverse``, ``masked_output``, ``gradient``, ``gate_fn``,
-            ``activation_fn``, ``learn_initial_carry``, ``stateful``,
-            ``checkpoint_every``, ``variant`` (a ``jaxlstm.LSTMVariant``),
-            ``backend`` and ``cudnn_precision`` (docs/gpu.md).
+        **options: the other options of ``jaxlstm.layer.LayerFields`` (``num_layers``,
+            ``bidirectional``, ..., ``variant``, ``backend``), documented there once, as
+            ``jaxlstm.LSTM``'s fields; an unknown name is a TypeError listing them.
             Each is kept as an attribute of the same name (``model.num_layers``),
             read at every call. ``stateful=True`` keeps the final carries
             in ``model.carry`` (a ``jaxlstm.nnx.Carry``, read with ``model.carry[...]``;

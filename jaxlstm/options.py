@@ -20,13 +20,14 @@ checked on construction (``_checks``), so a record in hand is a valid one.
 (0.5, 'concat', 'auto', False)
 >>> StackOptions.build({"seq_length": 3}, "example")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-TypeError: example got an unexpected keyword argument 'seq_length'; its options are seq_lengths, ...
+TypeError: example got an unexpected keyword argument 'seq_length' ...; its options are seq_lengths, mask, ...
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -39,7 +40,17 @@ from .cell import Activation
 from .engine import SequenceOptions
 from .variants import LSTMVariant, check_variant, is_training
 
-__all__ = ["BACKENDS", "PRECISIONS", "MERGE_MODES", "LSTMOptions", "StackOptions", "option_names", "build"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "MERGE_MODES",
+    "LSTMOptions",
+    "StackOptions",
+    "option_names",
+    "check_names",
+    "build",
+    "takes",
+]
 
 BACKENDS = ("auto", "xla", "cudnn")
 """The values of ``backend``: cuDNN where it computes a call exactly, always jaxlstm's XLA loop, or cuDNN."""
@@ -49,6 +60,7 @@ MERGE_MODES = ("concat", "sum", "mul", "ave")
 """How two directions' outputs combine, as Keras' ``Bidirectional(merge_mode=...)``."""
 
 _Record = TypeVar("_Record")
+_Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 def option_names(record: type) -> tuple[str, ...]:
@@ -57,20 +69,54 @@ def option_names(record: type) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(record) if field.name not in refused)
 
 
-def build(record: type[_Record], options: Mapping[str, Any], where: str) -> _Record:
-    """``record(**options)``, with a TypeError for a name that is not one of its options: it names
-    the option and lists the valid ones (``where`` is the function the options were given to)."""
+def check_names(record: type, options: Mapping[str, Any], where: str) -> None:
+    """A TypeError for a name in ``options`` that is not one of ``record``'s options, naming it and
+    listing the valid ones (``where``: the function the options were given to); a variant option
+    given flat (``peepholes=True``) is pointed to ``variant=jl.LSTMVariant(peepholes=True)``."""
     names = option_names(record)
     refused = getattr(record, "REFUSED", {})
-    for name in options:
+    variant_names = {field.name for field in dataclasses.fields(LSTMVariant)}
+    for name, value in options.items():
         if name in refused:
             raise TypeError(f"{where} got {name}=...: {refused[name]}")
-        if name not in names:
+        if name in variant_names and name not in names:
             raise TypeError(
-                f"{where} got an unexpected keyword argument {name!r}; its options are {', '.join(names)} "
-                f"(see jaxlstm.options.{record.__name__})"
+                f"{where} got {name}={value!r}: the LSTM variant options are one option now, "
+                f"write variant=jl.LSTMVariant({name}={value!r}) "
+                "(see docs/variants.md, or run jaxlstm docs variants)"
             )
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(
+            f"{where} got an unexpected keyword argument {unknown[0]!r} (unexpected keyword arguments {unknown}); "
+            f"its options are {', '.join(names)} (see {record.__module__}.{record.__name__})"
+        )
+
+
+def build(record: type[_Record], options: Mapping[str, Any], where: str) -> _Record:
+    """``record(**options)``, after ``check_names``: a name that is not an option is a TypeError."""
+    check_names(record, options, where)
     return record(**options)
+
+
+def takes(record: type) -> Callable[[_Function], _Function]:
+    """A decorator for a function that takes ``record``'s options as ``**options``: its signature, as
+    ``help`` and ``inspect.signature`` show it, lists them as keyword-only parameters with their
+    defaults and types, generated from the record (not written again)."""
+
+    def decorate(function: _Function) -> _Function:
+        signature = inspect.signature(function)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        names = option_names(record)
+        options = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+            for f in dataclasses.fields(record)
+            if f.name in names
+        ]
+        setattr(function, "__signature__", signature.replace(parameters=own + options))  # noqa: B010
+        return function
+
+    return decorate
 
 
 @dataclass(frozen=True)

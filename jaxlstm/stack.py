@@ -25,16 +25,24 @@ from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks, cudnn
-from .cell import Activation, LSTMCarry, LSTMParams, init_params
+from .cell import LSTMCarry, LSTMParams, init_params
+from .options import MERGE_MODES as MERGE_MODES
+from .options import LSTMOptions, StackOptions, build, takes
 from .scan import lstm
-from .variants import LSTMVariant, VariantParams, as_variant_params, check_carry, check_params, init_variant_params
+from .variants import (
+    LSTMVariant,
+    VariantParams,
+    as_variant_params,
+    check_carry,
+    check_params,
+    check_variant,
+    init_variant_params,
+)
 
-__all__ = ["MERGE_MODES", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
-
-MERGE_MODES = ("concat", "sum", "mul", "ave")
+__all__ = ["MERGE_MODES", "check_reverse", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
 
 StackParams = tuple[tuple[LSTMParams | VariantParams, ...], ...]
 """``[layer][direction]`` → ``LSTMParams`` (``VariantParams`` with a variant); one or two directions per layer."""
@@ -88,8 +96,7 @@ def init_stack(
     key = _checks.prng_key(key, "key")
     num_layers = _checks.positive_int(num_layers, "num_layers")
     bidirectional = _checks.flag(bidirectional, "bidirectional")
-    if variant is not None and not isinstance(variant, LSTMVariant):
-        raise TypeError(f"variant must be None or a jaxlstm.LSTMVariant, got {_checks.described(variant)}")
+    check_variant(variant, allow_none=True)
     _checks.one_of(merge, MERGE_MODES, "merge")
     _checks.float_dtype(dtype, "dtype")
     num_directions = 2 if bidirectional else 1
@@ -206,29 +213,20 @@ def check_stack_carry(
                     check_carry(carry, batch_shape, recurrent_size, hidden_size, f"{name}[{layer}][{direction}]")
 
 
+def check_reverse(reverse: bool, num_directions: int, what: str = "one-direction stacks") -> None:
+    """The rule, in one place: ``reverse=True`` makes a single direction read backward; with two
+    directions (a bidirectional stack or layer, whose second already reads backward) it is a
+    ValueError. ``what`` names the thing ``reverse`` is for in the message."""
+    if reverse and num_directions == 2:
+        raise ValueError(f"reverse=True is for {what}; bidirectional=True already reads backward too")
+
+
+@takes(StackOptions)
 def stacked_lstm(
     stack: StackParams,
     xs: Float[Array, "*batch time input"],
     carries: StackCarry | None = None,
-    *,
-    seq_lengths: Int[Array, "*batch"] | None = None,
-    mask: Bool[Array, "*batch time"] | None = None,
-    resets: Bool[Array, "*batch time"] | None = None,
-    reset_carries: StackCarry | None = None,
-    masked_output: str = "zeros",
-    merge: str = "concat",
-    dropout: float = 0.0,
-    dropout_key: PRNGKeyArray | None = None,
-    unroll: int = 1,
-    reverse: bool = False,
-    gradient: str = "fused",
-    gate_fn: Activation = jax.nn.sigmoid,
-    activation_fn: Activation = jnp.tanh,
-    variant: LSTMVariant | None = None,
-    deterministic: bool | None = None,
-    checkpoint_every: int | None = None,
-    backend: str = "auto",
-    cudnn_precision: str = "float32",
+    **options: Any,
 ) -> tuple[StackCarry, Float[Array, "*batch time features"]]:
     """Runs a stack of LSTM layers, each one or two directions, over sequences.
 
@@ -237,35 +235,17 @@ def stacked_lstm(
             (``VariantParams`` with a ``variant``).
         xs: ``(*batch, T, D)``, batch-first.
         carries: initial carries nested as ``stack``; zeros when ``None``.
-        seq_lengths: optional ``(*batch,)`` integers, honoured by every layer
-            and direction (the backward direction starts at each sequence's
-            own last valid step).
-        mask, resets, masked_output: as ``jaxlstm.lstm``, applied to every
-            layer and direction (each direction reads every segment on its own).
-        reset_carries: what each layer and direction restarts from at
-            ``resets``, nested as ``stack``; by default ``carries``.
-        merge: how the two directions' outputs combine: "concat" (2H),
-            "sum", "mul", "ave" (H).
-        dropout: rate of dropout on each layer's output except the last
-            (PyTorch's ``dropout``); applied only when ``dropout_key`` is given.
-        dropout_key: PRNG key for the dropout masks; ``None`` disables dropout.
-        unroll: passed to every layer's scan.
-        reverse: for one-direction stacks, every layer reads backward
-            (outputs aligned with the inputs); not allowed with two directions.
-        gradient, gate_fn, activation_fn: as ``jaxlstm.lstm``.
-        variant: a ``jaxlstm.LSTMVariant`` that every cell is (projection,
-            peepholes, layer norm, ...; see ``jaxlstm.lstm_variant``);
-            ``None`` or a variant with every option off: the plain LSTM.
-        deterministic: ``None`` (default): dropout (and the variant's
-            dropout and zoneout draws) happen exactly when ``dropout_key`` is
-            given. ``True``: none, even with a key (zoneout then uses its
-            expectation); ``False``: a ``dropout_key`` is required.
-
-        checkpoint_every: as ``jaxlstm.lstm``: keep only every K-th carry of
-            each layer for the backward pass (plain LSTM only).
-        backend, cudnn_precision: as ``jaxlstm.lstm``, decided once for the
-            whole stack: on cuDNN, one call for the stack (one per layer with
-            a ``merge`` other than "concat"); see docs/gpu.md.
+        **options: the options of ``jaxlstm.options.StackOptions``, documented
+            there once: ``jaxlstm.lstm``'s (``seq_lengths`` ``(*batch,)``,
+            ``mask`` and ``resets`` ``(*batch, T)``, ``reverse``, ``variant``,
+            ``backend``, ...), for every layer and direction (the backward
+            direction starts at each sequence's own last valid step), and the
+            stack's own (``merge``, ``dropout`` between layers,
+            ``reset_carries`` nested as ``stack``). ``reverse`` is for
+            one-direction stacks. The backend is decided once for the whole
+            stack: on cuDNN, one call for the stack (one per layer with a
+            ``merge`` other than "concat"); see docs/gpu.md. An unknown name
+            is a TypeError listing the valid ones.
 
     Returns:
         ``(final_carries, hs)``: final carries nested as ``stack``, each
@@ -274,62 +254,56 @@ def stacked_lstm(
         With a projection, ``h`` and the outputs have P = ``proj_size``
         features instead of H (F = 2P or P); ``c`` keeps H.
     """
-    if variant is not None:
-        if not isinstance(variant, LSTMVariant):
-            raise TypeError(f"variant must be None or a jaxlstm.LSTMVariant, got {type(variant).__name__}")
-        if variant.is_plain:  # every option off: the plain LSTM's own path
-            _check_stack(stack, variant)
-            stack = tuple(tuple(LSTMParams(*params[:3]) for params in directions) for directions in stack)
-            variant = None
+    opts = build(StackOptions, options, "jaxlstm.stacked_lstm")
+    variant = opts.variant
+    if variant is not None and variant.is_plain:  # every option off: the plain LSTM's own path
+        _check_stack(stack, variant)
+        stack = tuple(tuple(LSTMParams(*params[:3]) for params in directions) for directions in stack)
+        variant = None
+        opts = opts.replace(variant=None)
     num_layers, num_directions = _check_stack(stack, variant)
     if variant is not None:
         stack = tuple(tuple(as_variant_params(params) for params in directions) for directions in stack)
-    _checks.one_of(merge, MERGE_MODES, "merge")
-    dropout = _checks.rate(dropout, "dropout")
-    reverse = _checks.flag(reverse, "reverse")
-    deterministic = _checks.flag(deterministic, "deterministic", allow_none=True)
-    dropout_key = _checks.prng_key(dropout_key, "dropout_key", allow_none=True)
-    if reverse and num_directions == 2:
-        raise ValueError("reverse=True is for one-direction stacks; a bidirectional stack already reads backward")
-    _check_layer_inputs(stack, num_directions, merge)
+    check_reverse(opts.reverse, num_directions)
+    _check_layer_inputs(stack, num_directions, opts.merge)
     _checks.inputs(xs, stack[0][0].input_size, "xs", min_rank=2, layout="(*batch, time, input)")
     batch_shape, hidden_size = tuple(xs.shape[:-2]), stack[0][0].hidden_size
-    if seq_lengths is not None:  # checked once here, for every layer and for the cuDNN path alike
-        seq_lengths = _checks.seq_lengths(seq_lengths, batch_shape, xs.shape[-2])
+    if opts.seq_lengths is not None:  # checked once here, for every layer and for the cuDNN path alike
+        opts = opts.replace(seq_lengths=_checks.seq_lengths(opts.seq_lengths, batch_shape, xs.shape[-2]))
     recurrent_size = None if variant is None else stack[0][0].recurrent_size
-    for name, given in (("carries", carries), ("reset_carries", reset_carries)):
+    for name, given in (("carries", carries), ("reset_carries", opts.reset_carries)):
         check_stack_carry(given, num_layers, num_directions, batch_shape, hidden_size, name, recurrent_size)
-    if deterministic is False and dropout_key is None:
-        if (dropout > 0.0 and num_layers > 1) or (variant is not None and variant.regularizes):
+    if opts.deterministic is False and opts.dropout_key is None:
+        if (opts.dropout > 0.0 and num_layers > 1) or (variant is not None and variant.regularizes):
             raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
-    training = dropout_key is not None and deterministic is not True
-    given = [c for tree in (carries, reset_carries) for row in tree or () for c in row]
-    call: dict[str, Any] = dict(seq_lengths=seq_lengths, mask=mask, resets=resets, masked_output=masked_output)
-    call.update(gradient=gradient, gate_fn=gate_fn, activation_fn=activation_fn, checkpoint_every=checkpoint_every)
-    call.update(variant=variant, dropout_between_layers=dropout if training and num_layers > 1 else 0.0)
-    if (
-        cudnn.choose(backend, cudnn_precision, stack, xs, given, where="jaxlstm.stacked_lstm", **call).backend
-        == "cudnn"
-    ):
-        merge_fn = functools.partial(merge_directions, merge=merge)
+    given = [c for tree in (carries, opts.reset_carries) for row in tree or () for c in row]
+    dropout = cudnn.between_layers(opts, num_layers)
+    if cudnn.choose_backend(opts, stack, xs, given, where="jaxlstm.stacked_lstm", dropout=dropout).backend == "cudnn":
+        merge_fn = functools.partial(merge_directions, merge=opts.merge)
         return cudnn.run(
-            stack, xs, carries, seq_lengths=seq_lengths, reverse=reverse, merge=merge, merge_fn=merge_fn,
-            cudnn_precision=cudnn_precision, layer=lstm,
+            stack, xs, carries, seq_lengths=opts.seq_lengths, reverse=opts.reverse, merge=opts.merge,
+            merge_fn=merge_fn, cudnn_precision=opts.cudnn_precision, layer=lstm,
         )  # fmt: skip
-    options = {name: value for name, value in call.items() if name != "dropout_between_layers"}  # the stack's own
-    options.update(unroll=unroll, backend="xla")  # XLA: decided above, for the whole stack
-    layer_keys, cell_keys = _keys(dropout_key if training else None, variant, dropout, num_layers, num_directions)
+    # Every layer's jl.lstm call: the stack's LSTM options but those set per layer and direction, on XLA
+    # (decided above, for the whole stack).
+    per_call = {k: v for k, v in opts.fields_of(LSTMOptions).items() if k not in _PER_DIRECTION}
+    per_call.update(backend="xla")
+    key = opts.dropout_key if opts.training else None
+    layer_keys, cell_keys = _keys(key, variant, opts.dropout, num_layers, num_directions)
     per_layer = [
-        (
-            stack[layer],
-            None if carries is None else carries[layer],
-            None if reset_carries is None else reset_carries[layer],
-            layer_keys[layer],
-            None if cell_keys is None else cell_keys[layer],
-        )
+        (stack[layer], _at(carries, layer), _at(opts.reset_carries, layer), layer_keys[layer], _at(cell_keys, layer))
         for layer in range(num_layers)
     ]
-    return _run_layers(per_layer, xs, options, reverse=reverse, merge=merge, dropout=dropout)
+    return _run_layers(per_layer, xs, per_call, reverse=opts.reverse, merge=opts.merge, dropout=opts.dropout)
+
+
+def _at(tree, layer: int):
+    """``tree[layer]``, or ``None`` for a ``None`` tree."""
+    return None if tree is None else tree[layer]
+
+
+# The options of jl.lstm that stacked_lstm sets for each layer and direction itself.
+_PER_DIRECTION = frozenset({"reset_carry", "reverse", "dropout_key", "deterministic"})
 
 
 def _keys(dropout_key, variant: LSTMVariant | None, dropout: float, num_layers: int, num_directions: int):
