@@ -36,7 +36,7 @@ from .layer import (
     run,
 )
 from .stack import StackCarry, StackParams
-from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
+from .variants import LSTMVariant, VariantParams, check_variant, variant_initializers, variant_param_shapes
 
 from .gru_nnx import GRU as GRU  # noqa: E402  (the GRU's NNX modules, jl.nnx.GRU and jl.nnx.GRUCell)
 from .gru_nnx import GRUCell as GRUCell  # noqa: E402
@@ -193,8 +193,7 @@ class VariantWeights(nnx.Module):
     ):
         in_features = _checks.positive_int(in_features, "in_features")
         features = _checks.positive_int(features, "features")
-        if not isinstance(variant, LSTMVariant):
-            raise TypeError(f"variant must be a jaxlstm.LSTMVariant, got {type(variant).__name__} {variant!r}")
+        check_variant(variant)
         variant.check_hidden_size(features, "features")
         _checks.float_dtype(param_dtype, "param_dtype")
         learn_initial_carry = _checks.flag(learn_initial_carry, "learn_initial_carry")
