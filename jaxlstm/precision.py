@@ -29,17 +29,45 @@ in float32 when its left operand is a transpose it can fold into the dot
 (measured: 4096x128x1024-sized dW GEMMs took as long as in float32).
 ``rows_transposed`` writes ``Xᵀ`` out through a 3-D transpose, which XLA keeps
 as a copy, so the dot stays narrow (0.7 ms against 3 ms for a 128x1024x1024 GEMM).
+Where the CPU has no instructions for the narrow dtype's dots (no AVX-512 BF16 or AMX-BF16 for
+bfloat16, no AVX512-FP16 or AMX-FP16 for float16), XLA:CPU's narrow dot is no faster than a float32 one,
+often slower (measured on an AVX-512 CPU with its BF16 bits hidden from CPUID: 0.6-1.0x the float32 GEMM
+rate, and ``jl.LSTM(dtype=bfloat16)`` took 1.1-1.6x the float32 time). There ``matmul`` runs a float32
+dot: on operands rounded to the compute dtype and widened (the same products, accumulated in float32),
+float32 operands (the backward's ``dz``) unrounded (no less exact, one pass fewer). ``narrow_dots``
+decides this once per process (``JAXLSTM_NARROW_DOTS`` overrides it); every other part of the policy,
+and the dtypes users get, are the same either way.
 See docs/variants.md#mixed-precision.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import platform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-__all__ = ["accumulation_dtype", "as_dtype", "is_mixed", "matmul", "rows_transposed", "weight_transposed"]
+__all__ = [
+    "accumulation_dtype",
+    "as_dtype",
+    "dot_operand_dtype",
+    "is_mixed",
+    "matmul",
+    "narrow_dots",
+    "rows_transposed",
+    "weight_transposed",
+]
+
+NARROW_DOTS_ENV = "JAXLSTM_NARROW_DOTS"
+# /proc/cpuinfo flags (x86; "bf16" is aarch64's) that give XLA:CPU fast dots on each narrow dtype.
+_DOT_FLAGS = {
+    "bfloat16": frozenset({"avx512_bf16", "amx_bf16", "bf16"}),
+    "float16": frozenset({"avx512_fp16", "amx_fp16"}),
+}
 
 
 def accumulation_dtype(compute_dtype) -> np.dtype:
@@ -63,12 +91,72 @@ def as_dtype(array: Array, dtype) -> Array:
     return array if array.dtype == dtype else array.astype(dtype)
 
 
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, aarch64 ``Features``); None where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def narrow_dots(compute_dtype) -> str:
+    """How ``matmul`` runs a dot in ``compute_dtype`` (bfloat16, float16): ``"native"`` or ``"float32"``.
+
+    ``"native"``: on the narrow operands, accumulating in float32 (``preferred_element_type``).
+    ``"float32"``: on the operands rounded to ``compute_dtype`` and widened to float32, for a CPU without
+    dot instructions for that dtype, where XLA:CPU's narrow dot runs slower than a float32 one. Decided
+    once per process and dtype: the environment variable ``JAXLSTM_NARROW_DOTS`` (``native``,
+    ``float32`` or ``auto``) first; on ``auto`` (the default), ``"native"`` unless JAX's default backend is
+    the CPU and ``/proc/cpuinfo`` lists none of the dtype's dot instructions (bfloat16: ``avx512_bf16``,
+    ``amx_bf16`` or aarch64's ``bf16``; float16: ``avx512_fp16`` or ``amx_fp16``). Where ``/proc/cpuinfo``
+    can't be read (macOS, Windows), x86 CPUs get ``"float32"`` and others ``"native"``.
+
+    >>> import jax.numpy as jnp
+    >>> narrow_dots(jnp.bfloat16) in ("native", "float32")
+    True
+    """
+    name = np.dtype(compute_dtype).name
+    choice = os.environ.get(NARROW_DOTS_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "native", "float32"):
+        raise ValueError(f"{NARROW_DOTS_ENV} must be 'auto', 'native' or 'float32'; got {choice!r}")
+    if choice != "auto":
+        return choice
+    if name not in _DOT_FLAGS or jax.default_backend() != "cpu":
+        return "native"
+    flags = _cpu_flags()
+    if flags is None:
+        return "float32" if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") else "native"
+    return "native" if flags & _DOT_FLAGS[name] else "float32"
+
+
+def dot_operand_dtype(compute_dtype) -> np.dtype:
+    """The dtype ``matmul`` hands XLA's dot for ``compute_dtype``: itself, or float32 where ``narrow_dots`` says so.
+
+    >>> import jax.numpy as jnp
+    >>> dot_operand_dtype(jnp.float32)
+    dtype('float32')
+    """
+    if is_mixed(compute_dtype) and narrow_dots(np.dtype(compute_dtype)) == "float32":
+        return accumulation_dtype(compute_dtype)
+    return np.dtype(compute_dtype)
+
+
 def matmul(a: Array, b: Array, compute_dtype) -> Array:
     """``a · b`` for ``a`` ``(*rows, k)`` and ``b`` ``(k, n)``: ``(*rows, n)`` in the accumulation dtype.
 
     Operands are cast to ``compute_dtype``. When that is narrower than float32,
     the dot accumulates and returns float32 (``preferred_element_type``), on a
-    2-D view of ``a``; otherwise this is ``a @ b``, bit for bit.
+    2-D view of ``a``; otherwise this is ``a @ b``, bit for bit. Where
+    ``narrow_dots`` says ``"float32"``, the dot runs in float32 instead: on
+    operands rounded to ``compute_dtype`` and widened, except float32 ones
+    (the backward pass's ``dz``), which are used as they are (no product
+    less exact than the narrow dot's, and no rounding pass over them).
 
     >>> import jax.numpy as jnp
     >>> a, b = jnp.ones((2, 3, 4), jnp.bfloat16), jnp.ones((4, 5), jnp.bfloat16)
@@ -78,6 +166,9 @@ def matmul(a: Array, b: Array, compute_dtype) -> Array:
     """
     if not is_mixed(compute_dtype):
         return a @ b
+    wide = dot_operand_dtype(compute_dtype)
+    if wide != np.dtype(compute_dtype):  # no fast narrow dots on this CPU: a float32 dot
+        return _widened(a, compute_dtype, wide) @ _widened(b, compute_dtype, wide)
     a, b = as_dtype(a, compute_dtype), as_dtype(b, compute_dtype)
     rows = a.shape[:-1]
     a_2d = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
@@ -85,6 +176,11 @@ def matmul(a: Array, b: Array, compute_dtype) -> Array:
         a_2d, b, (((1,), (0,)), ((), ())), preferred_element_type=accumulation_dtype(compute_dtype)
     )
     return product if a.ndim == 2 else product.reshape(*rows, b.shape[-1])
+
+
+def _widened(a: Array, compute_dtype, wide) -> Array:
+    """``a`` for a float32 dot: as it is when already ``wide``, else rounded to ``compute_dtype`` and widened."""
+    return a if a.dtype == wide else as_dtype(as_dtype(a, compute_dtype), wide)
 
 
 def rows_transposed(a: Array, compute_dtype) -> Array:

@@ -6,16 +6,18 @@ T = 1,000 steps the bfloat16 outputs stay within BF16_ATOL of float32 ones.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference import ref_lstm
+from reference import assert_close, ref_lstm
 from reference_variants import ref_variant_lstm
 
 import jaxlstm as jl
+from jaxlstm import precision
 
 BF16_ATOL = 2e-2  # bfloat16 keeps 8 significant bits (eps 7.8e-3); the float32 cell state stops drift over time.
 T = 1000
@@ -225,3 +227,116 @@ def test_narrow_linen_and_nnx_modules_match_their_float32_twins(dtype):
     module32 = jl.nnx.LSTM(PD, PH, rngs=nnx.Rngs(0))
     y, y32 = module(x), module32(x)
     assert y.dtype == dtype and 0 < float(jnp.max(jnp.abs(y.astype(jnp.float32) - y32))) < NARROW_ATOL[dtype]
+
+
+# ----------------------------------------------------------------------------- narrow dots on CPUs without them
+#
+# On a CPU without dot instructions for the narrow dtype, ``precision.matmul`` runs the dot on the operands
+# rounded to that dtype and widened to float32 (``precision.narrow_dots``). Each branch is forced here through
+# ``JAXLSTM_NARROW_DOTS``; the automatic choice is checked against the CPU flags it reads.
+
+
+@pytest.fixture(params=["native", "float32"])
+def forced_dots(request, monkeypatch):
+    """Force ``narrow_dots``' branch; traces cached under the other branch are dropped before and after."""
+    monkeypatch.setenv(precision.NARROW_DOTS_ENV, request.param)
+    precision.narrow_dots.cache_clear()
+    jax.clear_caches()
+    yield request.param
+    precision.narrow_dots.cache_clear()
+    jax.clear_caches()
+
+
+def _dot_operand_dtypes(lowered_text: str) -> set[str]:
+    """The element types of every dot_general's operands in a StableHLO module's text."""
+    found = set()
+    for line in lowered_text.splitlines():
+        if "stablehlo.dot_general" in line:
+            operands = line.rsplit(": (", 1)[1].split(") ->")[0]
+            found |= set(re.findall(r"x([a-z]+[0-9]+)>", operands))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("dtype", "hlo_name"), [(jnp.bfloat16, "bf16"), (jnp.float16, "f16")], ids=["bfloat16", "float16"]
+)
+def test_matmul_runs_the_same_products_in_either_branch(forced_dots, dtype, hlo_name):
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((2, 3, 40)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((40, 5)), dtype)
+    got = precision.matmul(a.astype(dtype), b, dtype)
+    assert got.shape == (2, 3, 5) and got.dtype == jnp.float32
+    # exact products of the narrow operands (8 or 11 significant bits), summed in float64
+    assert_close(got, np.asarray(a.astype(dtype), np.float64) @ np.asarray(b, np.float64))
+    # a float32 operand (the backward's dz): rounded for a narrow dot, used as it is by a float32 one
+    a_used = a.astype(dtype) if forced_dots == "native" else a
+    assert_close(precision.matmul(a, b, dtype), np.asarray(a_used, np.float64) @ np.asarray(b, np.float64))
+    operands = _dot_operand_dtypes(jax.jit(lambda a, b: precision.matmul(a, b, dtype)).lower(a, b).as_text())
+    assert operands == ({hlo_name} if forced_dots == "native" else {"f32"})
+
+
+def test_float32_matmul_is_the_plain_product_in_either_branch(forced_dots):
+    a = jax.random.normal(jax.random.key(0), (3, 7))
+    b = jax.random.normal(jax.random.key(1), (7, 4))
+    assert precision.dot_operand_dtype(jnp.float32) == np.float32
+    assert bool(jnp.all(precision.matmul(a, b, jnp.float32) == a @ b))  # bit for bit
+
+
+@pytest.mark.slow
+def test_the_lstm_in_either_branch_keeps_the_policy_and_the_narrow_bound(forced_dots):
+    """Forward and backward of ``jl.lstm`` in bfloat16: every dot's operands follow the branch, outputs and
+    gradients keep their dtypes; outputs stay within bfloat16's bound of the NumPy loop on the same rounded
+    values, gradients within it of the float32 run on them."""
+    params = jl.init_params(jax.random.key(0), PD, PH, dtype=jnp.bfloat16)
+    xs = jax.random.normal(jax.random.key(1), (PB, PT, PD)).astype(jnp.bfloat16)
+    weights = jnp.cos(jnp.arange(PB * PT * PH, dtype=jnp.float32)).reshape(PB, PT, PH)
+
+    def loss(p, x):
+        hs = jl.lstm(p, x)[1]
+        return jnp.sum(hs.astype(jnp.float32) * weights), hs
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    lowered = grad.lower(params, xs)
+    assert _dot_operand_dtypes(lowered.as_text()) == ({"bf16"} if forced_dots == "native" else {"f32"})
+    (_, hs), (d_params, d_xs) = lowered.compile()(params, xs)
+    assert hs.dtype == jnp.bfloat16 and d_xs.dtype == jnp.bfloat16
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(d_params))
+    _, _, want = ref_lstm(*(np.asarray(a, np.float64) for a in (params.w_ih, params.w_hh, params.b, xs)))
+    assert 0 < float(np.max(np.abs(np.asarray(hs, np.float64) - want))) < NARROW_ATOL[jnp.bfloat16]
+    (_, _), grads32 = grad(*jax.tree.map(lambda a: a.astype(jnp.float32), (params, xs)))
+    for got, ref in zip(jax.tree.leaves((d_params, d_xs)), jax.tree.leaves(grads32), strict=True):
+        scale = max(float(jnp.max(jnp.abs(ref))), 1e-3)
+        relative = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64)))) / scale
+        assert relative < GRAD_RTOL[jnp.bfloat16], f"gradient off by {relative:.2e} of its largest entry"
+
+
+@pytest.mark.parametrize(
+    ("flags", "bf16", "fp16"),
+    [
+        ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}, "native", "native"),  # Xeon with AMX
+        ({"avx2", "avx512f", "avx512_bf16"}, "native", "float32"),  # AMD EPYC (Zen 4)
+        ({"avx2", "avx512f"}, "float32", "float32"),  # AVX-512 without BF16
+        ({"avx2", "fma"}, "float32", "float32"),  # AVX2 only
+        ({"asimd", "bf16"}, "native", "float32"),  # aarch64 with BF16
+    ],
+)
+def test_auto_picks_native_narrow_dots_only_where_the_cpu_has_them(monkeypatch, flags, bf16, fp16):
+    monkeypatch.delenv(precision.NARROW_DOTS_ENV, raising=False)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    precision.narrow_dots.cache_clear()
+    try:
+        assert precision.narrow_dots(jnp.bfloat16) == bf16 and precision.narrow_dots(jnp.float16) == fp16
+        assert precision.dot_operand_dtype(jnp.bfloat16) == (jnp.bfloat16 if bf16 == "native" else np.float32)
+        assert precision.narrow_dots(jnp.float32) == "native" and precision.dot_operand_dtype(jnp.float32) == np.float32
+    finally:
+        precision.narrow_dots.cache_clear()
+
+
+def test_a_bad_narrow_dots_setting_is_refused(monkeypatch):
+    monkeypatch.setenv(precision.NARROW_DOTS_ENV, "fast")
+    precision.narrow_dots.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="JAXLSTM_NARROW_DOTS must be 'auto', 'native' or 'float32'; got 'fast'"):
+            precision.narrow_dots(jnp.bfloat16)
+    finally:
+        precision.narrow_dots.cache_clear()
