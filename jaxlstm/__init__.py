@@ -22,6 +22,8 @@ from .cudnn import backend_for as backend_for
 from .cells import Cell as Cell
 from .cells import GRUParams as GRUParams
 from .engine import SequenceOptions as SequenceOptions
+from .options import LSTMOptions as LSTMOptions
+from .options import StackOptions as StackOptions
 from .engine import rnn as rnn
 from .explain import explain as explain
 from .gru import gru as gru
@@ -93,6 +95,8 @@ __all__ = [
     "cells",
     "rnn",
     "SequenceOptions",
+    "LSTMOptions",
+    "StackOptions",
     "GRUParams",
     "gru",
     "gru_cell",

@@ -27,48 +27,48 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import promote
 from .cells.base import Cell
-from .fused import FusedLoop, fused_call
-from .timeline import (
-    BACKWARD_CHUNK_ROWS,
-    FORWARD_CHUNK_STEPS,
-    GRADIENTS,
-    MASKED_OUTPUTS,
-    Steps,
-    at,
-    chunk_steps,
-    input_chunk,
-    no_cotangent,
-    over_chunks,
-    over_time,
-    put,
-    reset_steps,
-    valid_steps,
-    zero_padding,
-)
+from .fused import fused_call
+from .loops import FUSED, Loop, autodiff_loop, input_bias, owned
+from .precision import accumulation_dtype, as_dtype
+from .timeline import GRADIENTS, MASKED_OUTPUTS, Steps, over_time, reset_steps, valid_steps
 
-__all__ = ["rnn", "SequenceOptions"]
+__all__ = ["rnn", "run_cell", "SequenceOptions", "check_cell_params"]
 
 
 @dataclass(frozen=True)
 class SequenceOptions:
-    """How a layer reads its sequences: the options of ``jaxlstm.rnn`` (and ``jaxlstm.gru``), checked here once.
+    """How a layer reads its sequences: the options of ``jaxlstm.rnn``, ``jaxlstm.gru`` and ``jaxlstm.lstm``
+    (and of their stacks and modules), declared, documented and checked here once.
 
     Attributes:
-        seq_lengths: ``(*batch,)`` integers in [0, T]: steps at or past a sequence's length don't count.
-        mask: ``(*batch, T)`` bools: a ``False`` step doesn't count (with ``seq_lengths``: both must allow it).
-        resets: ``(*batch, T)`` bools marking the first step of a new segment: the carry restarts there.
-        reset_carry: the carry a reset restarts from (default: the initial carry).
-        masked_output: what a step that doesn't count outputs: ``"zeros"`` or ``"previous"``.
-        reverse: read each sequence from its own last valid step back to step 0; outputs stay aligned.
-        unroll: ``lax.scan``'s unroll (speed only).
-        gradient: ``"fused"`` (the engine's backward pass) or ``"autodiff"`` (JAX differentiates the scan).
-        checkpoint_every: keep only the carries between chunks of this many steps for the backward pass.
+        seq_lengths: ``(*batch,)`` integers in [0, T]: steps at or past a sequence's length leave its
+            carry unchanged and output zeros. Concrete lengths outside [0, T] raise a ValueError; traced
+            ones (inside ``jit``) can't be inspected and are clamped to [0, T].
+        mask: ``(*batch, T)`` bools, any pattern: a ``False`` step leaves the carry unchanged. With
+            ``seq_lengths``, a step counts when both allow it.
+        resets: ``(*batch, T)`` bools marking the first step of a new segment (several sequences packed
+            in one row): the carry restarts from ``reset_carry`` there. With ``reverse``, each segment is
+            read backward on its own.
+        reset_carry: the carry a reset restarts from, ``(*batch, ·)`` leaves; by default the initial carry.
+        masked_output: what a step that doesn't count outputs: ``"zeros"``, or ``"previous"``, the
+            carry's ``h``, i.e. the last counted step's output (Keras' standalone layers with a mask).
+        reverse: read each sequence from its own last valid step back to step 0. Outputs stay aligned
+            with the inputs (``hs[..., t, :]`` belongs to ``xs[..., t, :]``), as PyTorch's packed sequences
+            and Keras' masked ``go_backwards`` give.
+        unroll: iterations of the compiled loop to unroll (``lax.scan``'s); speed only, results do not
+            change. The fused path's forward loop already runs 4 steps per iteration.
+        gradient: ``"fused"`` (the engine's backward pass over the whole sequence, faster) or
+            ``"autodiff"`` (JAX differentiates the scan). Values and gradients agree to float rounding.
+            Forward mode, second derivatives and ``jax.export`` work on both (docs/performance.md).
+        checkpoint_every: for very long sequences, cut time into chunks of this many steps and keep only
+            the carries between chunks for the backward pass (``jax.checkpoint``): each chunk's forward
+            runs again during the backward pass. Memory for training drops from O(T) activations to
+            O(T / checkpoint_every + checkpoint_every); values and gradients do not change.
     """
 
     seq_lengths: Int[Array, "*batch"] | None = None
@@ -91,267 +91,6 @@ class SequenceOptions:
             object.__setattr__(self, "checkpoint_every", every)
 
 
-@dataclass(frozen=True)
-class _Loop:
-    """What is static about one loop: the cell and the per-step rules."""
-
-    cell: Cell
-    reverse: bool = False
-    unroll: int = 1
-    masked_output: str = "zeros"
-
-
-# ----------------------------------------------------------------------------- the parameters' split
-
-
-def _owned(cell: Cell) -> tuple[str, ...]:
-    """The parameter fields the engine reads: the two weights and the cell's input bias."""
-    return ("w_ih", "w_hh") + (() if cell.input_bias is None else (cell.input_bias,))
-
-
-def _cell_params(cell: Cell, params):
-    """``params`` as the cell sees them: ``None`` in the fields the engine owns."""
-    return params._replace(**{name: None for name in _owned(cell)})
-
-
-def _input_bias(cell: Cell, params):
-    return None if cell.input_bias is None else getattr(params, cell.input_bias)
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def _tree_where(flags, new, old):
-    """``new`` where ``flags`` ``(N,)`` is set, else ``old``, leaf by leaf (leaves ``(N, ·)``)."""
-    return jax.tree.map(lambda a, b: jnp.where(flags[:, None], a, b), new, old)
-
-
-def _add_to_hidden(cell: Cell, d_carry, dh):
-    """``d_carry`` with ``dh`` added to the cotangent of ``cell.hidden(carry)``."""
-    _, pullback = jax.vjp(cell.hidden, d_carry)
-    return jax.tree.map(jnp.add, d_carry, pullback(dh)[0])
-
-
-def _step(loop: _Loop, w_hh, small, carry, restart, from_input, steps_t: Steps):
-    """One step: restart where ``reset``; ``h·W_hh``; the cell; keep the new carry only where ``valid``.
-
-    ``from_input`` is ``x·W_ih`` (+ input bias), the input zeroed on steps that
-    don't count. Returns ``(new_carry, output, carry_in, from_h)``.
-    """
-    cell = loop.cell
-    if steps_t.reset is not None:
-        carry = _tree_where(steps_t.reset, restart, carry)
-    from_h = cell.hidden(carry) @ w_hh
-    new = cell.step(small, from_input, from_h, carry)
-    output = cell.hidden(new)
-    if steps_t.valid is not None:
-        keep = steps_t.valid
-        skipped = cell.hidden(carry) if loop.masked_output == "previous" else jnp.zeros_like(output)
-        new, output = _tree_where(keep, new, carry), jnp.where(keep[:, None], output, skipped)
-    return new, output, carry, from_h
-
-
-# ----------------------------------------------------------------------------- the loops
-
-
-def _autodiff_loop(loop: _Loop, params, xs, carry, restart, steps: Steps):
-    """The loop JAX differentiates itself: a scan over time-major steps. ``xs`` ``(N, t, D)``."""
-    small, bias = _cell_params(loop.cell, params), _input_bias(loop.cell, params)
-    xs_tm = jnp.moveaxis(zero_padding(xs, steps.valid), 1, 0)
-
-    def step(carry, inputs):
-        x_t, steps_t = inputs
-        from_input = x_t @ params.w_ih if bias is None else x_t @ params.w_ih + bias[None]
-        new, output, _, _ = _step(loop, params.w_hh, small, carry, restart, from_input, steps_t)
-        return new, output
-
-    final, hs_tm = jax.lax.scan(step, carry, (xs_tm, steps), reverse=loop.reverse, unroll=loop.unroll)
-    return final, jnp.moveaxis(hs_tm, 0, 1)
-
-
-def _fused_loop(loop: _Loop, params, xs, carry, restart, steps: Steps, *, save: bool):
-    """The fused path's forward loop over ``xs`` ``(N, T, D)``, chunks of 4 steps per input GEMM.
-
-    With ``save`` it also writes, per step, ``h`` before the step (for
-    ``dW_hh``) and the leaves of ``cell.save``, each as its own ``(N, T, ·)``
-    buffer. Returns ``(final, hs, saved_buffers, saved_treedef)``.
-    """
-    cell = loop.cell
-    n, time, input_size = xs.shape
-    small, bias = _cell_params(cell, params), _input_bias(cell, params)
-    width = params.w_hh.shape[-1]
-    treedef: list = []
-
-    def one_step(carry, from_input, steps_t):
-        new, output, carry_in, from_h = _step(loop, params.w_hh, small, carry, restart, from_input, steps_t)
-        if not save:
-            return new, (output,)
-        leaves, tree = jax.tree.flatten(cell.save(small, from_input, from_h, carry_in))
-        treedef[:] = [tree]
-        return new, (output, cell.hidden(carry_in), *leaves)
-
-    example = Steps(*cast(Any, (None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in steps)))
-    shapes = jax.eval_shape(one_step, carry, jax.ShapeDtypeStruct((n, width), xs.dtype), example)[1]
-    buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
-
-    def chunk(state, first, length):
-        carry, buffers = state
-        steps_c = steps.slice(first, length)
-        x_chunk = input_chunk(xs, steps_c, first, length)
-        projected = x_chunk.reshape(-1, input_size) @ params.w_ih
-        if bias is not None:
-            projected = projected + bias[None]
-        projected = projected.reshape(n, length, width)
-        values = [[None] * length for _ in buffers]
-        for j in reversed(range(length)) if loop.reverse else range(length):
-            steps_j = Steps(*(None if a is None else a[j] for a in steps_c))
-            carry, step_values = one_step(carry, projected[:, j], steps_j)
-            for column, value in zip(values, step_values, strict=True):
-                column[j] = value
-        buffers = tuple(
-            jax.lax.dynamic_update_slice_in_dim(buffer, jnp.stack(column, axis=1), first, axis=1)
-            for buffer, column in zip(buffers, values, strict=True)
-        )
-        return carry, buffers
-
-    size = chunk_steps(time, FORWARD_CHUNK_STEPS)
-    final, buffers = over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
-    return final, buffers[0], buffers[1:], (treedef[0] if treedef else None)
-
-
-def _backward_step(loop: _Loop, params, small, saved, treedef, d_hs):
-    """The backward loop's step: the carry's cotangent one step back, and the step's
-    gradients of the two matmuls' outputs written into the chunk's buffers."""
-    cell, w_hh_t = loop.cell, params.w_hh.T
-    premask = bool(jax.tree.leaves(small))  # the cell's own gradients sum over rows: rows that don't count add 0
-
-    def step(state, inputs):
-        d_carry, d_initial, d_small, grads_chunk, first = state
-        t, steps_t, zero_out = inputs
-        valid_t, reset_t = steps_t.valid, steps_t.reset
-        saved_t = jax.tree.unflatten(treedef, [at(buffer, t) for buffer in saved])
-        # d_hs None: no loss reads the outputs; the chunk's scan then hands each step zeros (zero_out)
-        d_out = zero_out if d_hs is None else at(d_hs, t)
-        if valid_t is None:
-            d_total = _add_to_hidden(cell, d_carry, d_out)
-            d_new = d_total
-        else:
-            keep = valid_t[:, None]
-            d_total = _add_to_hidden(cell, d_carry, jnp.where(keep, d_out, jnp.zeros_like(d_out)))
-            zeros = jax.tree.map(jnp.zeros_like, d_total)
-            d_new = _tree_where(valid_t, d_total, zeros) if premask else d_total
-        d_small_t, d_from_input, d_from_h, d_prev = cell.backward(small, saved_t, d_new)
-        d_prev = _add_to_hidden(cell, d_prev, d_from_h @ w_hh_t)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            d_from_input = jnp.where(keep, d_from_input, jnp.zeros_like(d_from_input))
-            d_from_h = jnp.where(keep, d_from_h, jnp.zeros_like(d_from_h))
-            d_prev = _tree_where(valid_t, d_prev, d_total)
-            if loop.masked_output == "previous":
-                d_prev = _add_to_hidden(cell, d_prev, jnp.where(keep, jnp.zeros_like(d_out), d_out))
-        if reset_t is not None:
-            zeros = jax.tree.map(jnp.zeros_like, d_prev)
-            d_initial = jax.tree.map(jnp.add, d_initial, _tree_where(reset_t, d_prev, zeros))
-            d_prev = _tree_where(reset_t, zeros, d_prev)
-        if jax.tree.leaves(d_small_t):
-            d_small = jax.tree.map(jnp.add, d_small, d_small_t)
-        grads_chunk = tuple(
-            put(buffer, g, t - first) for buffer, g in zip(grads_chunk, (d_from_input, d_from_h), strict=True)
-        )
-        return (d_prev, d_initial, d_small, grads_chunk, first), None
-
-    return step
-
-
-def _fused_backward(loop: _Loop, residuals, cotangents):
-    """The backward pass, a chunk of steps at a time in backward time order: a scan over
-    the chunk's steps runs the cell's ``backward`` and writes ``d from_input`` and
-    ``d from_h``; then ``dX``, ``dW_ih``, ``dW_hh`` and the input bias' gradient
-    follow as GEMMs over the chunk's rows."""
-    params, xs, steps, saved, treedef = residuals
-    h_prev, *saved = saved
-    d_final, d_hs = cotangents
-    cell, (n, time, input_size) = loop.cell, xs.shape
-    small, bias = _cell_params(cell, params), _input_bias(cell, params)
-    width = params.w_hh.shape[-1]
-    step = _backward_step(loop, params, small, saved, treedef, d_hs)
-
-    def chunk(state, first, length):
-        d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs = state
-        steps_c = steps.slice(first, length)
-        grads_chunk = tuple(jnp.zeros((n, length, width), xs.dtype) for _ in range(2))
-        zero_outs = None if d_hs is not None else jnp.zeros((length, n, h_prev.shape[-1]), h_prev.dtype)
-        (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
-            step,
-            (d_carry, d_initial, d_small, grads_chunk, first),
-            (first + jnp.arange(length, dtype=jnp.int32), steps_c, zero_outs),
-            reverse=not loop.reverse,
-            unroll=loop.unroll,
-        )
-        x_chunk = input_chunk(xs, steps_c, first, length)
-        h_chunk = jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1)
-        d_input, d_h = (g.reshape(n * length, width) for g in grads_chunk)
-        # plain GEMMs on Xᵀ and H_prevᵀ written out (as jaxlstm.scan does: XLA:CPU's transposed-operand path
-        # is slower)
-        x_t, h_t = jax.lax.optimization_barrier(
-            (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
-        )
-        d_xs = jax.lax.dynamic_update_slice_in_dim(
-            d_xs, (d_input @ params.w_ih.T).reshape(n, length, input_size), first, axis=1
-        )
-        d_w_ih, d_w_hh = d_w_ih + x_t @ d_input, d_w_hh + h_t @ d_h
-        if d_bias is not None:
-            d_bias = d_bias + jnp.sum(d_input, axis=0)
-        return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs
-
-    zero_carry = jax.tree.map(jnp.zeros_like, d_final)
-    d_bias = None if bias is None else jnp.zeros_like(bias)
-    d_weights = (jnp.zeros_like(params.w_ih), jnp.zeros_like(params.w_hh), d_bias)
-    state = (d_final, zero_carry, jax.tree.map(jnp.zeros_like, small), d_weights, jnp.zeros_like(xs))
-    size = chunk_steps(time, -(-BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
-    state = over_chunks(chunk, state, time, size, backward=not loop.reverse)
-    d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias), d_xs = state
-    d_params = d_small._replace(w_ih=d_w_ih, w_hh=d_w_hh)
-    if bias is not None:
-        d_params = d_params._replace(**{cast(str, cell.input_bias): d_bias})
-    d_restart = None if steps.reset is None else d_initial
-    return d_params, d_xs, d_carry, d_restart, Steps(*(no_cotangent(a) for a in steps))
-
-
-# ----------------------------------------------------------------------------- the fused gradient, every mode
-#
-# jaxlstm.fused makes these three one function whose reverse mode is the fused backward pass and whose
-# forward mode (jvp, jacfwd, linearize) is the JVP of the autodiff loop.
-
-
-def _engine_forward(loop: _Loop, diff, steps: Steps, save: bool):
-    params, xs, carry, restart = diff
-    final, hs, saved, treedef = _fused_loop(loop, params, xs, carry, restart, steps, save=save)
-    if not save:
-        return (final, hs), None
-    h_prev, *leaves = saved
-    return (final, hs), (h_prev, jax.tree.unflatten(treedef, leaves))
-
-
-def _engine_backward(loop: _Loop, diff, steps: Steps, saved, d_outputs, unread):
-    params, xs, _, _ = diff
-    h_prev, cell_saved = saved
-    leaves, treedef = jax.tree.flatten(cell_saved)
-    d_final, d_hs = d_outputs
-    # A loss on the final carry alone: hs's zeros are not read (reading an (N, T, H) buffer of zeros made
-    # such a loss slower than one on every step, superlinearly in T).
-    residuals = (params, xs, steps, [h_prev, *leaves], treedef)
-    return _fused_backward(loop, residuals, (d_final, None if unread[1] else d_hs))[:4]
-
-
-def _engine_reference(loop: _Loop, diff, steps: Steps):
-    params, xs, carry, restart = diff
-    return _autodiff_loop(loop, params, xs, carry, restart, steps)
-
-
-_FUSED = FusedLoop(_engine_forward, _engine_backward, _engine_reference)
-
-
 # ----------------------------------------------------------------------------- the public entry
 
 
@@ -365,7 +104,7 @@ def check_cell_params(cell: Cell, params) -> None:
             f"params must be the cell's parameter NamedTuple with fields w_ih and w_hh "
             f"(e.g. {type(cell).__name__}().init_params(key, input_size, hidden_size)), got {type(params).__name__}"
         )
-    for name in _owned(cell):
+    for name in owned(cell):
         _checks.floating(getattr(params, name), f"params.{name}", section="parameters")
     w_ih, w_hh, gates = cast(Any, params).w_ih, cast(Any, params).w_hh, cell.num_gates
     hidden = w_hh.shape[0] if w_hh.ndim == 2 else -1
@@ -379,7 +118,7 @@ def check_cell_params(cell: Cell, params) -> None:
             f"params.w_ih must have shape (input_size, {gates} * hidden_size) = (input_size, {gates * hidden}), "
             f"got {tuple(w_ih.shape)}"
         )
-    bias = _input_bias(cell, params)
+    bias = input_bias(cell, params)
     if bias is not None and tuple(bias.shape) != (gates * hidden,):
         raise ValueError(f"params.{cell.input_bias} must have shape ({gates * hidden},), got {tuple(bias.shape)}")
     cell.check_params(params)
@@ -443,21 +182,45 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
         )
         restart = None if steps.reset is None else (carry if opts.reset_carry is None else opts.reset_carry)
         params, xs, carry, restart = promote(params, xs, carry, restart)
-        loop = _Loop(cell, reverse=opts.reverse, unroll=opts.unroll, masked_output=opts.masked_output)
-        n = math.prod(batch_shape)  # symbolic under jax.export's shape polymorphism
+        dtypes = jax.tree.map(lambda a: a.dtype, carry)
+        loop = Loop(cell, reverse=opts.reverse, unroll=opts.unroll, masked_output=opts.masked_output)
+        final, hs = run_cell(loop, params, xs, carry, restart, steps, None, opts.gradient, opts.checkpoint_every)
+        return jax.tree.map(as_dtype, final, dtypes), hs
 
-        def flat(tree):
-            return None if tree is None else jax.tree.map(lambda a: a.reshape(n, *a.shape[len(batch_shape):]), tree)
 
-        fused = opts.gradient == "fused"
+def run_cell(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, gradient: str, checkpoint_every):
+    """The loop of ``loop.cell`` over checked, promoted arguments: what ``rnn`` and ``jaxlstm.lstm`` run.
 
-        def run(carry, xs, steps):
-            """The loop over a stretch of time, rows flattened: ``xs`` ``(N, t, D)``."""
-            if fused:
-                return fused_call(_FUSED, loop, (params, xs, carry, flat(restart)), steps)
-            return _autodiff_loop(loop, params, xs, carry, flat(restart), steps)
+    ``xs`` ``(*batch, T, D)``; ``carry`` and ``restart`` the cell's carries ``(*batch, ·)``; ``steps``
+    time-major ``(T, *batch, ·)``; ``rec_keep`` the recurrent dropout mask ``(*batch, H)`` or ``None``.
+    The rows are flattened to one batch dim N for the loop, the carry kept in at least the accumulation
+    dtype. Returns ``(final, hs)``: the final carry in that dtype, ``hs`` ``(*batch, T, H)`` in ``xs``'s.
+    """
+    batch_shape, time = tuple(xs.shape[:-2]), xs.shape[-2]
+    n = math.prod(batch_shape)  # symbolic under jax.export's shape polymorphism
+    wide = accumulation_dtype(xs.dtype)
 
-        xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)
-        final, hs = over_time(run, flat(carry), xs_flat, steps_flat, opts.checkpoint_every, opts.reverse)
-        final = jax.tree.map(lambda a: a.reshape(*batch_shape, *a.shape[1:]), final)
-        return final, hs.reshape(*batch_shape, time, hs.shape[-1])
+    def flat(tree):
+        """Rows flattened, ``(N, ·)``, each leaf at least ``wide`` (the loop's dtype)."""
+        if tree is None:
+            return None
+        return jax.tree.map(lambda a: as_dtype(a.reshape(n, *a.shape[len(batch_shape) :]), _wider(a.dtype, wide)), tree)
+
+    restart_flat = flat(restart)
+    rec_keep_flat = None if rec_keep is None else rec_keep.reshape(n, rec_keep.shape[-1])
+
+    def run(carry, xs, steps):
+        """The loop over a stretch of time, rows flattened: ``xs`` ``(N, t, D)``."""
+        if gradient == "fused":
+            return fused_call(FUSED, loop, (params, xs, carry, restart_flat), (rec_keep_flat, steps))
+        return autodiff_loop(loop, params, xs, carry, restart_flat, steps, rec_keep_flat)
+
+    xs_flat, steps_flat = xs.reshape(n, time, xs.shape[-1]), steps.flatten_batch(len(batch_shape), n)
+    final, hs = over_time(run, flat(carry), xs_flat, steps_flat, checkpoint_every, loop.reverse)
+    final = jax.tree.map(lambda a: a.reshape(*batch_shape, *a.shape[1:]), final)
+    return final, as_dtype(hs.reshape(*batch_shape, time, hs.shape[-1]), xs.dtype)
+
+
+def _wider(dtype, wide):
+    with jax.numpy_dtype_promotion("standard"):
+        return jax.numpy.promote_types(dtype, wide)

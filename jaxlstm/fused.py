@@ -10,8 +10,8 @@ tangent is one primitive, linear in the tangents of the differentiable inputs:
   what ``forward`` saved. It is told which outputs no loss reads (their cotangents are zeros it may skip).
 
 So reverse mode costs what the custom_vjp cost, and every transformation works, second derivatives
-(``jax.hessian``) and ``vmap`` included. ``jaxlstm.engine`` (any cell) and ``jaxlstm.scan`` (the LSTM
-family) both run their fused loops through ``fused_call``.
+(``jax.hessian``) and ``vmap`` included. The engine (``jaxlstm.loops``) runs its fused loop, for every
+cell, through ``fused_call``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The elementwise part of one LSTM step, for every cell the engine runs.
 
-The engine (``jaxlstm.scan``) owns time and the matmuls: x·W_ih (over chunks
+The engine (``jaxlstm.loops``, running ``jaxlstm.cells.LSTM``) owns time and the matmuls: x·W_ih (over chunks
 of steps), h·W_hh (every step) and, under a projection, h̃·W_hr (every step).
 Between them a cell computes elementwise math only. This module holds that
 math, one object per kind of cell, each with the same three methods::

@@ -1,6 +1,6 @@
 """The precision policy of the engine: which dtype each part of a step runs in.
 
-One rule, applied by ``jaxlstm.scan`` to every matmul of the forward and the
+One rule, applied by the engine (``jaxlstm.loops``) to every matmul of the forward and the
 backward pass (x·W_ih per chunk, h·W_hh per step, ·W_hr, dX, dW_ih, dW_hh,
 dW_hr and dh) and to the elementwise step between them:
 

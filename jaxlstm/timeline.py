@@ -1,7 +1,7 @@
 """Time, for every loop over a sequence: per-step flags and the loops over chunks of steps.
 
-``jaxlstm.engine`` (any cell) and ``jaxlstm.scan`` (the LSTM family) both run their loops with these:
-the per-step data as time-major flags (``Steps``: which steps count, where the carry restarts), steps
+The engine's loops (``jaxlstm.loops``, for any cell) run with these: the per-step data as time-major
+arrays (``Steps``: which steps count, where the carry restarts, a cell's random draws), steps
 read and written in place in batch-first buffers (``at``, ``put``), time cut into chunks of steps
 (``over_chunks``) and, for ``checkpoint_every``, into chunks kept under ``jax.checkpoint``
 (``chunked``). It imports no cell, no backend and no Flax.
@@ -47,7 +47,7 @@ FORWARD_CHUNK_STEPS = 4
 
 
 # Rows (N x steps) per chunk of the backward pass: big enough for efficient GEMMs, small
-# enough that each chunk's dz stays in cache instead of one fresh (N, T, 4H) buffer.
+# enough that each chunk's gradients stay in cache instead of one fresh (N, T, G·H) buffer.
 BACKWARD_CHUNK_ROWS = 1024
 
 
@@ -57,25 +57,36 @@ class Steps(NamedTuple):
     Attributes:
         valid: ``(T, N)`` bools, the steps that count (``seq_lengths`` and ``mask``).
         reset: ``(T, N)`` bools, the steps whose carry restarts (``resets``).
-        zone_h: ``(T, N, R)`` bools, zoneout of ``h`` while training: True keeps the previous value.
-        zone_c: ``(T, N, H)`` bools, zoneout of ``c`` while training.
+        noise: a cell's per-step random draws, a pytree of ``(T, N, ·)`` arrays (e.g. the LSTM's
+            zoneout flags while training), handed to its ``step`` as ``noise=`` one step at a time.
     """
 
     valid: Array | None = None
     reset: Array | None = None
-    zone_h: Array | None = None
-    zone_c: Array | None = None
+    noise: Any = None
+
+    def map(self, fn) -> Steps:
+        """``fn`` applied to every array (``None`` stays ``None``)."""
+        return Steps(*(jax.tree.map(fn, field) for field in self))
 
     def slice(self, start, length: int) -> Steps:
         """Steps ``start .. start + length - 1``."""
-        return Steps(*(None if a is None else jax.lax.dynamic_slice_in_dim(a, start, length, axis=0) for a in self))
+        return self.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, length, axis=0))
 
     def tail(self, start: int) -> Steps:
-        return Steps(*(None if a is None else a[start:] for a in self))
+        return self.map(lambda a: a[start:])
+
+    def step(self, index) -> Steps:
+        """Step ``index`` (static or traced): every array without its time axis."""
+        return self.map(lambda a: a[index])
 
     def flatten_batch(self, batch_ndim: int, n: int) -> Steps:
         """Every array's batch dims ``(T, *batch, ...)`` flattened into one, ``(T, N, ...)``."""
-        return Steps(*(None if a is None else a.reshape(a.shape[0], n, *a.shape[1 + batch_ndim :]) for a in self))
+        return self.map(lambda a: a.reshape(a.shape[0], n, *a.shape[1 + batch_ndim :]))
+
+    def no_cotangents(self) -> Steps:
+        """What a custom derivative returns for these (non-differentiable) arrays."""
+        return self.map(no_cotangent)
 
 
 def valid_steps(

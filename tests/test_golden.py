@@ -42,6 +42,13 @@ VARIANT_RTOL, VARIANT_ATOL = 2e-5, 2e-6
 # evaluation of the same bfloat16 inputs, the new values are closer (tests/test_mixed_precision.py).
 MIXED_PRECISION = ("lstm.bf16_mixed", "lstm.bf16_default_carry")
 MIXED_ATOL = 2e-2
+# The plain cell's autodiff loop (gradient="autodiff", and the custom activations that take it) adds b
+# to x·W_ih before h·W_hh since issue 23 put the LSTM on the engine, as the fused loop always did (the
+# cell protocol's input bias belongs to the input GEMM); before, it added b last. A different order of
+# float additions: these cases are compared within float32 rounding. The fused path stays bit-identical.
+REORDERED = tuple(
+    name for name in make_golden.CASES if name.endswith(".autodiff") or name == "lstm.hard_sigmoid"
+)
 
 with np.load(make_golden.GOLDEN, allow_pickle=False) as _data:
     GOLDEN = {key: _data[key] for key in _data.files}
@@ -90,7 +97,7 @@ def test_matches_golden(name, computed):
             elif name in MIXED_PRECISION:
                 assert got.shape == want.shape, f"shape {got.shape}, golden {want.shape}"
                 np.testing.assert_allclose(got, want, rtol=0, atol=MIXED_ATOL)
-            elif plain:
+            elif plain and name not in REORDERED:
                 np.testing.assert_array_equal(got, want, strict=True)  # strict: shapes too, no broadcasting
             else:
                 assert got.shape == want.shape, f"shape {got.shape}, golden {want.shape}"
@@ -100,6 +107,6 @@ def test_matches_golden(name, computed):
     if problems:
         recorded = ", ".join(f"{key[5:]} {GOLDEN[key]}" for key in sorted(GOLDEN) if key.startswith("meta/"))
         pytest.fail(
-            f"{name} ({'bit-identical' if plain and name not in MIXED_PRECISION else 'within tolerance'}; goldens recorded with {recorded}; "
+            f"{name} ({'bit-identical' if plain and name not in MIXED_PRECISION + REORDERED else 'within tolerance'}; goldens recorded with {recorded}; "
             f"running jax {jax.__version__}):\n" + "\n".join(problems)
         )

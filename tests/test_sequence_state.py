@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.test_util import check_grads
+import jaxlstm.loops
 from reference import assert_close, random_stack_weights, random_weights, ref_stack
 from reference_state import hard_sigmoid, ref_lstm_state, ref_stack_state, relu
 
@@ -359,7 +360,7 @@ def test_masked_steps_are_ignored_whatever_they_hold(rng, masked_output):
 @pytest.mark.parametrize("chunk_rows", [None, 12], ids=["one-chunk", "chunks+remainder"])
 def test_fused_gradient_equals_autodiff(rng, monkeypatch, with_mask, with_resets, masked_output, reverse, chunk_rows):
     if chunk_rows is not None:
-        monkeypatch.setattr(jl.scan, "_BACKWARD_CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(jaxlstm.loops, "BACKWARD_CHUNK_ROWS", chunk_rows)
     weights, xs, (h0, c0), (rh, rc) = _data(rng, np.float64)
     w_hs, w_h, w_c = rng.standard_normal((B, T, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
     with jax.enable_x64(True):
