@@ -40,14 +40,19 @@ from jaxtyping import Array, Float, Int
 
 from . import _checks
 from ._types import LSTMCarry, LSTMParams
+from .cells.lstm import LSTM
 from .cudnn_weights import carries_from_cudnn as carries_from_cudnn
 from .cudnn_weights import carries_to_cudnn as carries_to_cudnn
 from .cudnn_weights import from_cudnn as from_cudnn
 from .cudnn_weights import num_weights as num_weights
 from .cudnn_weights import to_cudnn as to_cudnn
+from .engine import run_cell
+from .loops import Loop
 from .options import BACKENDS as BACKENDS
 from .options import PRECISIONS as PRECISIONS
 from .options import LSTMOptions, StackOptions, build, takes
+from .timeline import Steps, valid_steps
+from .variants import VariantParams
 
 if TYPE_CHECKING:
     from .variants import VariantParams
@@ -250,10 +255,18 @@ def _binding_params(input_size, hidden_size, num_layers, bidirectional, allow_tf
     )
 
 
-def _xla_forward(x, h0, c0, weights, lengths, *, input_size, hidden_size, num_layers, bidirectional, allow_tf32, layer):
+def _xla_layer(params: LSTMParams, xs, carry: LSTMCarry, lengths, reverse: bool):
+    """One direction of one layer in jaxlstm's own loop (the engine running the plain LSTM cell, its autodiff
+    path, so that every transformation applies): ``(final, hs)``; ``xs`` ``(N, T, D)``, ``lengths`` ``(N,)``
+    int32 in [0, T]."""
+    steps = Steps(valid_steps(lengths, None, tuple(xs.shape[:-2]), xs.shape[-2]))
+    loop = Loop(LSTM(), reverse=reverse)
+    return run_cell(loop, VariantParams(*params), xs, carry, None, steps, None, "autodiff", None)
+
+
+def _xla_forward(x, h0, c0, weights, lengths, *, input_size, hidden_size, num_layers, bidirectional, allow_tf32):
     """What the binding's forward computes, in jaxlstm's XLA loop: ``(y, h_n, c_n)`` from cuDNN's
-    operands (``y`` (N, T, directions·H), the directions concatenated; ``h_n``, ``c_n`` (cells, N, H)).
-    ``layer`` is ``jaxlstm.lstm``, run with ``gradient="autodiff"`` so that every transformation applies."""
+    operands (``y`` (N, T, directions·H), the directions concatenated; ``h_n``, ``c_n`` (cells, N, H))."""
     stack = from_cudnn(weights, input_size, hidden_size, num_layers, bidirectional)
     carries = carries_from_cudnn(h0, c0, bidirectional)
     hs, finals = x, []
@@ -261,9 +274,7 @@ def _xla_forward(x, h0, c0, weights, lengths, *, input_size, hidden_size, num_la
         for directions, layer_carries in zip(stack, carries, strict=True):
             outputs = []
             for direction, (params, carry) in enumerate(zip(directions, layer_carries, strict=True)):
-                final, out = layer(
-                    params, hs, carry, seq_lengths=lengths, reverse=direction == 1, gradient="autodiff", backend="xla"
-                )
+                final, out = _xla_layer(params, hs, carry, lengths, direction == 1)
                 outputs.append(out)
                 finals.append(final)
             hs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
@@ -430,7 +441,6 @@ def run(
     merge: str = "concat",
     merge_fn: Callable | None = None,
     cudnn_precision: str = "float32",
-    layer: Callable,
 ):
     """A stack on cuDNN, as ``jl.stacked_lstm`` computes it: ``(final_carries, hs)``.
 
@@ -440,8 +450,8 @@ def run(
     then get zeros and their initial carry back); ``reverse`` reads each row
     flipped within its own length; with ``merge`` other than ``"concat"``
     each layer is one cuDNN call and ``merge_fn(forward, backward)`` merges
-    its directions. ``layer`` is ``jaxlstm.lstm``, the XLA loop the
-    primitives fall back to.
+    its directions. Where the primitives fall back to an XLA loop (forward mode, a CPU),
+    it is jaxlstm's engine (``_xla_layer``).
     """
     with jax.named_scope("jaxlstm.cudnn"):
         directions = len(stack[0])
@@ -481,7 +491,6 @@ def run(
                 num_layers=len(group),
                 bidirectional=directions == 2,
                 allow_tf32=cudnn_precision == "tf32",
-                layer=layer,
             )
             hs = jnp.where(valid[..., None], y, jnp.zeros_like(y))
             if not whole:

@@ -282,7 +282,7 @@ def stacked_lstm(
         merge_fn = functools.partial(merge_directions, merge=opts.merge)
         return cudnn.run(
             stack, xs, carries, seq_lengths=opts.seq_lengths, reverse=opts.reverse, merge=opts.merge,
-            merge_fn=merge_fn, cudnn_precision=opts.cudnn_precision, layer=lstm,
+            merge_fn=merge_fn, cudnn_precision=opts.cudnn_precision,
         )  # fmt: skip
     # Every layer's jl.lstm call: the stack's LSTM options but those set per layer and direction, on XLA
     # (decided above, for the whole stack).
