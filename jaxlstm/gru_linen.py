@@ -21,7 +21,6 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _checks
 from .cell import module_input
 from .cells.gru import GRUParams
-from .cell import LSTMCarry
 from .gru import LAYER_OPTIONS, gru_cell, run_gru_layers
 from .layer import LayerConfig, cell_name, check_stateful_carry, dropout_key
 from .stack import merged_size
@@ -156,8 +155,7 @@ def run_module(layer, stack, x, stored, *, learned_h0, initial_carry, dropout_ke
     options.return_carry = True
     if initial_carry is None and stored is not None:
         batch_shape = tuple(x.shape[:-2])
-        # check_stateful_carry reads state[0][0].h: the GRU's carry is h alone
-        check_stateful_carry(((LSTMCarry(stored[0][0], stored[0][0]),),), batch_shape)
+        check_stateful_carry(stored, batch_shape)
         zeros = tuple(tuple(jnp.zeros((layer.features,)) for _ in row) for row in stack)
         data["reset_carries"] = tuple(
             tuple(jnp.broadcast_to(jnp.asarray(h0, options.dtype), (*batch_shape, layer.features)) for h0 in row)

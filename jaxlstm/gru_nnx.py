@@ -19,11 +19,12 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
-from .cell import LSTMCarry, module_input
+from .cell import module_input
 from .cells.gru import GRUParams
 from .gru import gru_cell
 from .gru_linen import SHARED_OPTIONS, computation_dtype, run_module, shared_config
 from .layer import cell_name, check_stateful_carry, draws_masks, dropout_key
+from .nnx_carry import Carry as Carry
 from .stack import merged_size
 
 __all__ = ["GRU", "GRUCell", "Carry"]
@@ -38,15 +39,6 @@ def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
     return "dropout" in rngs or "default" in rngs
 
 
-class Carry(nnx.Variable):
-    """The carry a ``stateful=True`` GRU keeps between calls (``[layer][direction]`` → ``h`` ``(*batch, H)``),
-    ``None`` before the first call (or ``reset_carry(batch_shape)``). ``model.carry[...]`` reads it whole,
-    as a parameter's ``[...]`` does; the same as ``jaxlstm.nnx.Carry`` of the LSTM."""
-
-    def __getitem__(self, key):
-        if key is Ellipsis:
-            return self.get_value()
-        return super().__getitem__(key)
 
 
 def _uniform(key, shape, hidden_size: int, dtype):
@@ -252,8 +244,7 @@ class GRU(nnx.Module):
         if rows is not None:
             _checks.per_sequence_flags(rows, batch_shape, "rows")
             if stored is not None:
-                # check_stateful_carry reads state[0][0].h: the GRU's carry is h alone
-                check_stateful_carry(((LSTMCarry(stored[0][0], stored[0][0]),),), batch_shape)
+                check_stateful_carry(stored, batch_shape)
                 restart = rows[..., None]
                 fresh = jax.tree.map(lambda new, old: jnp.where(restart, new.astype(old.dtype), old), fresh, stored)
         self.carry.set_value(fresh)

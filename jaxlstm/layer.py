@@ -361,8 +361,8 @@ def start_carries(
 
 
 def check_stateful_carry(state: StackCarry, batch_shape: tuple[int, ...]) -> None:
-    """Refuses a kept carry whose batch shape differs from the input's."""
-    stored = tuple(state[0][0].h.shape[:-1])
+    """Refuses a kept carry (any cell's, nested ``[layer][direction]``) whose batch shape differs from the input's."""
+    stored = tuple(jax.tree.leaves(state[0][0])[0].shape[:-1])
     if stored != tuple(batch_shape):
         raise ValueError(
             f"stateful=True keeps one carry per sequence: the stored carry has batch shape {stored} but x has "

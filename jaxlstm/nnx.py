@@ -24,6 +24,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
+from .gru_nnx import GRU as GRU  # noqa: E402  (the GRU's NNX modules, jl.nnx.GRU and jl.nnx.GRUCell)
+from .gru_nnx import GRUCell as GRUCell  # noqa: E402
 from .layer import (
     LayerConfig,
     cast,
@@ -35,24 +37,13 @@ from .layer import (
     fresh_carries,
     run,
 )
+from .nnx_carry import Carry as Carry
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, check_variant, variant_initializers, variant_param_shapes
-
-from .gru_nnx import GRU as GRU  # noqa: E402  (the GRU's NNX modules, jl.nnx.GRU and jl.nnx.GRUCell)
-from .gru_nnx import GRUCell as GRUCell  # noqa: E402
 
 __all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry", "GRU", "GRUCell"]
 
 
-class Carry(nnx.Variable):
-    """The carry a ``stateful=True`` LSTM keeps between calls (``[layer][direction]`` → ``LSTMCarry``),
-    ``None`` before the first call (or ``reset_carry(batch_shape)``). ``model.carry[...]`` reads it
-    whole, as a parameter's ``[...]`` does."""
-
-    def __getitem__(self, key):
-        if key is Ellipsis:
-            return self.get_value()
-        return super().__getitem__(key)
 
 
 class LSTMCell(nnx.Module):
