@@ -22,7 +22,7 @@ from . import _checks
 from .cell import module_input
 from .cells.gru import GRUParams
 from .gru import LAYER_OPTIONS, gru_cell, run_gru_layers
-from .layer import LayerConfig, cell_name, check_stateful_carry, dropout_key
+from .layer import LayerConfig, RecurrentLayerFields, cell_name, check_stateful_carry, dropout_key
 from .stack import merged_size
 
 __all__ = ["GRU", "GRUCell"]
@@ -121,10 +121,9 @@ class _Weights(nn.Module):
         return params, h0
 
 
-# The options the GRU shares with jl.LSTM, validated by the LSTM's own rules (jaxlstm.layer.LayerConfig).
-SHARED_OPTIONS = ("num_layers", "bidirectional", "merge", "return_sequences", "return_carry", "dropout", "dtype")
-SHARED_OPTIONS += ("param_dtype", "unroll", "reverse", "masked_output", "gradient", "learn_initial_carry")
-SHARED_OPTIONS += ("stateful", "checkpoint_every")
+# The GRU layer's options: a recurrent layer's (jaxlstm.layer.RecurrentLayerFields, declared there), validated
+# by the LSTM's own rules (jaxlstm.layer.LayerConfig).
+SHARED_OPTIONS = tuple(name for name in RecurrentLayerFields.__dataclass_fields__ if name != "features")
 
 
 def shared_config(module) -> LayerConfig:
@@ -168,31 +167,19 @@ def run_module(layer, stack, x, stored, *, learned_h0, initial_carry, dropout_ke
     return finals, ((finals, output) if layer.return_carry else output)
 
 
-class GRU(nn.Module):
+class GRU(RecurrentLayerFields, nn.Module):
     """A GRU layer, or a stack of them, over whole sequences (batch-first), as ``jl.LSTM`` for the LSTM.
 
     There is one cell per layer and direction, applied to every time step; ``features`` is the size H of
     its state vector.
 
-    Attributes:
-        features: H.
-        num_layers: layers stacked; layer l > 0 reads layer l − 1's merged output.
-        bidirectional: a second direction per layer, reading each sequence backward.
-        merge: how the two directions' outputs combine: "concat" (2H), "sum", "mul", "ave" (H).
-        return_sequences: every step's output ``(*batch, T, F)`` (default), else the last ``(*batch, F)``.
-        return_carry: also return the final carries, nested ``[layer][direction]`` → ``h`` ``(*batch, H)``.
-        dropout: PyTorch's ``dropout``: on every layer's output but the last, while training.
-        dtype, param_dtype: the computation dtype (``None``: the wider of the input's and the params', as
-            ``jl.LSTM``) and the parameters'.
-        unroll, reverse, masked_output, gradient, checkpoint_every: the sequence options of
-            ``jaxlstm.SequenceOptions`` (``reverse`` for one-direction layers only).
-        learn_initial_carry: a trainable ``h0`` (H,) per layer and direction.
-        stateful: keep each call's final carries, ``[layer][direction]`` → ``h`` ``(*batch, H)``, in the
-            variable collection ``"carry"`` (``variables["carry"]["state"]``) and start the next call from
-            them, to feed a long sequence chunk by chunk, as ``jl.LSTM(stateful=True)``:
-            ``y, state = layer.apply(variables, chunk, mutable=["carry"])``, then
-            ``variables = {**variables, **state}``. Resets (``resets[:, 0] = True`` restarts a row's stream)
-            restart from the learned ``h0`` or zeros; every chunk has the same batch shape. Forward only.
+    Its fields are the options of ``jaxlstm.layer.RecurrentLayerFields`` (``features``, ``num_layers``,
+    ``bidirectional``, ``merge``, ``dropout``, ``dtype``, ``learn_initial_carry``, ``stateful`` and the
+    sequence options), declared and documented there once, as ``jl.LSTM`` inherits them: the final carries
+    are nested ``[layer][direction]`` → ``h`` ``(*batch, H)``. With ``stateful=True`` they are kept in
+    the variable collection ``"carry"`` (``variables["carry"]["state"]``):
+    ``y, state = layer.apply(variables, chunk, mutable=["carry"])``, then ``variables = {**variables,
+    **state}``; resets restart from the learned ``h0`` or zeros.
 
     Options are checked as ``jl.LSTM`` checks them (``jaxlstm.layer.LayerConfig``), with the same errors.
 
@@ -209,23 +196,6 @@ class GRU(nn.Module):
     >>> jax.tree.map(jnp.shape, variables["params"]["layer_1_reverse"])
     {'b_hh': (48,), 'b_ih': (48,), 'w_hh': (16, 48), 'w_ih': (32, 48)}
     """
-
-    features: int
-    num_layers: int = 1
-    bidirectional: bool = False
-    merge: str = "concat"
-    return_sequences: bool = True
-    return_carry: bool = False
-    dropout: float = 0.0
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    unroll: int = 1
-    reverse: bool = False
-    masked_output: str = "zeros"
-    gradient: str = "fused"
-    learn_initial_carry: bool = False
-    stateful: bool = False
-    checkpoint_every: int | None = None
 
     def __post_init__(self):
         super().__post_init__()

@@ -10,7 +10,6 @@ loaded by ``import flax`` anyway).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -23,7 +22,7 @@ from .cell import module_input
 from .cells.gru import GRUParams
 from .gru import gru_cell
 from .gru_linen import SHARED_OPTIONS, computation_dtype, run_module, shared_config
-from .layer import cell_name, check_stateful_carry, draws_masks, dropout_key
+from .layer import LayerConfig, cell_name, check_stateful_carry, draws_masks, dropout_key
 from .nnx_carry import Carry as Carry
 from .stack import merged_size
 
@@ -130,10 +129,10 @@ class GRU(nnx.Module):
 
     Args:
         in_features: D. features: H.
-        num_layers, bidirectional, merge, return_sequences, return_carry, dropout, dtype, param_dtype,
-            unroll, reverse, masked_output, gradient, learn_initial_carry, stateful, checkpoint_every: as
-            ``jl.GRU``, checked as ``jl.nnx.LSTM`` checks them (``jaxlstm.layer.LayerConfig``). Each is kept
-            as an attribute of the same name, read at every call. ``stateful=True`` keeps the final carries
+        **options: the other options of ``jaxlstm.layer.RecurrentLayerFields`` (``num_layers``,
+            ``bidirectional``, ``merge``, ``dropout``, ``dtype``, ``stateful``, the sequence options, ...),
+            as ``jl.GRU``, checked as ``jl.nnx.LSTM`` checks them (``jaxlstm.layer.LayerConfig``). Each is
+            kept as an attribute of the same name, read at every call. ``stateful=True`` keeps the final carries
             in ``model.carry`` (a ``Carry``: ``[layer][direction]`` → ``h`` ``(*batch, H)``, read with
             ``model.carry[...]``), as ``jl.nnx.LSTM``: ``model.reset_carry()`` starts afresh,
             ``reset_carry(batch_shape)`` puts the initial carry in place, ``reset_carry(rows=...)`` or
@@ -159,33 +158,16 @@ class GRU(nnx.Module):
 
         def __getattr__(self, name: str) -> Any: ...
 
-    def __init__(
-        self,
-        in_features: int,
-        features: int,
-        *,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        merge: str = "concat",
-        return_sequences: bool = True,
-        return_carry: bool = False,
-        dropout: float = 0.0,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        unroll: int = 1,
-        reverse: bool = False,
-        masked_output: str = "zeros",
-        gradient: str = "fused",
-        learn_initial_carry: bool = False,
-        stateful: bool = False,
-        checkpoint_every: int | None = None,
-        deterministic: bool = False,
-        rngs: nnx.Rngs,
-    ):
-        options = {name: value for name, value in locals().items() if name in SHARED_OPTIONS}
+    def __init__(self, in_features: int, features: int, *, deterministic: bool = False, rngs: nnx.Rngs, **options):
+        unknown = sorted(set(options) - set(SHARED_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"jl.nnx.GRU got an unexpected keyword argument {unknown[0]!r}; its options are "
+                f"{', '.join(SHARED_OPTIONS)} (jaxlstm.layer.RecurrentLayerFields)"
+            )
         self.in_features = _checks.positive_int(in_features, "in_features")
         self.features = _checks.positive_int(features, "features")
-        config = shared_config(SimpleNamespace(features=self.features, **options))
+        config = LayerConfig(self.features, **options)  # checked as jl.nnx.LSTM checks them
         for name in SHARED_OPTIONS:
             setattr(self, name, getattr(config, name))
         self.deterministic = _checks.flag(deterministic, "deterministic")

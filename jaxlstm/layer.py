@@ -107,15 +107,15 @@ _DEFAULTS = StackOptions()  # the stack's options' defaults, declared in jaxlstm
 
 
 @dataclass
-class LayerFields:
-    """Every option of an LSTM layer (a stack of them), declared once: ``LayerConfig`` (validated,
-    frozen) and ``jl.LSTM`` (linen, as its fields) inherit them, ``jl.nnx.LSTM`` takes them as keywords.
+class RecurrentLayerFields:
+    """The options of a recurrent layer of any cell (a stack of them), declared once: ``LayerFields`` adds
+    the LSTM's; ``jl.GRU`` (linen) inherits these as its fields, ``jl.nnx.GRU`` takes them as keywords.
 
     The fields not documented below are options of ``jaxlstm.options.StackOptions``, which the
-    layer hands to ``jaxlstm.stacked_lstm``: each means, defaults and is checked as the option of
-    that name there, where it is documented; ``dropout``'s randomness follows "Deterministic or
-    random" above, and ``reverse`` is for a single direction. A non-frozen dataclass, since linen's
-    modules (non-frozen dataclasses) can't inherit a frozen one.
+    layer hands to its stack: each means, defaults and is checked as the option of that name there,
+    where it is documented; ``dropout``'s randomness follows "Deterministic or random" above, and
+    ``reverse`` is for a single direction. A non-frozen dataclass, since linen's modules (non-frozen
+    dataclasses) can't inherit a frozen one.
 
     Attributes:
         features: H (Keras' ``units``, PyTorch's ``hidden_size``), the size of
@@ -127,24 +127,20 @@ class LayerFields:
             bidirectional: forward final h merged with backward final h, the
             one at step 0 — torch's ``h_n``).
         return_carry: return ``(carries, output)``, ``carries`` nested
-            ``[layer][direction]`` → ``LSTMCarry`` of ``(*batch, R)`` and
-            ``(*batch, H)``.
+            ``[layer][direction]`` → the cell's carry (``LSTMCarry`` of ``(*batch, R)`` and
+            ``(*batch, H)``; a GRU's ``h`` ``(*batch, H)``).
         dtype: computation dtype (``None``: the wider of the input's and the
             parameters'); with bfloat16 or float16 the matmuls run in that
-            dtype while the cell state c stays float32 (mixed precision).
+            dtype, accumulated in float32, and an LSTM's cell state c stays float32 (mixed precision).
         param_dtype: the parameters' dtype.
-        init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` initialisation (see
-            ``jaxlstm.init_params``; not ``init``, which is linen's method).
-        learn_initial_carry: trainable ``h0`` (R,) and ``c0`` (H,) for every
-            layer and direction (``params["layer_0"]["h0"]``), zeros at first,
+        learn_initial_carry: a trainable initial carry (``h0`` (R,) and, for an LSTM, ``c0`` (H,)) for
+            every layer and direction (``params["layer_0"]["h0"]``), zeros at first,
             broadcast over the batch; an ``initial_carry`` given to the call
             still wins. Resets restart from them too.
         stateful: keep each layer's final carry and start the next call from
             it, to feed a long sequence chunk by chunk (linen: the variable
             collection ``"carry"``; NNX: ``model.carry``). ``resets[:, 0] =
             True`` restarts a row's stream. Forward only.
-
-    With a projection (``variant=jl.LSTMVariant(proj_size=P)``), R = P; else R = H.
     """
 
     features: int
@@ -156,16 +152,32 @@ class LayerFields:
     dropout: float = _DEFAULTS.dropout
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    init_scheme: str = "keras"
     unroll: int = _DEFAULTS.unroll
     reverse: bool = _DEFAULTS.reverse
     masked_output: str = _DEFAULTS.masked_output
     gradient: str = _DEFAULTS.gradient
-    gate_fn: Activation = _DEFAULTS.gate_fn
-    activation_fn: Activation = _DEFAULTS.activation_fn
     learn_initial_carry: bool = False
     stateful: bool = False
     checkpoint_every: int | None = _DEFAULTS.checkpoint_every
+
+
+@dataclass
+class LayerFields(RecurrentLayerFields):
+    """Every option of an LSTM layer (a stack of them): ``RecurrentLayerFields``' and the LSTM's own,
+    declared once: ``LayerConfig`` (validated, frozen) and ``jl.LSTM`` (linen, as its fields) inherit
+    them, ``jl.nnx.LSTM`` takes them as keywords. ``gate_fn``, ``activation_fn``, ``variant``,
+    ``backend`` and ``cudnn_precision`` are ``jaxlstm.options.StackOptions``' (documented there).
+
+    Attributes:
+        init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` initialisation (see
+            ``jaxlstm.init_params``; not ``init``, which is linen's method).
+
+    With a projection (``variant=jl.LSTMVariant(proj_size=P)``), R = P; else R = H.
+    """
+
+    init_scheme: str = "keras"
+    gate_fn: Activation = _DEFAULTS.gate_fn
+    activation_fn: Activation = _DEFAULTS.activation_fn
     variant: LSTMVariant | None = _DEFAULTS.variant
     backend: str = _DEFAULTS.backend
     cudnn_precision: str = _DEFAULTS.cudnn_precision
