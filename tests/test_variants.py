@@ -429,7 +429,7 @@ def test_params_and_carry_that_do_not_fit_the_variant(rng):
         ValueError, match=r"carry.h must have shape \(\*batch, proj_size\) = \(3, 2\).*c \(\*batch, H\)"
     ):
         jl.lstm_variant(params, xs, bad_carry, variant=LSTMVariant(proj_size=P))
-    with pytest.raises(TypeError, match="variant must be a jaxlstm.LSTMVariant"):
+    with pytest.raises(TypeError, match="variant must be (None or )?a jaxlstm.LSTMVariant"):
         jl.lstm_variant(params, xs, variant={"proj_size": P})
     with pytest.raises(ValueError, match="xs has 3 features but params expect input_size=4"):
         jl.lstm_variant(params, jnp.ones((B, T, 3)), variant=LSTMVariant(proj_size=P))

@@ -113,7 +113,7 @@ class LSTM(Cell):
 
     def step_and_save(self, params, from_input, from_h, carry: LSTMCarry, noise=None):
         new, residuals, h_cell = self._forward(params, from_input, from_h, carry, noise)
-        saved: dict[str, Any] = {"residuals": residuals, "c_prev": carry.c}
+        saved: dict[str, Any] = {"gates": residuals, "prev_c": carry.c}
         if params.w_hr is not None:
             saved["h_cell"] = h_cell
         return new, saved
@@ -130,7 +130,7 @@ class LSTM(Cell):
         dh_new, dh_kept = self._zoneout_h_backward(d_carry.h, zone_h)
         dh_cell = dh_new if params.w_hr is None else matmul(dh_new, params.w_hr.T, params.w_hr.dtype)
         dz, dc_prev, d_small = pointwise.backward(
-            pointwise.small_params(params), saved["residuals"], saved["c_prev"], zone_c, dh_cell, d_carry.c
+            pointwise.small_params(params), saved["gates"], saved["prev_c"], zone_c, dh_cell, d_carry.c
         )
         d_params = jax.tree.map(lambda _: None, params) if d_small is None else d_small
         if params.w_hr is not None:
