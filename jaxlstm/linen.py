@@ -243,12 +243,11 @@ class LSTM(LayerFields, nn.Module):
     There is one cell per layer and direction, applied to every time step;
     ``features`` is the size H of its state vector.
 
-    Attributes:
-        the options of ``jaxlstm.layer.LayerFields`` (``features``, ``num_layers``, ``bidirectional``,
-        ...), inherited from it and documented there once, those handed to ``jaxlstm.stacked_lstm``
-        in ``jaxlstm.options.StackOptions``; ``module.config`` is this module's validated
-        ``LayerConfig``. ``variant`` is a ``jaxlstm.LSTMVariant`` (docs/variants.md), e.g.
-        ``jl.LSTM(32, variant=jl.LSTMVariant(proj_size=16, peepholes=True))``.
+    Its fields are the options of ``jaxlstm.layer.LayerFields`` (``features``, ``num_layers``,
+    ``bidirectional``, ...), inherited from it and documented there once, those handed to
+    ``jaxlstm.stacked_lstm`` in ``jaxlstm.options.StackOptions``; ``module.config`` is this module's
+    validated ``LayerConfig``. ``variant`` is a ``jaxlstm.LSTMVariant`` (docs/variants.md), e.g.
+    ``jl.LSTM(32, variant=jl.LSTMVariant(proj_size=16, peepholes=True))``.
 
     With ``stateful=True`` the final carries go to the variable collection
     ``"carry"``: ``y, state = layer.apply(variables, chunk, mutable=["carry"])``,
