@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from ._text import format_count, format_shape
 
-if TYPE_CHECKING:  # annotations only: explain imports this module (Explanation.diagram)
-    from .explain import Explanation
+if TYPE_CHECKING:  # annotations only; the configuration's numbers, not explain (which imports this module)
+    from .explain_shapes import Configuration
 
 __all__ = ["draw", "shown_steps"]
 
@@ -74,11 +74,11 @@ class _Slot:
         return self.cx + self.width / 2
 
 
-def draw(e: Explanation, path=None, *, dpi: int = 110, max_steps_shown: int = MAX_STEPS_SHOWN):
+def draw(e: Configuration, path=None, *, dpi: int = 110, max_steps_shown: int = MAX_STEPS_SHOWN):
     """Draws the configuration ``e`` (from ``jaxlstm.explain``) unrolled over time.
 
     Args:
-        e: an ``Explanation``.
+        e: an ``Explanation`` (its ``explain_shapes.Configuration``).
         path: where to save it (``.png``, ``.svg``, ``.pdf``, any format
             matplotlib writes); ``None`` only returns the figure.
         dpi: resolution of raster formats.
@@ -120,7 +120,7 @@ def draw(e: Explanation, path=None, *, dpi: int = 110, max_steps_shown: int = MA
 class _Drawing:
     """Lays out the rows and columns in inches, then draws them."""
 
-    def __init__(self, e: Explanation, steps: list[int | None], *, left_pad: float = 0.0, extra_width: float = 0.0):
+    def __init__(self, e: Configuration, steps: list[int | None], *, left_pad: float = 0.0, extra_width: float = 0.0):
         self.e = e
         self.label_w = LABEL_W + left_pad
         b, h = e.batch, e.units
