@@ -329,9 +329,8 @@ def fused_backward(loop: Loop, residuals, cotangents):
     """The backward pass, a chunk of steps at a time in backward time order: a scan over the chunk's
     steps runs the cell's ``backward`` and writes ``d from_input``, ``d from_h`` (one buffer when they
     are one array) and the row weights' product cotangents; then ``dX``, ``dW_ih``, ``dW_hh``, the input
-    bias' and the row weights' gradients follow as GEMMs over the chunk's rows. Chunking keeps the
-    buffers in cache and never allocates a ``(N, T, G·H)`` one. Returns ``(d_params, d_xs, d_carry,
-    d_restart)``."""
+    bias' and the row weights' gradients follow as GEMMs over the chunk's rows (never a whole
+    ``(N, T, G·H)`` buffer). Returns ``(d_params, d_xs, d_carry, d_restart)``."""
     params, xs, steps, rec_keep, saved, layout = residuals
     d_final, d_hs = cotangents
     cell, (n, time, input_size) = loop.cell, xs.shape
