@@ -22,8 +22,9 @@ from .cell import module_input
 from .cells.gru import GRUParams
 from .gru import gru_cell
 from .gru_linen import SHARED_OPTIONS, computation_dtype, run_module, shared_config
-from .layer import LayerConfig, cell_name, check_stateful_carry, draws_masks, dropout_key
+from .layer import LayerConfig, cell_name, draws_masks, dropout_key
 from .nnx_carry import Carry as Carry
+from .nnx_carry import reset_kept_carry
 from .stack import merged_size
 
 __all__ = ["GRU", "GRUCell", "Carry"]
@@ -206,30 +207,13 @@ class GRU(nnx.Module):
                 chunks and restoring a checkpoint into a fresh model need.
             rows: optional ``(*batch,)`` bools: restart only these rows of the kept carry.
         """
-        if not self.stateful:
-            raise ValueError(
-                "reset_carry is for a stateful=True layer; this one keeps no carry between calls"
-                + _checks._see("stateful-streaming")
-            )
-        if batch_shape is None and rows is None:
-            self.carry.set_value(None)
-            return
-        stored = self.carry.get_value()
-        if batch_shape is None:
-            if stored is None:
-                raise ValueError("reset_carry(rows=...) with no carry kept yet needs batch_shape, the rows' shape")
-            batch_shape = tuple(stored[0][0].shape[:-1])
-        batch_shape = _checks.batch_shape(batch_shape)
-        dtype = self.layer_0.w_hh[...].dtype if self.dtype is None else jnp.dtype(self.dtype)
-        learned = self._learned() or tuple(tuple(jnp.zeros((self.features,)) for _ in row) for row in self._cells())
-        fresh = jax.tree.map(lambda h0: jnp.broadcast_to(h0.astype(dtype), (*batch_shape, self.features)), learned)
-        if rows is not None:
-            _checks.per_sequence_flags(rows, batch_shape, "rows")
-            if stored is not None:
-                check_stateful_carry(stored, batch_shape)
-                restart = rows[..., None]
-                fresh = jax.tree.map(lambda new, old: jnp.where(restart, new.astype(old.dtype), old), fresh, stored)
-        self.carry.set_value(fresh)
+
+        def fresh(batch_shape):
+            dtype = self.layer_0.w_hh[...].dtype if self.dtype is None else jnp.dtype(self.dtype)
+            learned = self._learned() or tuple(tuple(jnp.zeros((self.features,)) for _ in row) for row in self._cells())
+            return jax.tree.map(lambda h0: jnp.broadcast_to(h0.astype(dtype), (*batch_shape, self.features)), learned)
+
+        reset_kept_carry(self, self.stateful, batch_shape, rows, fresh)
 
     def _dropout_key(self, rngs: nnx.Rngs | jax.Array | None) -> jax.Array | None:
         """The call's key: from its ``rngs``, else from the module's own stream; ``None`` if neither has one."""

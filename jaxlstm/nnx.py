@@ -31,13 +31,13 @@ from .layer import (
     cast,
     cell_name,
     check_input,
-    check_stateful_carry,
     draws_masks,
     dropout_key,
     fresh_carries,
     run,
 )
 from .nnx_carry import Carry as Carry
+from .nnx_carry import reset_kept_carry
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, check_variant, variant_initializers, variant_param_shapes
 
@@ -319,32 +319,12 @@ class LSTM(nnx.Module):
                 says how many rows there are.
         """
         config = self.config
-        if not config.stateful:
-            raise ValueError(
-                "reset_carry is for a stateful=True layer; this one keeps no carry between calls"
-                + _checks._see("stateful-streaming")
-            )
-        if batch_shape is None and rows is None:
-            self.carry.set_value(None)
-            return
-        stored = self.carry.get_value()
-        if batch_shape is None:
-            if stored is None:
-                raise ValueError("reset_carry(rows=...) with no carry kept yet needs batch_shape, the rows' shape")
-            batch_shape = tuple(stored[0][0].h.shape[:-1])
-        batch_shape = _checks.batch_shape(batch_shape)
-        dtype = self._stack_params()[0][0].w_hh.dtype if config.dtype is None else jnp.dtype(config.dtype)
-        fresh = fresh_carries(config, self._learned(), batch_shape, dtype)
-        if rows is None:
-            self.carry.set_value(fresh)
-            return
-        _checks.per_sequence_flags(rows, batch_shape, "rows")
-        if stored is None:
-            self.carry.set_value(fresh)
-            return
-        check_stateful_carry(stored, batch_shape)
-        restart = rows[..., None]
-        self.carry.set_value(jax.tree.map(lambda new, old: jnp.where(restart, new.astype(old.dtype), old), fresh, stored))
+
+        def fresh(batch_shape):
+            dtype = self._stack_params()[0][0].w_hh.dtype if config.dtype is None else jnp.dtype(config.dtype)
+            return fresh_carries(config, self._learned(), batch_shape, dtype)
+
+        reset_kept_carry(self, config.stateful, batch_shape, rows, fresh)
 
     def _learned(self) -> StackCarry | None:
         """The learned initial carries (``learn_initial_carry``), ``[layer][direction]``, else ``None``."""

@@ -3,9 +3,17 @@ for every cell (``jl.nnx.LSTM`` and ``jl.nnx.GRU``), so ``nnx.state(model, jl.nn
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["Carry"]
+from . import _checks
+from .layer import check_stateful_carry
+
+__all__ = ["Carry", "reset_kept_carry"]
 
 
 class Carry(nnx.Variable):
@@ -18,3 +26,33 @@ class Carry(nnx.Variable):
         if key is Ellipsis:
             return self.get_value()
         return super().__getitem__(key)
+
+
+def reset_kept_carry(module: nnx.Module, stateful: bool, batch_shape, rows, fresh: Callable[[tuple[int, ...]], Any]):
+    """``reset_carry`` of a stateful NNX layer, any cell: forget ``module.carry`` (both ``None``), or put
+    ``fresh(batch_shape)`` (the initial carries ``[layer][direction]``, ``(*batch, ·)`` leaves) in place, in
+    the rows flagged by ``rows`` ``(*batch,)`` only when given (``batch_shape`` then defaults to the kept
+    carry's). A layer that isn't stateful, or ``rows`` with no carry and no ``batch_shape``, is a ValueError."""
+    if not stateful:
+        raise ValueError(
+            "reset_carry is for a stateful=True layer; this one keeps no carry between calls"
+            + _checks._see("stateful-streaming")
+        )
+    carry: Carry = getattr(module, "carry")  # noqa: B009  (set by a stateful layer's __init__)
+    if batch_shape is None and rows is None:
+        carry.set_value(None)
+        return
+    stored = carry.get_value()
+    if batch_shape is None:
+        if stored is None:
+            raise ValueError("reset_carry(rows=...) with no carry kept yet needs batch_shape, the rows' shape")
+        batch_shape = tuple(jax.tree.leaves(stored[0][0])[0].shape[:-1])
+    batch_shape = _checks.batch_shape(batch_shape)
+    new = fresh(batch_shape)
+    if rows is not None:
+        _checks.per_sequence_flags(rows, batch_shape, "rows")
+        if stored is not None:
+            check_stateful_carry(stored, batch_shape)
+            restart = rows[..., None]
+            new = jax.tree.map(lambda kept_new, old: jnp.where(restart, kept_new.astype(old.dtype), old), new, stored)
+    carry.set_value(new)
