@@ -23,6 +23,7 @@ from .cells import Cell as Cell
 from .cells import GRUParams as GRUParams
 from .engine import SequenceOptions as SequenceOptions
 from .options import LSTMOptions as LSTMOptions
+from .options import RNNStackOptions as RNNStackOptions
 from .options import StackOptions as StackOptions
 from .engine import rnn as rnn
 from .explain import explain as explain
@@ -97,6 +98,7 @@ __all__ = [
     "SequenceOptions",
     "LSTMOptions",
     "StackOptions",
+    "RNNStackOptions",
     "GRUParams",
     "gru",
     "gru_cell",

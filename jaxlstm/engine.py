@@ -37,13 +37,13 @@ from .loops import FUSED, Loop, autodiff_loop, input_bias, owned
 from .precision import accumulation_dtype, as_dtype
 from .timeline import GRADIENTS, MASKED_OUTPUTS, Steps, over_time, reset_steps, valid_steps
 
-__all__ = ["rnn", "run_cell", "SequenceOptions", "check_cell_params"]
+__all__ = ["rnn", "run_cell", "SequenceOptions", "SequenceData", "SequenceSettings", "check_cell_params"]
 
 
 @dataclass(frozen=True)
-class SequenceOptions:
-    """How a layer reads its sequences: the options of ``jaxlstm.rnn``, ``jaxlstm.gru`` and ``jaxlstm.lstm``
-    (and of their stacks and modules), declared, documented and checked here once.
+class SequenceData:
+    """What a call's sequences are: the per-call arrays of ``SequenceOptions`` (a module's call takes them as
+    arguments; they are not a layer's fields).
 
     Attributes:
         seq_lengths: ``(*batch,)`` integers in [0, T]: steps at or past a sequence's length leave its
@@ -55,6 +55,21 @@ class SequenceOptions:
             in one row): the carry restarts from ``reset_carry`` there. With ``reverse``, each segment is
             read backward on its own.
         reset_carry: the carry a reset restarts from, ``(*batch, ·)`` leaves; by default the initial carry.
+    """
+
+    seq_lengths: Int[Array, "*batch"] | None = None
+    mask: Bool[Array, "*batch time"] | None = None
+    resets: Bool[Array, "*batch time"] | None = None
+    reset_carry: Any = None
+
+
+@dataclass
+class SequenceSettings:
+    """How a layer reads its sequences: the settings of ``SequenceOptions``, which a layer holds as fields
+    (``jaxlstm.layer.RecurrentLayerFields`` inherits them). Declared here once, checked by ``SequenceOptions``;
+    not frozen, since linen's modules (non-frozen dataclasses) inherit them.
+
+    Attributes:
         masked_output: what a step that doesn't count outputs: ``"zeros"``, or ``"previous"``, the
             carry's ``h``, i.e. the last counted step's output (Keras' standalone layers with a mask).
         reverse: read each sequence from its own last valid step back to step 0. Outputs stay aligned
@@ -71,15 +86,25 @@ class SequenceOptions:
             O(T / checkpoint_every + checkpoint_every); values and gradients do not change.
     """
 
-    seq_lengths: Int[Array, "*batch"] | None = None
-    mask: Bool[Array, "*batch time"] | None = None
-    resets: Bool[Array, "*batch time"] | None = None
-    reset_carry: Any = None
     masked_output: str = "zeros"
     reverse: bool = False
     unroll: int = 1
     gradient: str = "fused"
     checkpoint_every: int | None = None
+
+
+# Frozen over the non-frozen SequenceSettings: allowed at run time since SequenceData is frozen; pyright refuses it.
+@dataclass(frozen=True)  # pyright: ignore[reportGeneralTypeIssues]
+class SequenceOptions(SequenceSettings, SequenceData):
+    """How a layer reads its sequences: the options of ``jaxlstm.rnn``, ``jaxlstm.gru`` and ``jaxlstm.lstm``
+    (and of their stacks and modules), declared, documented and checked here once: the per-call arrays
+    of ``SequenceData`` (``seq_lengths``, ``mask``, ``resets``, ``reset_carry``) and the settings of
+    ``SequenceSettings`` (``masked_output``, ``reverse``, ``unroll``, ``gradient``, ``checkpoint_every``),
+    each documented there.
+
+    >>> SequenceOptions(reverse=True, checkpoint_every=8).checkpoint_every
+    8
+    """
 
     def __post_init__(self):
         _checks.one_of(self.masked_output, MASKED_OUTPUTS, "masked_output")

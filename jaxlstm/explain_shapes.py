@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ._text import format_count
 from .cell import LSTMCarry
-from .stack import merged_size
+from .rnn_stack import merged_size
 from .variants import LSTMVariant, variant_param_shapes
 
 __all__ = [

@@ -15,8 +15,7 @@ from . import _checks
 from .cell import promote
 from .cells.gru import GRU, GRUParams
 from .engine import check_cell_params, rnn
-from .rnn_stack import stacked_rnn
-from .stack import merge_directions
+from .rnn_stack import merge_directions, stacked_rnn
 
 __all__ = ["gru", "gru_cell", "init_gru_params", "run_gru_layers"]
 

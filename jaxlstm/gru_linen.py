@@ -23,7 +23,7 @@ from .cell import module_input
 from .cells.gru import GRUParams
 from .gru import LAYER_OPTIONS, gru_cell, run_gru_layers
 from .layer import LayerConfig, RecurrentLayerFields, cell_name, check_stateful_carry, dropout_key
-from .stack import merged_size
+from .rnn_stack import merged_size
 
 __all__ = ["GRU", "GRUCell"]
 

@@ -25,7 +25,7 @@ from .gru_linen import SHARED_OPTIONS, computation_dtype, run_module, shared_con
 from .layer import LayerConfig, cell_name, draws_masks, dropout_key
 from .nnx_carry import Carry as Carry
 from .nnx_carry import reset_kept_carry
-from .stack import merged_size
+from .rnn_stack import merged_size
 
 __all__ = ["GRU", "GRUCell", "Carry"]
 

@@ -64,17 +64,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks
-from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, state_dtype
-from .options import StackOptions, check_names, option_names
-from .stack import (
-    StackCarry,
-    StackParams,
-    check_reverse,
-    check_stack_carry,
-    last_output,
-    merged_size,
-    stacked_lstm,
-)
+from .cell import INIT_SCHEMES, LSTMCarry, LSTMParams, state_dtype
+from .engine import SequenceSettings
+from .options import LSTMSettings, StackOptions, StackSettings, check_names, option_names
+from .rnn_stack import check_reverse, merged_size
+from .stack import StackCarry, StackParams, check_stack_carry, last_output, stacked_lstm
 from .variants import RATES, LSTMVariant, VariantParams, is_training
 
 __all__ = [
@@ -103,19 +97,24 @@ def cell_name(layer: int, direction: int) -> str:
 # ----------------------------------------------------------------------------- the options
 
 
-_DEFAULTS = StackOptions()  # the stack's options' defaults, declared in jaxlstm.options
+@dataclass
+class _LayerSize:
+    """The layer's size, its first two fields (``features`` positional, as Keras' ``units``)."""
+
+    features: int
+    num_layers: int = 1
 
 
 @dataclass
-class RecurrentLayerFields:
-    """The options of a recurrent layer of any cell (a stack of them), declared once: ``LayerFields`` adds
-    the LSTM's; ``jl.GRU`` (linen) inherits these as its fields, ``jl.nnx.GRU`` takes them as keywords.
+class RecurrentLayerFields(StackSettings, SequenceSettings, _LayerSize):
+    """The options of a recurrent layer of any cell (a stack of them): ``LayerFields`` adds the LSTM's;
+    ``jl.GRU`` (linen) inherits these as its fields, ``jl.nnx.GRU`` takes them as keywords.
 
-    The fields not documented below are options of ``jaxlstm.options.StackOptions``, which the
-    layer hands to its stack: each means, defaults and is checked as the option of that name there,
-    where it is documented; ``dropout``'s randomness follows "Deterministic or random" above, and
-    ``reverse`` is for a single direction. A non-frozen dataclass, since linen's modules (non-frozen
-    dataclasses) can't inherit a frozen one.
+    The settings a layer hands to its stack are inherited, not declared again: ``jaxlstm.engine.SequenceSettings``'
+    (``masked_output``, ``reverse`` (for a single direction), ``unroll``, ``gradient``, ``checkpoint_every``)
+    and ``jaxlstm.options.StackSettings``' (``merge``, ``dropout``, whose randomness follows "Deterministic or
+    random" above), each documented there and checked by its record. A non-frozen dataclass, since linen's
+    modules (non-frozen dataclasses) can't inherit a frozen one.
 
     Attributes:
         features: H (Keras' ``units``, PyTorch's ``hidden_size``), the size of
@@ -143,30 +142,21 @@ class RecurrentLayerFields:
             True`` restarts a row's stream. Forward only.
     """
 
-    features: int
-    num_layers: int = 1
     bidirectional: bool = False
-    merge: str = _DEFAULTS.merge
     return_sequences: bool = True
     return_carry: bool = False
-    dropout: float = _DEFAULTS.dropout
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    unroll: int = _DEFAULTS.unroll
-    reverse: bool = _DEFAULTS.reverse
-    masked_output: str = _DEFAULTS.masked_output
-    gradient: str = _DEFAULTS.gradient
     learn_initial_carry: bool = False
     stateful: bool = False
-    checkpoint_every: int | None = _DEFAULTS.checkpoint_every
 
 
 @dataclass
-class LayerFields(RecurrentLayerFields):
+class LayerFields(LSTMSettings, RecurrentLayerFields):
     """Every option of an LSTM layer (a stack of them): ``RecurrentLayerFields``' and the LSTM's own,
     declared once: ``LayerConfig`` (validated, frozen) and ``jl.LSTM`` (linen, as its fields) inherit
     them, ``jl.nnx.LSTM`` takes them as keywords. ``gate_fn``, ``activation_fn``, ``variant``,
-    ``backend`` and ``cudnn_precision`` are ``jaxlstm.options.StackOptions``' (documented there).
+    ``backend`` and ``cudnn_precision`` are inherited from ``jaxlstm.options.LSTMSettings`` (documented there).
 
     Attributes:
         init_scheme: ``"keras"``, ``"torch"`` or ``"flax"`` initialisation (see
@@ -176,11 +166,6 @@ class LayerFields(RecurrentLayerFields):
     """
 
     init_scheme: str = "keras"
-    gate_fn: Activation = _DEFAULTS.gate_fn
-    activation_fn: Activation = _DEFAULTS.activation_fn
-    variant: LSTMVariant | None = _DEFAULTS.variant
-    backend: str = _DEFAULTS.backend
-    cudnn_precision: str = _DEFAULTS.cudnn_precision
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,21 @@
 """The options of ``jaxlstm.lstm`` and ``jaxlstm.stacked_lstm``: each declared, documented and validated here, once.
 
-Three records, each the one before plus its own options:
+The records, each extending the one before with its own options:
 
 * ``jaxlstm.SequenceOptions`` (``jaxlstm.engine``): how a layer reads its
   sequences (``seq_lengths``, ``mask``, ``resets``, ``reset_carry``,
   ``masked_output``, ``reverse``, ``unroll``, ``gradient``, ``checkpoint_every``);
-* ``LSTMOptions``: the LSTM cell's and the backend's options;
-* ``StackOptions``: the stack's (``merge``, ``dropout``, ``reset_carries``).
+* ``DrawOptions``: and the random draws' ``dropout_key`` and ``deterministic``;
+* ``LSTMOptions`` (``jaxlstm.lstm``): and the LSTM cell's and the backend's
+  (``LSTMSettings``);
+* ``RNNStackOptions`` (``jaxlstm.stacked_rnn``, any cell): and the stack's
+  (``StackSettings``: ``merge``, ``dropout``; and ``reset_carries``);
+* ``StackOptions`` (``jaxlstm.stacked_lstm``): both of the last two.
+
+A layer's fields are the settings among them (``SequenceSettings``,
+``LSTMSettings``, ``StackSettings``), which ``jaxlstm.layer`` inherits rather
+than declares again; the per-call arrays (``seq_lengths``, ``mask``,
+``resets``) are a module call's arguments.
 
 The functions keep their keyword arguments (``jl.stacked_lstm(stack, xs,
 seq_lengths=..., dropout=0.2)``) and build the record with ``build``, which
@@ -44,8 +53,12 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "MERGE_MODES",
+    "DrawOptions",
     "LSTMOptions",
+    "LSTMSettings",
+    "RNNStackOptions",
     "StackOptions",
+    "StackSettings",
     "option_names",
     "check_names",
     "build",
@@ -119,19 +132,16 @@ def takes(record: type) -> Callable[[_Function], _Function]:
     return decorate
 
 
-@dataclass(frozen=True)
-class LSTMOptions(SequenceOptions):
-    """The options of ``jaxlstm.lstm``: ``jaxlstm.SequenceOptions``' and these, checked on construction.
+@dataclass
+class LSTMSettings:
+    """The LSTM cell's and the backend's settings: the options of ``LSTMOptions`` that an LSTM layer holds as
+    fields (``jaxlstm.layer.LayerFields`` inherits them). Declared here once, checked by ``LSTMOptions``.
 
     Attributes:
         gate_fn: the gates' activation σ (default ``jax.nn.sigmoid``; Keras' ``recurrent_activation``).
         activation_fn: the candidate's and cell output's activation (default ``jnp.tanh``; Keras' ``activation``).
         variant: a ``jaxlstm.LSTMVariant`` every cell is (projection, peepholes, layer norm, CIFG, forget
             bias, cell clipping, dropouts, zoneout; docs/variants.md); ``None``: the plain LSTM.
-        dropout_key: a PRNG key for the random masks (dropout, zoneout) of a training call.
-        deterministic: ``True``: no random draws (dropout off, zoneout its expectation); ``False``: draw
-            masks from ``dropout_key`` (required when something draws); ``None``: random exactly when a
-            ``dropout_key`` is given (``training``).
         backend: ``"auto"`` (cuDNN on a CUDA GPU where it computes the call exactly, else jaxlstm's XLA
             loop), ``"xla"`` or ``"cudnn"`` (or a ValueError saying why not); docs/gpu.md.
         cudnn_precision: the matmuls' precision on cuDNN, ``"float32"`` or ``"tf32"`` (~1e-3 relative).
@@ -140,28 +150,58 @@ class LSTMOptions(SequenceOptions):
     gate_fn: Activation = jax.nn.sigmoid
     activation_fn: Activation = jnp.tanh
     variant: LSTMVariant | None = None
-    dropout_key: PRNGKeyArray | None = None
-    deterministic: bool | None = None
     backend: str = "auto"
     cudnn_precision: str = "float32"
+
+
+@dataclass
+class StackSettings:
+    """A stack's settings: the options of ``RNNStackOptions`` that a layer holds as fields
+    (``jaxlstm.layer.RecurrentLayerFields`` inherits them). Declared here once, checked by ``RNNStackOptions``.
+
+    Attributes:
+        merge: how the two directions' outputs combine: ``"concat"`` (F = 2H), ``"sum"``, ``"mul"``,
+            ``"ave"`` (F = H).
+        dropout: the rate of dropout on each layer's output but the last (PyTorch's ``dropout``), in a
+            training call.
+    """
+
+    merge: str = "concat"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DrawOptions(SequenceOptions):
+    """``jaxlstm.SequenceOptions``' and the two options of random draws (dropout, zoneout), checked on
+    construction: the base of ``LSTMOptions`` and ``RNNStackOptions``.
+
+    Attributes:
+        dropout_key: a PRNG key for the random masks (dropout, zoneout) of a training call.
+        deterministic: ``True``: no random draws (dropout off, zoneout its expectation); ``False``: draw
+            masks from ``dropout_key`` (required when something draws); ``None``: random exactly when a
+            ``dropout_key`` is given (``training``).
+    """
+
+    dropout_key: PRNGKeyArray | None = None
+    deterministic: bool | None = None
 
     REFUSED: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
         super().__post_init__()
-        _checks.activation(self.gate_fn, "gate_fn")
-        _checks.activation(self.activation_fn, "activation_fn")
-        check_variant(self.variant, allow_none=True)
         key = _checks.prng_key(self.dropout_key, "dropout_key", allow_none=True)
         object.__setattr__(self, "dropout_key", key)
         object.__setattr__(self, "deterministic", _checks.flag(self.deterministic, "deterministic", allow_none=True))
-        _checks.one_of(self.backend, BACKENDS, "backend")
-        _checks.one_of(self.cudnn_precision, PRECISIONS, "cudnn_precision")
 
     @property
     def training(self) -> bool:
         """Whether the call may draw random masks (``jaxlstm.variants.is_training``)."""
         return is_training(self.dropout_key, self.deterministic)
+
+    def require_key(self, draws: bool) -> None:
+        """The rule, once: ``deterministic=False`` for a call that ``draws`` masks needs a ``dropout_key``."""
+        if draws and self.deterministic is False and self.dropout_key is None:
+            raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
 
     @classmethod
     def build(cls: type[_Record], options: Mapping[str, Any], where: str) -> _Record:
@@ -177,23 +217,35 @@ class LSTMOptions(SequenceOptions):
         return {name: getattr(self, name) for name in option_names(record)}
 
 
-@dataclass(frozen=True)
-class StackOptions(LSTMOptions):
-    """The options of ``jaxlstm.stacked_lstm``: ``LSTMOptions``' (for every layer and direction) and these.
+# Frozen over the non-frozen LSTMSettings: allowed at run time since DrawOptions is frozen; pyright refuses it.
+@dataclass(frozen=True)  # pyright: ignore[reportGeneralTypeIssues]
+class LSTMOptions(LSTMSettings, DrawOptions):
+    """The options of ``jaxlstm.lstm``, checked on construction: ``DrawOptions``' (``jaxlstm.SequenceOptions``'
+    and ``dropout_key``, ``deterministic``) and the cell's and backend's of ``LSTMSettings`` (``gate_fn``,
+    ``activation_fn``, ``variant``, ``backend``, ``cudnn_precision``), each documented there."""
 
-    ``reset_carry`` is ``jaxlstm.lstm``'s: a stack takes ``reset_carries``.
+    def __post_init__(self):
+        super().__post_init__()
+        _checks.activation(self.gate_fn, "gate_fn")
+        _checks.activation(self.activation_fn, "activation_fn")
+        check_variant(self.variant, allow_none=True)
+        _checks.one_of(self.backend, BACKENDS, "backend")
+        _checks.one_of(self.cudnn_precision, PRECISIONS, "cudnn_precision")
+
+
+# Frozen over the non-frozen StackSettings: allowed at run time since DrawOptions is frozen; pyright refuses it.
+@dataclass(frozen=True)  # pyright: ignore[reportGeneralTypeIssues]
+class RNNStackOptions(StackSettings, DrawOptions):
+    """The options of ``jaxlstm.stacked_rnn`` (a stack of any cell): ``DrawOptions``' for every layer and
+    direction, the stack's settings of ``StackSettings`` (``merge``, ``dropout``) and ``reset_carries``.
+
+    ``reset_carry`` is ``jaxlstm.rnn``'s: a stack takes ``reset_carries``.
 
     Attributes:
-        merge: how the two directions' outputs combine: ``"concat"`` (F = 2R), ``"sum"``, ``"mul"``,
-            ``"ave"`` (F = R).
-        dropout: the rate of dropout on each layer's output but the last (PyTorch's ``dropout``), in a
-            training call.
         reset_carries: what each layer and direction restarts from at ``resets``, nested
-            ``[layer][direction]`` → ``LSTMCarry``; by default the initial carries.
+            ``[layer][direction]`` → the cell's carry; by default the initial carries.
     """
 
-    merge: str = "concat"
-    dropout: float = 0.0
     reset_carries: Any = None
 
     REFUSED: ClassVar[dict[str, str]] = {
@@ -206,3 +258,9 @@ class StackOptions(LSTMOptions):
         super().__post_init__()
         _checks.one_of(self.merge, MERGE_MODES, "merge")
         object.__setattr__(self, "dropout", _checks.rate(self.dropout, "dropout"))
+
+
+@dataclass(frozen=True)
+class StackOptions(RNNStackOptions, LSTMOptions):
+    """The options of ``jaxlstm.stacked_lstm``: ``RNNStackOptions``' (the stack's) and ``LSTMOptions``' (for
+    every layer and direction), each declared once, in the record that owns it."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,11 @@ from . import _checks, cudnn
 from .cell import LSTMCarry, LSTMParams, init_params
 from .options import MERGE_MODES as MERGE_MODES
 from .options import LSTMOptions, StackOptions, build, takes
+from .rnn_stack import _at, check_carry_nesting, check_layer_inputs, check_nesting, run_layers
+from .rnn_stack import check_reverse as check_reverse
+from .rnn_stack import layer_keys as stack_layer_keys
+from .rnn_stack import merge_directions as merge_directions
+from .rnn_stack import merged_size as merged_size
 from .scan import lstm
 from .variants import (
     LSTMVariant,
@@ -42,37 +47,22 @@ from .variants import (
     init_variant_params,
 )
 
-__all__ = ["MERGE_MODES", "check_reverse", "StackParams", "StackCarry", "init_stack", "stacked_lstm", "merge_directions", "last_output"]
+__all__ = [
+    "MERGE_MODES",
+    "check_reverse",
+    "StackParams",
+    "StackCarry",
+    "init_stack",
+    "stacked_lstm",
+    "merge_directions",
+    "last_output",
+]
 
 StackParams = tuple[tuple[LSTMParams | VariantParams, ...], ...]
 """``[layer][direction]`` → ``LSTMParams`` (``VariantParams`` with a variant); one or two directions per layer."""
 
 StackCarry = tuple[tuple[LSTMCarry, ...], ...]
 """``[layer][direction]`` → ``LSTMCarry``, each ``h``/``c`` of shape ``(*batch, H)``."""
-
-
-def merged_size(hidden_size: int, num_directions: int, merge: str) -> int:
-    """F, the width of a layer's output: 2H for bidirectional "concat", else H."""
-    return 2 * hidden_size if num_directions == 2 and merge == "concat" else hidden_size
-
-
-def merge_directions(
-    forward: Float[Array, "*batch hidden"], backward: Float[Array, "*batch hidden"], merge: str = "concat"
-) -> Float[Array, "*batch features"]:
-    """Combines the two directions' outputs as Keras' ``Bidirectional(merge_mode=...)``.
-
-    ``"concat"`` → ``(..., 2H)`` (forward first); ``"sum"``, ``"mul"``, ``"ave"``
-    → ``(..., H)``. ``forward`` and ``backward`` must have the same shape.
-    """
-    _checks.one_of(merge, MERGE_MODES, "merge")
-    _checks.same_shape(forward, backward, "forward", "backward", see=_checks._see("bidirectional-and-merge-modes"))
-    if merge == "concat":
-        return jnp.concatenate([forward, backward], axis=-1)
-    if merge == "sum":
-        return forward + backward
-    if merge == "mul":
-        return forward * backward
-    return (forward + backward) / 2
 
 
 def init_stack(
@@ -130,54 +120,17 @@ def init_stack(
 
 
 def _check_stack(stack, variant: LSTMVariant | None = None) -> tuple[int, int]:
-    """Validates the nesting; returns (num_layers, num_directions)."""
-    if not isinstance(stack, Sequence) or isinstance(stack, (str, LSTMParams, VariantParams)) or len(stack) == 0:
-        raise TypeError(
-            "stack must be a non-empty tuple of layers, each a tuple of 1 or 2 LSTMParams "
-            f"([layer][direction]), got {type(stack).__name__}"
-        )
-    num_directions = None
+    """Validates the nesting (``jaxlstm.rnn_stack.check_nesting``) and each cell's parameters; returns
+    (num_layers, num_directions)."""
+    counts = check_nesting(stack, "LSTMParams")
     for layer, directions in enumerate(stack):
-        if (
-            isinstance(directions, (LSTMParams, VariantParams))
-            or not isinstance(directions, Sequence)
-            or len(directions) not in (1, 2)
-        ):
-            raise TypeError(
-                f"stack[{layer}] must be a tuple of 1 (forward) or 2 (forward, backward) LSTMParams, "
-                f"got {type(directions).__name__}"
-                + (f" of length {len(directions)}" if isinstance(directions, Sequence) else "")
-            )
-        if num_directions is None:
-            num_directions = len(directions)
-        elif len(directions) != num_directions:
-            raise ValueError(
-                f"every layer must have the same number of directions: stack[0] has {num_directions}, "
-                f"stack[{layer}] has {len(directions)}"
-            )
         for direction, params in enumerate(directions):
             if variant is None:
                 _checks.params(params)
             else:
                 name = f"stack[{layer}][{direction}]"
                 check_params(as_variant_params(params, name), variant, name)
-    return len(stack), cast(int, num_directions)  # set by the loop: stack is non-empty (checked above)
-
-
-def _check_layer_inputs(stack, num_directions: int, merge: str) -> None:
-    """Each layer after the first reads the previous layer's merged outputs: its ``w_ih`` must have
-    that many rows (2R for a bidirectional "concat" stack, else R)."""
-    for layer in range(1, len(stack)):
-        below = stack[layer - 1][0].recurrent_size
-        expected = below * (2 if num_directions == 2 and merge == "concat" else 1)
-        for direction, params in enumerate(stack[layer]):
-            if params.input_size != expected:
-                reads = f"{num_directions} x {below} merged by {merge!r}" if num_directions == 2 else f"{below}"
-                raise ValueError(
-                    f"stack[{layer}][{direction}].w_ih has shape {tuple(params.w_ih.shape)}, but layer {layer} reads "
-                    f"layer {layer - 1}'s outputs ({reads} = {expected} features): expected ({expected}, "
-                    f"{params.w_ih.shape[1]})" + _checks._see("stacking")
-                )
+    return counts
 
 
 def check_stack_carry(
@@ -195,15 +148,7 @@ def check_stack_carry(
     """
     if carries is None:
         return
-    if (
-        not isinstance(carries, Sequence)
-        or len(carries) != num_layers
-        or any(not isinstance(c, Sequence) or isinstance(c, LSTMCarry) or len(c) != num_directions for c in carries)
-    ):
-        raise ValueError(
-            f"{name} must be nested like the stack, [layer][direction]: {num_layers} layers of "
-            f"{num_directions} LSTMCarry each" + _checks._see("carry")
-        )
+    check_carry_nesting(carries, num_layers, num_directions, name, "LSTMCarry")
     if batch_shape is not None and hidden_size is not None:
         for layer, row in enumerate(carries):
             for direction, carry in enumerate(row):
@@ -211,14 +156,6 @@ def check_stack_carry(
                     _checks.carry(carry, batch_shape, hidden_size, f"{name}[{layer}][{direction}]")
                 else:
                     check_carry(carry, batch_shape, recurrent_size, hidden_size, f"{name}[{layer}][{direction}]")
-
-
-def check_reverse(reverse: bool, num_directions: int, what: str = "one-direction stacks") -> None:
-    """The rule, in one place: ``reverse=True`` makes a single direction read backward; with two
-    directions (a bidirectional stack or layer, whose second already reads backward) it is a
-    ValueError. ``what`` names the thing ``reverse`` is for in the message."""
-    if reverse and num_directions == 2:
-        raise ValueError(f"reverse=True is for {what}; bidirectional=True already reads backward too")
 
 
 @takes(StackOptions)
@@ -265,7 +202,7 @@ def stacked_lstm(
     if variant is not None:
         stack = tuple(tuple(as_variant_params(params) for params in directions) for directions in stack)
     check_reverse(opts.reverse, num_directions)
-    _check_layer_inputs(stack, num_directions, opts.merge)
+    check_layer_inputs(stack, num_directions, opts.merge)
     _checks.inputs(xs, stack[0][0].input_size, "xs", min_rank=2, layout="(*batch, time, input)")
     batch_shape, hidden_size = tuple(xs.shape[:-2]), stack[0][0].hidden_size
     if opts.seq_lengths is not None:  # checked once here, for every layer and for the cuDNN path alike
@@ -273,9 +210,7 @@ def stacked_lstm(
     recurrent_size = None if variant is None else stack[0][0].recurrent_size
     for name, given in (("carries", carries), ("reset_carries", opts.reset_carries)):
         check_stack_carry(given, num_layers, num_directions, batch_shape, hidden_size, name, recurrent_size)
-    if opts.deterministic is False and opts.dropout_key is None:
-        if (opts.dropout > 0.0 and num_layers > 1) or (variant is not None and variant.regularizes):
-            raise ValueError("deterministic=False needs a dropout_key (a jax.random key) for the dropout masks")
+    opts.require_key((opts.dropout > 0.0 and num_layers > 1) or (variant is not None and variant.regularizes))
     given = [c for tree in (carries, opts.reset_carries) for row in tree or () for c in row]
     dropout = cudnn.between_layers(opts, num_layers)
     if cudnn.choose_backend(opts, stack, xs, given, where="jaxlstm.stacked_lstm", dropout=dropout).backend == "cudnn":
@@ -294,12 +229,14 @@ def stacked_lstm(
         (stack[layer], _at(carries, layer), _at(opts.reset_carries, layer), layer_keys[layer], _at(cell_keys, layer))
         for layer in range(num_layers)
     ]
-    return _run_layers(per_layer, xs, per_call, reverse=opts.reverse, merge=opts.merge, dropout=opts.dropout)
 
+    def run_direction(params, hs, carry, reset_carry, reverse, key):
+        return lstm(
+            params, hs, carry, reset_carry=reset_carry, reverse=reverse, dropout_key=key, deterministic=key is None,
+            **per_call,
+        )  # fmt: skip
 
-def _at(tree, layer: int):
-    """``tree[layer]``, or ``None`` for a ``None`` tree."""
-    return None if tree is None else tree[layer]
+    return run_layers(per_layer, xs, run_direction, reverse=opts.reverse, merge=opts.merge, dropout=opts.dropout)
 
 
 # The options of jl.lstm that stacked_lstm sets for each layer and direction itself.
@@ -314,142 +251,7 @@ def _keys(dropout_key, variant: LSTMVariant | None, dropout: float, num_layers: 
     if variant is not None and dropout_key is not None and variant.regularizes:
         dropout_key, cells_key = jax.random.split(dropout_key)
         cell_keys = jax.random.split(cells_key, (num_layers, num_directions))
-    layer_keys = [None] * num_layers
-    if dropout > 0.0 and dropout_key is not None:
-        for layer in range(1, num_layers):
-            dropout_key, layer_keys[layer] = jax.random.split(dropout_key)
-    return layer_keys, cell_keys
-
-
-def _run_layers(per_layer, xs, options: dict, *, reverse: bool, merge: str, dropout: float):
-    """Runs the layers in order; ``per_layer[l]`` is layer l's ``(directions, carries,
-    reset_carries, key of the dropout on its input, keys of its cells' draws)``.
-
-    Layers 1..N-1 all read F features and have the same shapes: with two or more of them, one
-    ``lax.scan`` over their stacked weights compiles the layer once for all of them. Layer 0
-    joins them when it reads D <= F features: zero features appended to xs and zero rows to its
-    ``w_ih`` add nothing to x·W_ih, so compile time stays flat in depth.
-    """
-    num_layers, num_directions = len(per_layer), len(per_layer[0][0])
-
-    def run_layer(hs, layer, directions, layer_carries, layer_resets, layer_key, keys):
-        """One layer: dropout on its input, each direction over it, the merge. ``(finals, output)``."""
-        if layer_key is not None:
-            keep = jax.random.bernoulli(layer_key, 1.0 - dropout, hs.shape)
-            dropped = jnp.where(keep, hs / (1.0 - dropout), jnp.zeros_like(hs))
-            hs = dropped if isinstance(layer, int) else jnp.where(layer > 0, dropped, hs)  # scanned layer 0: no dropout
-        outputs, finals = [], []
-        for direction, params in enumerate(directions):
-            final, out = lstm(
-                params,
-                hs,
-                None if layer_carries is None else layer_carries[direction],
-                reset_carry=None if layer_resets is None else layer_resets[direction],
-                reverse=reverse or direction == 1,
-                dropout_key=None if keys is None else keys[direction],
-                deterministic=keys is None,
-                **options,
-            )
-            outputs.append(out)
-            finals.append(final)
-        return tuple(finals), outputs[0] if num_directions == 1 else merge_directions(
-            *cast(tuple[Array, Array], outputs), merge
-        )
-
-    unrolled, hs = (num_layers if num_layers < 3 else 1), xs
-    if num_layers >= 3 and xs.shape[-1] <= per_layer[1][0][0].input_size:
-        extra = per_layer[1][0][0].input_size - xs.shape[-1]
-        padded = tuple(p._replace(w_ih=jnp.pad(p.w_ih, ((0, extra), (0, 0)))) for p in per_layer[0][0])
-        layer_key = per_layer[0][3] if per_layer[1][3] is None else per_layer[1][3]  # one structure for all
-        per_layer = [(padded, per_layer[0][1], per_layer[0][2], layer_key, per_layer[0][4]), *per_layer[1:]]
-        hs, unrolled = jnp.pad(xs, [(0, 0)] * (xs.ndim - 1) + [(0, extra)]), 0
-    final_carries = []
-    for layer in range(unrolled):
-        finals, hs = run_layer(hs, layer, *per_layer[layer])
-        final_carries.append(finals)
-    if unrolled < num_layers:
-        scanned = per_layer[unrolled:]
-        stacked = _stack(scanned)
-
-        def body(hs, inputs):
-            layer, rest = inputs
-            finals, hs = run_layer(hs, layer, *rest)
-            return hs, finals
-
-        hs, finals = jax.lax.scan(body, hs, (jnp.arange(unrolled, num_layers), stacked))
-        final_carries += _unstack(finals)
-    return tuple(final_carries), hs
-
-
-# ----------------------------------------------------------------------------- layers stacked for the scan
-#
-# XLA:CPU compiles one kernel per distinct fusion and reuses it for identical ones (24 elementwise
-# ops on 24 arrays compile in 0.06 s when they are the same op, 0.33 s when each has its own
-# constant). Splitting a stacked (L, ...) array into its L layers with static slices, as the
-# gradient of jnp.stack does, gives L distinct kernels, since each slice's offset is a constant
-# inside it: 24 kernels for an 8-layer stack's three weights. Writing and reading the layers at
-# indices XLA only learns at run time gives one kernel per leaf shape for all L layers: jit(grad)
-# of an 8-layer stack at (8, 64, 64) -> 128 compiled in 1.10 s instead of 1.29 (bidirectional
-# 1.57 instead of 1.89), one process, interleaved, medians of 5.
-
-
-def _floating(leaf) -> bool:
-    return jnp.issubdtype(leaf.dtype, jnp.floating)
-
-
-def _runtime_zero(x) -> Array:
-    """An int32 0 that XLA can't fold: the sign bit of ``|x|``'s first element (always clear);
-    ``x`` a non-empty floating array."""
-    magnitude = jnp.abs(x.reshape(-1)[0])
-    bits = jnp.finfo(magnitude.dtype).bits
-    unsigned = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}[bits]
-    return (jax.lax.bitcast_convert_type(magnitude, unsigned) >> (bits - 1)).astype(jnp.int32)
-
-
-def _layer_indices(count: int, leaves) -> list[Array]:
-    """``0, 1, ..., count - 1`` as separate scalars XLA can't constant-fold or relate to one another:
-    the initial values of a loop that never runs (its bound, a run-time 0 read from the first
-    non-empty floating array of ``leaves``, is opaque to XLA; its update is the same non-affine map
-    for every index, so one kernel serves them all). Without such an array, plain constants."""
-    like = next((leaf for leaf in leaves if leaf.size and _floating(leaf)), None)
-    zero = jnp.int32(0) if like is None else _runtime_zero(like)
-
-    def never(state):
-        steps, *indices = state
-        return (steps + 1, *(i * i + 1 for i in indices))
-
-    _, *indices = jax.lax.while_loop(
-        lambda state: state[0] < zero, never, (jnp.int32(0), *(jnp.int32(i) for i in range(count)))
-    )
-    return indices
-
-
-def _unstack(stacked) -> list:
-    """The layers of a pytree of (L, ...) arrays, as a list of L pytrees: ``[tree[i] for i in range(L)]``
-    with one compiled kernel per leaf shape for all L layers."""
-    leaves, tree = jax.tree.flatten(stacked)
-    return [
-        jax.tree.unflatten(tree, [jax.lax.dynamic_index_in_dim(leaf, i, keepdims=False) for leaf in leaves])
-        for i in _layer_indices(leaves[0].shape[0], leaves)
-    ]
-
-
-def _stack(layers: list):
-    """The list of L same-structured pytrees ``layers`` as one pytree of (L, ...) arrays, like
-    ``jnp.stack`` per leaf, but written layer by layer at run-time indices: the gradient (dynamic
-    slices at the same indices) then compiles to one kernel per leaf shape, as ``_unstack``."""
-    columns = list(zip(*(jax.tree.leaves(layer) for layer in layers)))
-    indices = _layer_indices(len(layers), [column[0] for column in columns])
-
-    def stack(column):
-        if not _floating(column[0]):  # keys and flags: no gradient to split
-            return jnp.stack(column)
-        buffer = jnp.zeros((len(column), *column[0].shape), column[0].dtype)
-        for leaf, index in zip(column, indices, strict=True):
-            buffer = jax.lax.dynamic_update_index_in_dim(buffer, leaf, index, axis=0)
-        return buffer
-
-    return jax.tree.unflatten(jax.tree.structure(layers[0]), [stack(column) for column in columns])
+    return stack_layer_keys(dropout_key, dropout, num_layers), cell_keys
 
 
 def last_output(final_carries: StackCarry, merge: str = "concat") -> Float[Array, "*batch features"]:

@@ -92,6 +92,30 @@ def test_the_layer_declares_each_option_once():
             assert field.default is getattr(defaults, field.name) or field.default == getattr(defaults, field.name)
 
 
+def test_every_option_is_declared_in_one_class_only():
+    """Across the records, the layer's fields and the modules, no option name is annotated (declared) in two
+    classes: each is written once and inherited everywhere else (REFUSED is a class constant, not an option)."""
+    from jaxlstm import engine, layer, options
+
+    classes = [
+        engine.SequenceData, engine.SequenceSettings, engine.SequenceOptions, options.DrawOptions,
+        options.LSTMSettings, options.StackSettings, options.LSTMOptions, options.RNNStackOptions,
+        options.StackOptions, layer.RecurrentLayerFields, layer.LayerFields, layer.LayerConfig,
+        jl.LSTM, jl.GRU,
+    ]  # fmt: skip  (the one-step cells jl.LSTMCell / jl.GRUCell declare flax.linen's cell fields, as Flax's)
+    declared: dict[str, list[str]] = {}
+    for cls in classes:
+        for name in vars(cls).get("__annotations__", {}):
+            if name not in ("REFUSED", "parent", "name"):
+                declared.setdefault(name, []).append(cls.__name__)
+    assert {name: where for name, where in declared.items() if len(where) > 1} == {}
+    # and every option a layer shares with the stack is the stack's own, inherited from its settings
+    stack_settings = {f.name for f in dataclasses.fields(options.StackSettings)}
+    stack_settings |= {f.name for f in dataclasses.fields(engine.SequenceSettings)}
+    assert stack_settings <= {f.name for f in dataclasses.fields(jl.GRU)}
+    assert {f.name for f in dataclasses.fields(options.LSTMSettings)} <= {f.name for f in dataclasses.fields(jl.LSTM)}
+
+
 # ----------------------------------------------------------------------------- unknown names
 
 

@@ -66,7 +66,7 @@ def test_dropout_between_layers_needs_a_key_and_reverse_one_direction():
     xs = jnp.ones((B, T, D))
     with pytest.raises(ValueError, match="deterministic=False needs a dropout_key"):
         jl.stacked_rnn(cell, stack, xs, dropout=0.5, deterministic=False)
-    with pytest.raises(ValueError, match=r"stack\[1\]\[0\].w_ih reads 8 features, but layer 0's outputs merged with 'sum' have 4"):
+    with pytest.raises(ValueError, match=r"stack\[1\]\[0\].w_ih has shape \(8, 12\), but layer 1 reads layer 0's outputs \(2 x 4 merged by 'sum' = 4"):
         jl.stacked_rnn(cell, stack, xs, merge="sum")
     with pytest.raises(ValueError, match="reverse=True is for one-direction stacks"):
         jl.stacked_rnn(cell, stack, xs, reverse=True)
@@ -77,3 +77,28 @@ def test_dropout_between_layers_needs_a_key_and_reverse_one_direction():
     _, plain = jl.stacked_rnn(cell, stack, xs)
     assert_close(kept, plain)
     assert not np.allclose(dropped, plain)
+
+
+# --------------------------------------------------------------------------- layers stacked for the scan
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float64])
+def test_layers_stack_and_unstack_exactly_at_run_time_indices(dtype):
+    """The scan's stacking (written at run-time indices, so that XLA compiles one kernel for all
+    layers) gives exactly jnp.stack and list(): NaN, -0.0 and inf first elements included (the
+    run-time zero is read from the first element's sign bit), keys stacked alongside."""
+    from jaxlstm.rnn_stack import _stack as stack_layers
+    from jaxlstm.rnn_stack import _unstack as unstack_layers
+
+    with jax.enable_x64(dtype == jnp.float64):
+        a = jnp.arange(5 * 3 * 2, dtype=jnp.float32).reshape(5, 3, 2).astype(dtype)
+        for first in (jnp.nan, -0.0, -jnp.inf):
+            a = a.at[0, 0, 0].set(first)
+            layers = [{"w": a[i], "key": jax.random.key(i)} for i in range(5)]
+            for run in (lambda f, x: f(x), lambda f, x: jax.jit(f)(x)):
+                stacked = run(stack_layers, layers)
+                np.testing.assert_array_equal(np.asarray(stacked["w"], np.float64), np.asarray(a, np.float64))
+                assert stacked["w"].dtype == dtype
+                assert jax.random.key_data(stacked["key"]).shape[0] == 5
+                for i, layer in enumerate(run(unstack_layers, {"w": a})):
+                    np.testing.assert_array_equal(np.asarray(layer["w"], np.float64), np.asarray(a[i], np.float64))

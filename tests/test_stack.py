@@ -316,28 +316,6 @@ def test_deep_stack_dropout_draws_each_layer_as_the_layer_by_layer_rule(rng, key
 # --------------------------------------------------------------------------- layers stacked for the scan
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float64])
-def test_layers_stack_and_unstack_exactly_at_run_time_indices(dtype):
-    """The scan's stacking (written at run-time indices, so that XLA compiles one kernel for all
-    layers) gives exactly jnp.stack and list(): NaN, -0.0 and inf first elements included (the
-    run-time zero is read from the first element's sign bit), keys stacked alongside."""
-    from jaxlstm.stack import _stack as stack_layers
-    from jaxlstm.stack import _unstack as unstack_layers
-
-    with jax.enable_x64(dtype == jnp.float64):
-        a = jnp.arange(5 * 3 * 2, dtype=jnp.float32).reshape(5, 3, 2).astype(dtype)
-        for first in (jnp.nan, -0.0, -jnp.inf):
-            a = a.at[0, 0, 0].set(first)
-            layers = [{"w": a[i], "key": jax.random.key(i)} for i in range(5)]
-            for run in (lambda f, x: f(x), lambda f, x: jax.jit(f)(x)):
-                stacked = run(stack_layers, layers)
-                np.testing.assert_array_equal(np.asarray(stacked["w"], np.float64), np.asarray(a, np.float64))
-                assert stacked["w"].dtype == dtype
-                assert jax.random.key_data(stacked["key"]).shape[0] == 5
-                for i, layer in enumerate(run(unstack_layers, {"w": a})):
-                    np.testing.assert_array_equal(np.asarray(layer["w"], np.float64), np.asarray(a[i], np.float64))
-
-
 def test_deep_stack_takes_forward_mode_and_vmap(rng):
     """The stacking is plain JAX (no custom rule): jvp and vmap go through a scanned stack."""
     stack = _stack(random_stack_weights(rng, D, H, num_layers=4, bidirectional=False, merge="concat"))
