@@ -121,7 +121,9 @@ class SequenceOptions(SequenceSettings, SequenceData):
 
 def check_cell_params(cell: Cell, params) -> None:
     """The engine's side of the contract: ``params`` a NamedTuple with ``w_ih`` ``(D, G·H)`` and ``w_hh``
-    ``(H, G·H)`` (and the input bias ``(G·H,)``), then the cell's own ``check_params``."""
+    ``(R, G·H)`` (and the input bias ``(G·H,)``), then the cell's own ``check_params``. R, the size of
+    ``cell.hidden(carry)`` that ``h·W_hh`` reads, is H unless the cell has ``row_weights`` (the LSTM's
+    projection ``W_hr`` ``(H, P)``: R = P), whose shapes its ``check_params`` checks."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jaxlstm.Cell (e.g. jaxlstm.cells.GRU()), got {type(cell).__name__} {cell!r}")
     if not (isinstance(params, tuple) and hasattr(params, "_replace") and hasattr(params, "w_ih")):
@@ -132,10 +134,12 @@ def check_cell_params(cell: Cell, params) -> None:
     for name in owned(cell):
         _checks.floating(getattr(params, name), f"params.{name}", section="parameters")
     w_ih, w_hh, gates = cast(Any, params).w_ih, cast(Any, params).w_hh, cell.num_gates
-    hidden = w_hh.shape[0] if w_hh.ndim == 2 else -1
+    projected = bool(cell.row_weights)  # R is the row weights' output size, which the cell checks
+    hidden = -1 if w_hh.ndim != 2 else (w_hh.shape[1] // gates if projected else w_hh.shape[0])
     if w_hh.ndim != 2 or w_hh.shape[1] != gates * hidden:
+        rows = "recurrent_size" if projected else "hidden_size"
         raise ValueError(
-            f"params.w_hh must have shape (hidden_size, {gates} * hidden_size) for {type(cell).__name__} "
+            f"params.w_hh must have shape ({rows}, {gates} * hidden_size) for {type(cell).__name__} "
             f"({gates} gates), got {tuple(w_hh.shape)}"
         )
     if w_ih.ndim != 2 or w_ih.shape[1] != gates * hidden:
@@ -168,7 +172,7 @@ def rnn(cell: Cell, params, xs: Float[Array, "*batch time input"], carry=None, *
     Args:
         cell: a ``jaxlstm.Cell``, e.g. ``jaxlstm.cells.GRU()`` or one of your own (docs/cells.md).
         params: the cell's parameters (``cell.init_params(key, D, H)``): ``w_ih`` ``(D, G·H)``,
-            ``w_hh`` ``(H, G·H)`` and the cell's own.
+            ``w_hh`` ``(H, G·H)`` (``(P, G·H)`` under an LSTM's projection) and the cell's own.
         xs: inputs ``(*batch, T, D)``, batch-first; ``*batch`` may be empty or several dims.
         carry: the initial carry, the cell's pytree of ``(*batch, size)`` arrays; zeros when ``None``.
         **options: the fields of ``jaxlstm.SequenceOptions`` (``seq_lengths``, ``mask``, ``resets``,

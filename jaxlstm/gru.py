@@ -14,7 +14,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _checks
 from .cell import promote
 from .cells.gru import GRU, GRUParams
-from .engine import check_cell_params, rnn
+from .engine import SequenceSettings, check_cell_params, rnn
+from .options import StackSettings, option_names
 from .rnn_stack import merge_directions, stacked_rnn
 
 __all__ = ["gru", "gru_cell", "init_gru_params", "run_gru_layers"]
@@ -100,9 +101,10 @@ def gru_cell(
         return new, new
 
 
-# The GRU modules' options that their call reads, under the same names in linen and NNX.
-LAYER_OPTIONS = ("merge", "dropout", "return_sequences", "return_carry", "masked_output", "reverse", "unroll")
-LAYER_OPTIONS += ("gradient", "checkpoint_every", "dtype")
+# The GRU modules' options that their call reads, under the same names in linen and NNX: the stack's settings
+# (declared in jaxlstm.options.StackSettings and jaxlstm.engine.SequenceSettings) and the layer's output options.
+LAYER_OPTIONS = (*option_names(StackSettings), *option_names(SequenceSettings))
+LAYER_OPTIONS += ("return_sequences", "return_carry", "dtype")
 
 
 def run_gru_layers(layer, stack, x, *, learned_h0=None, initial_carry=None, dropout_key=None, **data):

@@ -128,6 +128,36 @@ def test_an_lstm_written_as_a_cell_equals_jl_lstm_and_the_reference(reverse):
     assert_close(final.h, ref_final.h)
 
 
+def test_the_lstm_cell_with_a_projection_runs_through_jl_rnn_as_jl_lstm():
+    """w_hh is (P, 4H) under a projection: jl.rnn takes it (R = P, the row weight's output), equal to
+    jl.lstm bit for bit in value and gradient, and names a misshaped W_hr or w_hh."""
+    variant = jl.LSTMVariant(proj_size=2, peepholes=True)
+    params = jl.init_variant_params(jax.random.key(0), D, H, variant)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    lengths = jnp.asarray([7, 4, 2])
+
+    def loss(run, params):
+        final, hs = run(params)
+        return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c**2)
+
+    by_rnn = jax.value_and_grad(loss, argnums=1)(
+        lambda p: jl.rnn(jl.cells.LSTM(variant), p, xs, seq_lengths=lengths), params
+    )
+    by_lstm = jax.value_and_grad(loss, argnums=1)(
+        lambda p: jl.lstm(p, xs, seq_lengths=lengths, variant=variant), params
+    )
+    assert jax.tree.leaves(by_rnn[1])[0].shape == (D, 4 * H)
+    for a, b in zip(jax.tree.leaves(by_rnn), jax.tree.leaves(by_lstm), strict=True):
+        np.testing.assert_array_equal(a, b)
+    cell = jl.cells.LSTM(variant)
+    with pytest.raises(ValueError, match=r"params.w_hr must have shape \(H, P\) = \(4, 2\)"):
+        jl.rnn(cell, params._replace(w_hr=jnp.ones((H, 3))), xs)
+    with pytest.raises(ValueError, match=r"params.w_hh must have shape \(R, 4H\) = \(2, 16\)"):
+        jl.rnn(cell, params._replace(w_hh=jnp.ones((H, 4 * H))), xs)
+    with pytest.raises(ValueError, match=r"variant.proj_size needs params.w_hr"):
+        jl.rnn(cell, params._replace(w_hr=None), xs)
+
+
 def test_cells_see_none_in_the_engines_fields_and_batch_dims_flatten():
     seen = []
 
@@ -209,7 +239,9 @@ def test_every_transformation_works_on_the_fused_path_and_matches_autodiff():
             "linearize": lambda f: jax.linearize(lambda x: f(params, x), xs)[1](xs),
             "hessian": lambda f: jax.hessian(lambda x: jnp.sum(f(params, x) ** 2))(xs),
             "vmap of grad, inputs": lambda f: jax.vmap(jax.grad(lambda x: jnp.sum(f(params, x))))(jnp.stack([xs, -xs])),
-            "vmap over params": lambda f: jax.vmap(f, in_axes=(0, None))(jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params), xs),
+            "vmap over params": lambda f: jax.vmap(f, in_axes=(0, None))(
+                jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params), xs
+            ),
             "jit of grad": lambda f: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(f(p, xs)))))(params),
         }
         for name, check in checks.items():

@@ -30,7 +30,8 @@ class Cell:
     """Base class of a recurrent cell for ``jaxlstm.rnn``: subclass it as a frozen dataclass.
 
     Required:
-        num_gates: G, so ``w_ih`` is ``(D, G·H)`` and ``w_hh`` ``(H, G·H)``.
+        num_gates: G, so ``w_ih`` is ``(D, G·H)`` and ``w_hh`` ``(H, G·H)`` (``(R, G·H)`` with ``row_weights``,
+            R their output size: the LSTM's projection P).
         init_params(key, input_size, hidden_size, dtype): the parameters (a NamedTuple).
         init_carry(params, batch_shape, dtype): the zero carry, a pytree of ``(*batch, size)``.
         hidden(carry): the part of the carry that ``h·W_hh`` reads and that is the

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from ..cell import Activation, LSTMCarry, init_params, state_dtype
 from ..pointwise import PlainPointwise, VariantPointwise, pointwise_for
 from ..precision import as_dtype, matmul
-from ..variants import LSTMVariant, VariantParams, init_variant_params
+from ..variants import LSTMVariant, VariantParams, check_params, init_variant_params
 from .base import Cell
 
 __all__ = ["LSTM"]
@@ -72,6 +72,16 @@ class LSTM(Cell):
         if self.variant is None:
             return VariantParams(*init_params(key, input_size, hidden_size, dtype=dtype))
         return init_variant_params(key, input_size, hidden_size, self.variant, dtype=dtype)
+
+    def check_params(self, params) -> None:
+        """``params`` a ``VariantParams`` with exactly the arrays the variant uses, shaped as ``jaxlstm.lstm``
+        checks them (``jaxlstm.variants.check_params``): ``w_hr`` ``(H, P)`` under a projection."""
+        if not isinstance(params, VariantParams):
+            raise TypeError(
+                f"params must be a jaxlstm.VariantParams for jaxlstm.cells.LSTM (jaxlstm.VariantParams(*lstm_params) "
+                f"for the plain LSTM's), got {type(params).__name__}"
+            )
+        check_params(params, self.variant or LSTMVariant(), "params")
 
     def init_carry(self, params, batch_shape: tuple[int, ...], dtype) -> LSTMCarry:
         recurrent, hidden = params.w_hh.shape[0], params.w_hh.shape[1] // 4
