@@ -316,16 +316,11 @@ class LSTM(LayerFields, nn.Module):
                 features each (one cell reads one ``(*batch, D)`` slice per
                 step). Floating, or bool/integer (cast to the computation dtype,
                 as Flax's modules cast them).
-            seq_lengths: optional ``(*batch,)`` integers in [0, T]: steps at or
-                past a sequence's length leave its carry unchanged and output
-                zeros (the backward direction starts at each sequence's own
-                last valid step). Concrete values outside [0, T] raise; traced
-                ones are clamped.
-            mask: optional ``(*batch, T)`` bools, any pattern: a ``False`` step
-                leaves the carry unchanged and outputs as ``masked_output`` says.
-            resets: optional ``(*batch, T)`` bools marking the first step of a
-                new segment (packed sequences): the carry restarts there, from
-                ``initial_carry`` if given, else from the learned or zero carry.
+            seq_lengths, mask, resets: the call's sequences, ``(*batch,)`` and
+                ``(*batch, T)``, as documented once in ``jaxlstm.engine.SequenceData``
+                (the backward direction starts at each sequence's own last valid
+                step); resets restart the carry from ``initial_carry`` if given,
+                else from the learned or zero carry.
             initial_carry: the carries to start from, nested
                 ``[layer][direction]`` → ``LSTMCarry(h (*batch, R), c (*batch, H))``
                 (what ``return_carry=True`` returns); by default a stateful
