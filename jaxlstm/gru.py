@@ -14,11 +14,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _checks
 from .cell import promote
 from .cells.gru import GRU, GRUParams
-from .engine import SequenceSettings, check_cell_params, rnn
-from .options import StackSettings, option_names
-from .rnn_stack import merge_directions, stacked_rnn
+from .engine import check_cell_params, rnn
 
-__all__ = ["gru", "gru_cell", "init_gru_params", "run_gru_layers"]
+__all__ = ["gru", "gru_cell", "init_gru_params"]
 
 
 def init_gru_params(key: PRNGKeyArray, input_size: int, hidden_size: int, dtype=jnp.float32) -> GRUParams:
@@ -99,41 +97,3 @@ def gru_cell(
         from_input = x @ params.w_ih + jnp.expand_dims(params.b_ih, tuple(range(x.ndim - 1)))
         new = cell.step(params._replace(w_ih=None, w_hh=None, b_ih=None), from_input, carry @ params.w_hh, carry)
         return new, new
-
-
-# The GRU modules' options that their call reads, under the same names in linen and NNX: the stack's settings
-# (declared in jaxlstm.options.StackSettings and jaxlstm.engine.SequenceSettings) and the layer's output options.
-LAYER_OPTIONS = (*option_names(StackSettings), *option_names(SequenceSettings))
-LAYER_OPTIONS += ("return_sequences", "return_carry", "dtype")
-
-
-def run_gru_layers(layer, stack, x, *, learned_h0=None, initial_carry=None, dropout_key=None, **data):
-    """The call of the GRU modules (``jl.GRU``, ``jl.nnx.GRU``), written once, reading ``layer``'s options
-    (``LAYER_OPTIONS``); ``data`` are the call's ``seq_lengths``, ``mask`` and ``resets``. It casts to the
-    computation dtype (``dtype``, else the params'; bool and integer inputs too), starts from ``initial_carry``, else
-    the learned ``h0`` (``[layer][direction]`` → ``(H,)``), else zeros, run ``stacked_rnn`` and pick the
-    output: ``(*batch, T, F)``, or with ``return_sequences=False`` the last step's ``(*batch, F)`` (the
-    forward direction's final h merged with the backward's, after step 0); with ``return_carry``,
-    ``(final_carries, output)``."""
-    options = {name: getattr(layer, name) for name in LAYER_OPTIONS}
-    dtype, merge, dropout = options.pop("dtype"), options.pop("merge"), options.pop("dropout")
-    return_sequences, return_carry = options.pop("return_sequences"), options.pop("return_carry")
-    if dtype is None:
-        dtype = jax.tree.leaves(stack)[0].dtype
-    stack = jax.tree.map(lambda a: jnp.asarray(a, dtype), stack)
-    x = jnp.asarray(x, dtype)
-    batch_shape = tuple(x.shape[:-2])
-    carries = initial_carry
-    if carries is None and learned_h0 is not None:
-        carries = tuple(
-            tuple(jnp.broadcast_to(jnp.asarray(h0, dtype), (*batch_shape, h0.shape[-1])) for h0 in row)
-            for row in learned_h0
-        )
-    finals, hs = stacked_rnn(
-        GRU(), stack, x, carries, merge=merge, dropout=dropout, dropout_key=dropout_key, **options, **data
-    )
-    output = hs
-    if not return_sequences:
-        last = finals[-1]
-        output = last[0] if len(last) == 1 else merge_directions(last[0], last[1], merge)
-    return (finals, output) if return_carry else output

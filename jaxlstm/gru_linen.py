@@ -10,48 +10,33 @@ direction.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import module_input
-from .cells.gru import GRUParams
-from .gru import LAYER_OPTIONS, gru_cell, run_gru_layers
-from .layer import LayerConfig, RecurrentLayerFields, cell_name, check_stateful_carry, dropout_key
+from .cells.gru import GRUParams, torch_uniform
+from .gru import gru_cell
+from .gru_layer import run_module, shared_config
+from .layer import RecurrentLayerFields, cast, cell_name, dropout_key
 from .rnn_stack import merged_size
 
 __all__ = ["GRU", "GRUCell"]
 
 
-def _uniform(hidden_size: int):
-    """PyTorch's GRU initialiser: U(−1/√H, 1/√H), drawn in float32 and cast."""
-    bound = 1.0 / hidden_size**0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
-
-    return init
-
-
 def _weights(module: nn.Module, input_size: int, features: int, param_dtype) -> GRUParams:
-    init = _uniform(features)
+    def init(key, shape, dtype=jnp.float32):
+        return torch_uniform(key, shape, features, dtype)
+
     return GRUParams(
         module.param("w_ih", init, (input_size, 3 * features), param_dtype),
         module.param("w_hh", init, (features, 3 * features), param_dtype),
         module.param("b_ih", init, (3 * features,), param_dtype),
         module.param("b_hh", init, (3 * features,), param_dtype),
     )
-
-
-def _cast(tree, x, dtype):
-    """Params and input in the computation dtype (``computation_dtype``); bool and integer inputs cast to it."""
-    dtype = computation_dtype(dtype, x, jax.tree.leaves(tree)[0].dtype)
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree), jnp.asarray(x, dtype)
 
 
 class GRUCell(nn.RNNCellBase):
@@ -89,7 +74,7 @@ class GRUCell(nn.RNNCellBase):
         _checks.float_dtype(self.param_dtype, "param_dtype")
         module_input(inputs, "inputs")
         params = _weights(self, inputs.shape[-1], features, self.param_dtype)
-        params, inputs = _cast(params, inputs, self.dtype)
+        params, inputs = cast(params, inputs, self.dtype)
         new = gru_cell(params, carry.astype(inputs.dtype), inputs)[0]
         return new, new
 
@@ -119,52 +104,6 @@ class _Weights(nn.Module):
         if self.learn_initial_carry:
             h0 = self.param("h0", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
         return params, h0
-
-
-# The GRU layer's options: a recurrent layer's (jaxlstm.layer.RecurrentLayerFields, declared there), validated
-# by the LSTM's own rules (jaxlstm.layer.LayerConfig).
-SHARED_OPTIONS = tuple(name for name in RecurrentLayerFields.__dataclass_fields__ if name != "features")
-
-
-def shared_config(module) -> LayerConfig:
-    """The ``LayerConfig`` of a GRU module's options that the LSTM has too (checked as ``jl.LSTM`` checks them:
-    the same errors, stateful with bidirectional or reverse refused)."""
-    return LayerConfig(module.features, **{name: getattr(module, name) for name in SHARED_OPTIONS})
-
-
-def computation_dtype(dtype, x, params_dtype):
-    """``dtype`` if given, else the wider of ``x``'s and the parameters' dtypes, as ``jl.LSTM``
-    (``jaxlstm.layer.cast``) and Flax's cells: float32 inputs to bfloat16 parameters compute in float32."""
-    if dtype is not None:
-        return jnp.dtype(dtype)
-    with jax.numpy_dtype_promotion("standard"):  # the wider of the two, whatever the user's promotion mode
-        return jnp.promote_types(jnp.asarray(x).dtype, params_dtype)
-
-
-def run_module(layer, stack, x, stored, *, learned_h0, initial_carry, dropout_key, **data):
-    """The call of ``jl.GRU`` and ``jl.nnx.GRU`` (Flax-free): ``run_gru_layers`` with the computation dtype
-    of ``computation_dtype``; returns ``(final_carries, result)``, the carries for a stateful module to keep.
-
-    It starts from ``initial_carry`` if given, else from ``stored`` (the carry a stateful module kept from
-    its last call, ``[layer][direction]`` → ``h`` ``(*batch, H)``), else from the learned ``h0`` (H,) or
-    zeros; resets restart from ``initial_carry`` if given, else from the learned ``h0`` or zeros (never
-    from the stored carry), as ``jaxlstm.layer.start_carries`` for the LSTM."""
-    options = SimpleNamespace(**{name: getattr(layer, name) for name in LAYER_OPTIONS})
-    options.dtype = computation_dtype(layer.dtype, x, jax.tree.leaves(stack)[0].dtype)
-    options.return_carry = True
-    if initial_carry is None and stored is not None:
-        batch_shape = tuple(x.shape[:-2])
-        check_stateful_carry(stored, batch_shape)
-        zeros = tuple(tuple(jnp.zeros((layer.features,)) for _ in row) for row in stack)
-        data["reset_carries"] = tuple(
-            tuple(jnp.broadcast_to(jnp.asarray(h0, options.dtype), (*batch_shape, layer.features)) for h0 in row)
-            for row in (zeros if learned_h0 is None else learned_h0)
-        )
-        initial_carry = stored
-    finals, output = run_gru_layers(
-        options, stack, x, learned_h0=learned_h0, initial_carry=initial_carry, dropout_key=dropout_key, **data
-    )
-    return finals, ((finals, output) if layer.return_carry else output)
 
 
 class GRU(RecurrentLayerFields, nn.Module):

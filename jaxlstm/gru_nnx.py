@@ -2,10 +2,8 @@
 and ``jl.nnx.GRUCell``.
 
 The same parameters and the same call as the linen modules (``jaxlstm.gru_linen``), both running
-``jaxlstm.gru.run_gru_layers``: ``model.layer_0.w_ih`` (D, 3H), ``w_hh`` (H, 3H), ``b_ih``, ``b_hh`` (3H,),
-``model.layer_0_reverse`` for the backward direction. Imports not ``jaxlstm.linen``; from
-``jaxlstm.gru_linen`` only its Flax-free helpers (``shared_config``, ``run_module``, ``computation_dtype``; ``flax.linen`` is
-loaded by ``import flax`` anyway).
+``jaxlstm.gru_layer.run_module``: ``model.layer_0.w_ih`` (D, 3H), ``w_hh`` (H, 3H), ``b_ih``, ``b_hh`` (3H,),
+``model.layer_0_reverse`` for the backward direction. Imports neither ``jaxlstm.linen`` nor ``jaxlstm.gru_linen``.
 """
 
 from __future__ import annotations
@@ -19,10 +17,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import module_input
-from .cells.gru import GRUParams
+from .cells.gru import GRUParams, torch_uniform
 from .gru import gru_cell
-from .gru_linen import SHARED_OPTIONS, computation_dtype, run_module, shared_config
-from .layer import LayerConfig, cell_name, draws_masks, dropout_key
+from .gru_layer import SHARED_OPTIONS, run_module, shared_config
+from .layer import LayerConfig, cell_name, computation_dtype, draws_masks, dropout_key
 from .nnx_carry import Carry as Carry
 from .nnx_carry import reset_kept_carry
 from .rnn_stack import merged_size
@@ -41,22 +39,16 @@ def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
 
 
 
-def _uniform(key, shape, hidden_size: int, dtype):
-    """PyTorch's GRU initialiser: U(−1/√H, 1/√H), drawn in float32 and cast."""
-    bound = 1.0 / hidden_size**0.5
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
-
-
 class _GRUWeights(nnx.Module):
     """One layer and direction's ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (and a learned ``h0``)."""
 
     def __init__(self, in_features: int, features: int, *, param_dtype, learn_initial_carry: bool, rngs: nnx.Rngs):
         _check_rngs(rngs)
         gates = 3 * features
-        self.w_ih = nnx.Param(_uniform(rngs.params(), (in_features, gates), features, param_dtype))
-        self.w_hh = nnx.Param(_uniform(rngs.params(), (features, gates), features, param_dtype))
-        self.b_ih = nnx.Param(_uniform(rngs.params(), (gates,), features, param_dtype))
-        self.b_hh = nnx.Param(_uniform(rngs.params(), (gates,), features, param_dtype))
+        self.w_ih = nnx.Param(torch_uniform(rngs.params(), (in_features, gates), features, param_dtype))
+        self.w_hh = nnx.Param(torch_uniform(rngs.params(), (features, gates), features, param_dtype))
+        self.b_ih = nnx.Param(torch_uniform(rngs.params(), (gates,), features, param_dtype))
+        self.b_hh = nnx.Param(torch_uniform(rngs.params(), (gates,), features, param_dtype))
         if learn_initial_carry:
             self.h0 = nnx.Param(jnp.zeros((features,), param_dtype))
 

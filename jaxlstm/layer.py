@@ -65,6 +65,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks
 from .cell import INIT_SCHEMES, LSTMCarry, LSTMParams, state_dtype
+from .cells.gru import GRUParams
 from .engine import SequenceSettings
 from .options import LSTMSettings, StackOptions, StackSettings, check_names, option_names
 from .rnn_stack import check_reverse, merged_size
@@ -75,6 +76,7 @@ __all__ = [
     "LayerConfig",
     "cell_name",
     "cast",
+    "computation_dtype",
     "check_input",
     "fresh_carries",
     "start_carries",
@@ -279,18 +281,25 @@ def check_input(x, input_size: int | None = None) -> None:
     _checks.inputs(x, input_size, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
 
 
-_Params = TypeVar("_Params", bound="LSTMParams | VariantParams")
+_Params = TypeVar("_Params", bound="LSTMParams | VariantParams | GRUParams")
+
+
+def computation_dtype(dtype, x, params_dtype):
+    """The rule, once, for the LSTM and GRU modules: ``dtype`` if given, else the wider of ``x``'s and the
+    parameters' dtypes (Flax's ``dtype`` convention): float32 inputs to bfloat16 parameters compute in float32."""
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    with jax.numpy_dtype_promotion("standard"):  # the wider of the two, whatever the user's promotion mode
+        return jnp.promote_types(jnp.asarray(x).dtype, params_dtype)
 
 
 def cast(params: _Params, xs: Array, dtype) -> tuple[_Params, Array]:
-    """Casts params and inputs to the computation dtype (Flax's ``dtype`` convention).
+    """Casts params and inputs to the computation dtype (``computation_dtype`` of ``xs`` and ``params.w_ih``).
 
-    ``dtype=None``: the wider of ``xs``' and ``params.w_ih``'s dtypes. Works
-    for ``VariantParams`` too (its ``None`` fields stay ``None``).
+    Works for ``VariantParams`` and ``GRUParams`` too (``None`` fields stay ``None``); bool and integer
+    inputs are cast as well.
     """
-    if dtype is None:
-        with jax.numpy_dtype_promotion("standard"):  # the wider of the two, whatever the user's promotion mode
-            dtype = jnp.promote_types(xs.dtype, params.w_ih.dtype)
+    dtype = computation_dtype(dtype, xs, params.w_ih.dtype)
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), params), jnp.asarray(xs, dtype)
 
 

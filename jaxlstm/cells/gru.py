@@ -25,7 +25,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .. import _checks
 from .base import Cell
 
-__all__ = ["GRU", "GRUParams"]
+__all__ = ["GRU", "GRUParams", "torch_uniform"]
 
 
 class GRUParams(NamedTuple):
@@ -59,6 +59,13 @@ def _row(vector, like):
     return jnp.expand_dims(vector.astype(like.dtype), tuple(range(like.ndim - 1)))
 
 
+def torch_uniform(key: PRNGKeyArray, shape: tuple[int, ...], hidden_size: int, dtype=jnp.float32) -> Array:
+    """PyTorch's GRU initialiser, the one rule of every GRU weight here: U(−1/√H, 1/√H), drawn in float32
+    and cast to ``dtype``."""
+    bound = 1.0 / hidden_size**0.5
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+
 @dataclass(frozen=True)
 class GRU(Cell):
     """The GRU cell for ``jaxlstm.rnn``: 3 gates, the carry is ``h`` ``(*batch, H)``.
@@ -76,12 +83,9 @@ class GRU(Cell):
         input_size = _checks.positive_int(input_size, "input_size")
         hidden_size = _checks.positive_int(hidden_size, "hidden_size")
         dtype = _checks.float_dtype(dtype, "dtype")
-        bound = 1.0 / hidden_size**0.5
         shapes = ((input_size, 3 * hidden_size), (hidden_size, 3 * hidden_size), (3 * hidden_size,), (3 * hidden_size,))
         keys = jax.random.split(key, 4)
-        return GRUParams(
-            *(jax.random.uniform(k, s, jnp.float32, -bound, bound).astype(dtype) for k, s in zip(keys, shapes))
-        )
+        return GRUParams(*(torch_uniform(k, s, hidden_size, dtype) for k, s in zip(keys, shapes, strict=True)))
 
     def check_params(self, params: GRUParams) -> None:
         gates = 3 * params.w_hh.shape[0]
