@@ -21,29 +21,18 @@ from .cells.gru import GRUParams, torch_uniform
 from .gru import gru_cell
 from .gru_layer import SHARED_OPTIONS, run_module, shared_config
 from .layer import LayerConfig, cell_name, computation_dtype, draws_masks, dropout_key
-from .nnx_carry import Carry as Carry
-from .nnx_carry import reset_kept_carry
+from .nnx_layer import Carry as Carry
+from .nnx_layer import call_dropout_key, check_rngs, dropout_stream, reset_kept_carry
 from .rnn_stack import merged_size
 
 __all__ = ["GRU", "GRUCell", "Carry"]
-
-
-def _check_rngs(rngs) -> None:
-    if not isinstance(rngs, nnx.Rngs):
-        raise TypeError(f"rngs must be an nnx.Rngs, e.g. rngs=nnx.Rngs(0), got {_checks.described(rngs)}")
-
-
-def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
-    return "dropout" in rngs or "default" in rngs
-
-
 
 
 class _GRUWeights(nnx.Module):
     """One layer and direction's ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (and a learned ``h0``)."""
 
     def __init__(self, in_features: int, features: int, *, param_dtype, learn_initial_carry: bool, rngs: nnx.Rngs):
-        _check_rngs(rngs)
+        check_rngs(rngs)
         gates = 3 * features
         self.w_ih = nnx.Param(torch_uniform(rngs.params(), (in_features, gates), features, param_dtype))
         self.w_hh = nnx.Param(torch_uniform(rngs.params(), (features, gates), features, param_dtype))
@@ -164,7 +153,7 @@ class GRU(nnx.Module):
         for name in SHARED_OPTIONS:
             setattr(self, name, getattr(config, name))
         self.deterministic = _checks.flag(deterministic, "deterministic")
-        _check_rngs(rngs)
+        check_rngs(rngs)
         if config.stateful:  # only a stateful layer keeps a carry (none in nnx.state or checkpoints otherwise)
             self.carry = Carry(None)
         width = merged_size(self.features, config.num_directions, config.merge)
@@ -179,7 +168,7 @@ class GRU(nnx.Module):
                 )
                 setattr(self, cell_name(layer, direction), weights)
         may_draw = draws_masks(config, deterministic=False)
-        self.rngs = nnx.data(rngs["dropout"].fork() if may_draw and _has_dropout_stream(rngs) else None)
+        self.rngs = dropout_stream(rngs, may_draw)
 
     def _cells(self) -> list[list[_GRUWeights]]:
         directions = 2 if self.bidirectional else 1
@@ -207,14 +196,6 @@ class GRU(nnx.Module):
 
         reset_kept_carry(self, self.stateful, batch_shape, rows, fresh)
 
-    def _dropout_key(self, rngs: nnx.Rngs | jax.Array | None) -> jax.Array | None:
-        """The call's key: from its ``rngs``, else from the module's own stream; ``None`` if neither has one."""
-        if isinstance(rngs, nnx.Rngs):
-            return rngs.dropout() if _has_dropout_stream(rngs) else None
-        if rngs is not None:
-            return _checks.prng_key(rngs, "rngs", see=" (or an nnx.Rngs with a 'dropout' stream)")
-        return None if self.rngs is None else self.rngs()
-
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
@@ -231,7 +212,7 @@ class GRU(nnx.Module):
         _checks.inputs(x, self.in_features, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
         config = shared_config(self)
         deterministic = self.deterministic if deterministic is None else deterministic
-        key = dropout_key(config, deterministic, lambda: self._dropout_key(rngs))
+        key = dropout_key(config, deterministic, lambda: call_dropout_key(rngs, self.rngs))
         stack = tuple(tuple(cell.params for cell in row) for row in self._cells())
         if config.stateful and not hasattr(self, "carry"):  # made stateful after construction
             self.carry = Carry(None)

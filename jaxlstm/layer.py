@@ -74,6 +74,7 @@ from .variants import RATES, LSTMVariant, VariantParams, is_training
 
 __all__ = [
     "LayerConfig",
+    "LayerViews",
     "cell_name",
     "cast",
     "computation_dtype",
@@ -173,6 +174,30 @@ class LayerFields(LSTMSettings, RecurrentLayerFields):
 @dataclass(frozen=True)
 class _Frozen:
     """A frozen base: a dataclass may be frozen over non-frozen bases only when one of them is frozen."""
+
+
+class LayerViews:
+    """The sizes an LSTM layer module (``jl.LSTM``, ``jl.nnx.LSTM``) derives from its options, read through
+    ``config``: written once for both."""
+
+    @property
+    def config(self) -> LayerConfig:
+        """This module's options (its attributes of those names) as a validated ``LayerConfig``."""
+        return LayerConfig.of(self)
+
+    @property
+    def num_directions(self) -> int:
+        return self.config.num_directions
+
+    @property
+    def recurrent_size(self) -> int:
+        """R, the size of each direction's ``h`` and output: ``variant.proj_size`` if set, else ``features``."""
+        return self.config.recurrent_size
+
+    @property
+    def output_size(self) -> int:
+        """F, the width of the output: 2·R for bidirectional "concat", else R."""
+        return self.config.output_size
 
 
 # The layer's options that are jl.stacked_lstm's (jaxlstm.options.StackOptions), checked there.

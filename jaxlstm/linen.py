@@ -26,7 +26,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
-from .layer import LayerConfig, LayerFields, cast, check_input, dropout_key, run
+from .layer import LayerConfig, LayerFields, LayerViews, cast, check_input, dropout_key, run
 from .layer import cell_name as cell_name
 from .stack import StackCarry
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
@@ -237,7 +237,7 @@ def _weight_modules(config: LayerConfig) -> list[list[LSTMCell | VariantWeights]
     ]
 
 
-class LSTM(LayerFields, nn.Module):
+class LSTM(LayerViews, LayerFields, nn.Module):
     """An LSTM layer, or a stack of them, over whole sequences (batch-first).
 
     There is one cell per layer and direction, applied to every time step;
@@ -279,24 +279,6 @@ class LSTM(LayerFields, nn.Module):
         super().__post_init__()
         LayerConfig.of(self)  # a bad option fails where the module is built
 
-    @property
-    def config(self) -> LayerConfig:
-        """This module's options as a validated ``jaxlstm.layer.LayerConfig``."""
-        return LayerConfig.of(self)
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def recurrent_size(self) -> int:
-        """R, the size of each direction's ``h`` and output: ``variant.proj_size`` if set, else ``features``."""
-        return self.config.recurrent_size
-
-    @property
-    def output_size(self) -> int:
-        """F, the width of the output: 2·R for bidirectional "concat", else R."""
-        return self.config.output_size
 
     @nn.compact
     def __call__(

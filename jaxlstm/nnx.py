@@ -28,6 +28,7 @@ from .gru_nnx import GRU as GRU  # noqa: E402  (the GRU's NNX modules, jl.nnx.GR
 from .gru_nnx import GRUCell as GRUCell  # noqa: E402
 from .layer import (
     LayerConfig,
+    LayerViews,
     cast,
     cell_name,
     check_input,
@@ -36,14 +37,12 @@ from .layer import (
     fresh_carries,
     run,
 )
-from .nnx_carry import Carry as Carry
-from .nnx_carry import reset_kept_carry
+from .nnx_layer import Carry as Carry
+from .nnx_layer import call_dropout_key, check_rngs, dropout_stream, reset_kept_carry
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, check_variant, variant_initializers, variant_param_shapes
 
 __all__ = ["LSTM", "LSTMCell", "VariantWeights", "Carry", "GRU", "GRUCell"]
-
-
 
 
 class LSTMCell(nnx.Module):
@@ -114,7 +113,7 @@ class LSTMCell(nnx.Module):
         _checks.activation(activation_fn, "activation_fn")
         learn_initial_carry = _checks.flag(learn_initial_carry, "learn_initial_carry")
         _checks.initializer(carry_init, "carry_init", "jax.nn.initializers.zeros")
-        _check_rngs(rngs)
+        check_rngs(rngs)
         init_w_ih, init_w_hh, init_b = initializers(
             init_scheme,
             features,
@@ -188,7 +187,7 @@ class VariantWeights(nnx.Module):
         variant.check_hidden_size(features, "features")
         _checks.float_dtype(param_dtype, "param_dtype")
         learn_initial_carry = _checks.flag(learn_initial_carry, "learn_initial_carry")
-        _check_rngs(rngs)
+        check_rngs(rngs)
         inits = variant_initializers(init_scheme, features, argument="init_scheme")
         self.in_features, self.features, self.variant = in_features, features, variant
         if learn_initial_carry:
@@ -204,7 +203,7 @@ class VariantWeights(nnx.Module):
         return VariantParams(**{name: getattr(self, name)[...] for name in names})
 
 
-class LSTM(nnx.Module):
+class LSTM(LayerViews, nnx.Module):
     """An LSTM layer, or a stack of them, over whole sequences (batch-first).
 
     The NNX twin of ``jaxlstm.LSTM`` (linen): same options, same numbers.
@@ -258,7 +257,7 @@ class LSTM(nnx.Module):
         config = LayerConfig.from_options(features, options, "jl.nnx.LSTM")
         self.in_features = _checks.positive_int(in_features, "in_features")
         deterministic = _checks.flag(deterministic, "deterministic")
-        _check_rngs(rngs)
+        check_rngs(rngs)
         for name in LayerConfig.names():
             setattr(self, name, getattr(config, name))
         self.deterministic = deterministic
@@ -269,26 +268,8 @@ class LSTM(nnx.Module):
                 cell = _make_cell(config, config.layer_input_size(layer, self.in_features), rngs)
                 setattr(self, cell_name(layer, direction), cell)
         may_draw = draws_masks(config, deterministic=False)
-        self.rngs = nnx.data(rngs["dropout"].fork() if may_draw and _has_dropout_stream(rngs) else None)
+        self.rngs = dropout_stream(rngs, may_draw)
 
-    @property
-    def config(self) -> LayerConfig:
-        """This module's options (its attributes of those names) as a validated ``jaxlstm.layer.LayerConfig``."""
-        return LayerConfig.of(self)
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def recurrent_size(self) -> int:
-        """R, the size of each direction's ``h`` and output: ``variant.proj_size`` if set, else ``features``."""
-        return self.config.recurrent_size
-
-    @property
-    def output_size(self) -> int:
-        """F, the width of the output: 2·R for bidirectional "concat", else R."""
-        return self.config.output_size
 
     def _cells(self) -> list[list[LSTMCell | VariantWeights]]:
         return [
@@ -331,14 +312,6 @@ class LSTM(nnx.Module):
         if not self.config.learn_initial_carry:
             return None
         return tuple(tuple(LSTMCarry(cell.h0[...], cell.c0[...]) for cell in row) for row in self._cells())
-
-    def _dropout_key(self, rngs: nnx.Rngs | jax.Array | None) -> jax.Array | None:
-        """The call's key: from its ``rngs``, else from the module's own stream; ``None`` if neither has one."""
-        if isinstance(rngs, nnx.Rngs):
-            return rngs.dropout() if _has_dropout_stream(rngs) else None
-        if rngs is not None:
-            return _checks.prng_key(rngs, "rngs", see=" (or an nnx.Rngs with a 'dropout' stream)")
-        return None if self.rngs is None else self.rngs()
 
     def __call__(
         self,
@@ -399,7 +372,7 @@ class LSTM(nnx.Module):
             initial_carry=initial_carry,
             learned=self._learned(),
             stored=self.carry.get_value() if config.stateful else None,
-            dropout_key=dropout_key(config, deterministic, lambda: self._dropout_key(rngs)),
+            dropout_key=dropout_key(config, deterministic, lambda: call_dropout_key(rngs, self.rngs)),
         )
         if config.stateful:
             self.carry.set_value(carries)
@@ -420,17 +393,6 @@ def _hidden_size(hidden_features, features) -> int:
     if hidden_features is not None:
         return _checks.positive_int(hidden_features, "hidden_features")
     return _checks.positive_int(features, "features")
-
-
-def _check_rngs(rngs) -> None:
-    """The constructors' ``rngs``: an ``nnx.Rngs`` (required, as in Flax's own NNX layers)."""
-    if not isinstance(rngs, nnx.Rngs):
-        hint = f"; for a seed, pass nnx.Rngs({rngs!r})" if isinstance(rngs, int) and not isinstance(rngs, bool) else ""
-        raise TypeError(f"rngs must be an nnx.Rngs, e.g. nnx.Rngs(0), got {type(rngs).__name__}{hint}")
-
-
-def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
-    return "dropout" in rngs or "default" in rngs
 
 
 def _make_cell(config: LayerConfig, input_size: int, rngs: nnx.Rngs) -> LSTMCell | VariantWeights:

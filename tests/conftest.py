@@ -132,7 +132,7 @@ SLOW = (
     "tests/test_input_sweep.py::test_every_bad_argument_of_every_entry_point_gets_a_clear_error",
     "tests/test_input_classes.py::test_numpy_true_means_true_in_the_functional_core_linen_and_nnx",
     "tests/test_input_classes.py::test_numpy_and_jax_bools_mean_what_python_bools_mean",
-    "tests/test_nnx_carry.py",
+    "tests/test_nnx_layer.py",
     "README.md::README.md",
 )
 

@@ -1,5 +1,10 @@
-"""``jaxlstm.nnx.Carry``: the variable type of the carry a ``stateful=True`` NNX layer keeps, one class
-for every cell (``jl.nnx.LSTM`` and ``jl.nnx.GRU``), so ``nnx.state(model, jl.nnx.Carry)`` finds them all."""
+"""What every NNX layer shares (``jl.nnx.LSTM`` and ``jl.nnx.GRU``), written once:
+
+* ``Carry`` (``jaxlstm.nnx.Carry``): the variable type of the carry a ``stateful=True`` layer keeps, one
+  class for every cell, so ``nnx.state(model, jl.nnx.Carry)`` finds them all; ``reset_kept_carry``;
+* the rngs rules: ``check_rngs`` (the constructors' ``rngs``), ``dropout_stream`` (the stream a layer
+  keeps for its masks) and ``call_dropout_key`` (a call's key: its ``rngs``, else the layer's stream).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from flax import nnx
 from . import _checks
 from .layer import check_stateful_carry
 
-__all__ = ["Carry", "reset_kept_carry"]
+__all__ = ["Carry", "reset_kept_carry", "check_rngs", "dropout_stream", "call_dropout_key"]
 
 
 class Carry(nnx.Variable):
@@ -56,3 +61,33 @@ def reset_kept_carry(module: nnx.Module, stateful: bool, batch_shape, rows, fres
             restart = rows[..., None]
             new = jax.tree.map(lambda kept_new, old: jnp.where(restart, kept_new.astype(old.dtype), old), new, stored)
     carry.set_value(new)
+
+
+# ----------------------------------------------------------------------------- rngs
+
+
+def check_rngs(rngs) -> None:
+    """The constructors' ``rngs``: an ``nnx.Rngs`` (required, as in Flax's own NNX layers)."""
+    if not isinstance(rngs, nnx.Rngs):
+        hint = f"; for a seed, pass nnx.Rngs({rngs!r})" if isinstance(rngs, int) and not isinstance(rngs, bool) else ""
+        raise TypeError(f"rngs must be an nnx.Rngs, e.g. nnx.Rngs(0), got {type(rngs).__name__}{hint}")
+
+
+def _has_dropout_stream(rngs: nnx.Rngs) -> bool:
+    return "dropout" in rngs or "default" in rngs
+
+
+def dropout_stream(rngs: nnx.Rngs, may_draw: bool):
+    """The stream a layer keeps for its masks (``nnx.data``): a fork of ``rngs``' ``'dropout'`` stream (else
+    ``'default'``) when the layer ``may_draw`` masks and ``rngs`` has one, else ``None``."""
+    return nnx.data(rngs["dropout"].fork() if may_draw and _has_dropout_stream(rngs) else None)
+
+
+def call_dropout_key(rngs: nnx.Rngs | jax.Array | None, own) -> jax.Array | None:
+    """A call's key: from its ``rngs`` (an ``nnx.Rngs`` or a key), else from the layer's own stream ``own``
+    (``dropout_stream``'s); ``None`` if neither has one."""
+    if isinstance(rngs, nnx.Rngs):
+        return rngs.dropout() if _has_dropout_stream(rngs) else None
+    if rngs is not None:
+        return _checks.prng_key(rngs, "rngs", see=" (or an nnx.Rngs with a 'dropout' stream)")
+    return None if own is None else own()
