@@ -279,20 +279,24 @@ def _probe(loop: Loop, small, saved_example, d_example, steps_example: Steps) ->
     return _Gradients(found["shared"], tuple((name, shapes[name].shape[-1]) for name in cell.row_weights))
 
 
-def _backward_step(loop: Loop, params, small, saved, layout, grads: _Gradients, d_hs, rec_keep):
+def _backward_step(loop: Loop, params, small, saved, layout, grads: _Gradients, d_hs, steps: Steps, rec_keep):
     """The backward loop's step: the carry's cotangent one step back, and the step's gradients of the
-    matmuls' outputs (and of the row weights' products) written into the chunk's buffers."""
+    matmuls' outputs (and of the row weights' products) written into the chunk's buffers.
+
+    It reads everything of step ``t``, ``steps`` too, with ``at`` (a gather), and the scan slices only
+    ``t``: no ``lax.dynamic_slice`` of JAX's beside those XLA makes (``at``'s docstring: an XLA:CPU bug)."""
     cell, compute, w_hh_t = loop.cell, params.w_hh.dtype, params.w_hh.T
     h_prev_buffer, *saved = saved
     premask = bool(jax.tree.leaves(_summed(cell, small)))  # summed over rows: rows that don't count add 0
 
-    def step(state, inputs):
+    def step(state, t):
         d_carry, d_initial, d_small, grads_chunk, first = state
-        t, steps_t, zero_out = inputs
+        steps_t = steps.map(lambda a: at(a, t, axis=0))
         valid_t, reset_t = steps_t.valid, steps_t.reset
         saved_t = _saved_tree(layout, [at(buffer, t) for buffer in saved], at(h_prev_buffer, t))
-        # d_hs None: no loss reads the outputs; the chunk's scan then hands each step zeros (zero_out)
-        d_out = zero_out if d_hs is None else at(d_hs, t)
+        h_shape = (h_prev_buffer.shape[0], *h_prev_buffer.shape[2:])
+        # d_hs None: no loss reads the outputs, whose cotangents are zeros
+        d_out = jnp.zeros(h_shape, h_prev_buffer.dtype) if d_hs is None else at(d_hs, t)
         if valid_t is None:
             d_total = d_new = add_to_hidden(cell, d_carry, d_out)
         else:
@@ -341,7 +345,7 @@ def fused_backward(loop: Loop, residuals, cotangents):
     saved_buffers = _saved_tree(layout, saved[1:], h_prev)
     example = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape[2:]), a.dtype), saved_buffers)
     grads = _probe(loop, small, example, d_final, steps.step(0))
-    step = _backward_step(loop, params, small, saved, layout, grads, d_hs, rec_keep)
+    step = _backward_step(loop, params, small, saved, layout, grads, d_hs, steps, rec_keep)
     widths = (width,) * (1 if grads.shared else 2) + tuple(w for _, w in grads.rows)
     w_ih_t = _weight_transposed(params.w_ih, compute, cell.num_gates)
 
@@ -349,11 +353,10 @@ def fused_backward(loop: Loop, residuals, cotangents):
         d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias, d_rows), d_xs = state
         steps_c = steps.slice(first, length)
         grads_chunk = tuple(jnp.zeros((n, length, w), wide) for w in widths)
-        zero_outs = None if d_hs is not None else jnp.zeros((length, n, h_prev.shape[-1]), h_prev.dtype)
         (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
             (d_carry, d_initial, d_small, grads_chunk, first),
-            (first + jnp.arange(length, dtype=jnp.int32), steps_c, zero_outs),
+            first + jnp.arange(length, dtype=jnp.int32),
             reverse=not loop.reverse,
             unroll=loop.unroll,
         )

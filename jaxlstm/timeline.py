@@ -148,9 +148,24 @@ def chunk_steps(time, steps: int) -> int:
     return max(1, min(time, steps)) if isinstance(time, int) else 1
 
 
-def at(array, t):
-    """Step ``t`` of a batch-first ``(N, T, ...)`` array: ``(N, ...)``."""
-    return jax.lax.dynamic_index_in_dim(array, t, axis=1, keepdims=False)
+def at(array, t, axis: int = 1):
+    """Step ``t`` (a traced int32) of a batch-first ``(N, T, ...)`` array, ``(N, ...)`` (or of any array
+    along ``axis``: ``axis=0`` for ``Steps``' time-major ones).
+
+    Read with a one-index gather, which XLA turns back into the dynamic slice it is, not with
+    ``lax.dynamic_slice``: XLA names the slices it makes itself ``dynamic-slice.N`` and JAX's own
+    ``dynamic_slice.N``, and XLA:CPU's fusion emitter (jaxlib 0.10.2) names a fusion's functions after
+    its instructions with ``-`` made ``_``. A fusion holding JAX's ``dynamic_slice.111`` and XLA's
+    ``dynamic-slice.111`` then emits two functions of one name and fails ("Failed to translate module
+    to LLVM IR"): ``jax.hessian`` of a loss with ``seq_lengths`` did, its ``vmap`` turning the
+    backward loop's reads of tangents into gathers, which XLA made ``dynamic-slice``, beside the same
+    loop's reads of primal values. Read as gathers, all of them come out of XLA, named by one counter.
+    """
+    dims = jax.lax.GatherDimensionNumbers(
+        offset_dims=tuple(range(array.ndim - 1)), collapsed_slice_dims=(axis,), start_index_map=(axis,)
+    )
+    sizes = (*array.shape[:axis], 1, *array.shape[axis + 1 :])
+    return jax.lax.gather(array, jnp.reshape(t, (1,)), dims, sizes, mode=jax.lax.GatherScatterMode.CLIP)
 
 
 def put(array, value, t):

@@ -43,21 +43,14 @@ def test_forward_mode_hessian_and_vmap_equal_the_autodiff_path(name):
             "vmap of grad": lambda f: jax.vmap(jax.grad(lambda x: jnp.sum(f(params, x))))(jnp.stack([xs, -xs])),
         }
         for check_name, check in checks.items():
-            if check_name == "jit of hessian" and variant is None:
-                continue  # an XLA:CPU bug: test_jit_of_hessian_of_the_final_carry_with_seq_lengths below
             fused, autodiff = check(last("fused")), check(last("autodiff"))
             for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(autodiff), strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"{name}: {check_name}")
 
 
-@pytest.mark.xfail(
-    raises=jax.errors.JaxRuntimeError,
-    strict=True,
-    reason="XLA:CPU (jaxlib 0.10.2) fusion emitter bug: 'Failed to translate module to LLVM IR' for the plain "
-    "cell's forward-over-reverse through the fused backward loop with seq_lengths; compiles with "
-    "XLA_FLAGS=--xla_cpu_use_fusion_emitters=false (docs/performance.md)",
-)
 def test_jit_of_hessian_of_the_final_carry_with_seq_lengths():
+    """XLA:CPU (jaxlib 0.10.2) failed to compile it ("Failed to translate module to LLVM IR") while the
+    backward loop read steps with lax.dynamic_slice: jaxlstm.timeline.at's docstring."""
     with jax.enable_x64(True):
         params, xs = _setup(None, jnp.float64)
         lengths = jnp.asarray([5, 3])
