@@ -298,11 +298,11 @@ class LSTM(LayerViews, LayerFields, nn.Module):
                 features each (one cell reads one ``(*batch, D)`` slice per
                 step). Floating, or bool/integer (cast to the computation dtype,
                 as Flax's modules cast them).
-            seq_lengths, mask, resets: the call's sequences, ``(*batch,)`` and
-                ``(*batch, T)``, as documented once in ``jaxlstm.engine.SequenceData``
-                (the backward direction starts at each sequence's own last valid
-                step); resets restart the carry from ``initial_carry`` if given,
-                else from the learned or zero carry.
+            seq_lengths: ``(*batch,)``, as ``jaxlstm.engine.SequenceData`` documents
+                it (the backward direction starts at each sequence's own last valid step).
+            mask: ``(*batch, T)``, as ``jaxlstm.engine.SequenceData`` documents it.
+            resets: ``(*batch, T)``, as ``jaxlstm.engine.SequenceData`` documents it; the
+                carry restarts from ``initial_carry`` if given, else from the learned or zero carry.
             initial_carry: the carries to start from, nested
                 ``[layer][direction]`` → ``LSTMCarry(h (*batch, R), c (*batch, H))``
                 (what ``return_carry=True`` returns); by default a stateful
