@@ -52,8 +52,9 @@ class SequenceData:
         mask: ``(*batch, T)`` bools, any pattern: a ``False`` step leaves the carry unchanged. With
             ``seq_lengths``, a step counts when both allow it.
         resets: ``(*batch, T)`` bools marking the first step of a new segment (several sequences packed
-            in one row): the carry restarts from ``reset_carry`` there. With ``reverse``, each segment is
-            read backward on its own.
+            in one row): the carry restarts from ``reset_carry`` there (a layer module's call: from its
+            ``initial_carry``, else the learned or zero carry). With ``reverse``, each segment is read
+            backward on its own.
         reset_carry: the carry a reset restarts from, ``(*batch, ·)`` leaves; by default the initial carry.
     """
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from . import _checks
 from .cell import module_input
@@ -22,6 +22,7 @@ from .cells.gru import GRUParams, torch_uniform
 from .gru import gru_cell
 from .gru_layer import run_module, shared_config
 from .layer import RecurrentLayerFields, cast, cell_name, dropout_key
+from .options import check_call_data, takes_call_data
 from .rnn_stack import merged_size
 
 __all__ = ["GRU", "GRUCell"]
@@ -141,15 +142,14 @@ class GRU(RecurrentLayerFields, nn.Module):
         shared_config(self)  # a bad option fails where the module is built, with jl.LSTM's message
 
     @nn.compact
+    @takes_call_data
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
         *,
-        seq_lengths: Int[Array, "*batch"] | None = None,
-        mask: Bool[Array, "*batch time"] | None = None,
-        resets: Bool[Array, "*batch time"] | None = None,
         initial_carry=None,
         deterministic: bool = True,
+        **data: Any,
     ):
         """Runs the layer (or stack): ``(*batch, T, D)`` → ``(*batch, T, F)`` (or ``(*batch, F)``)."""
         _checks.inputs(x, None, "x", min_rank=2, layout="(*batch, time, input)", allow_integers=True)
@@ -180,9 +180,7 @@ class GRU(RecurrentLayerFields, nn.Module):
             learned_h0=learned,
             initial_carry=initial_carry,
             dropout_key=key,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
+            **check_call_data(data, "jl.GRU"),
         )
         if self.stateful and not self.is_initializing() and self.is_mutable_collection("carry"):
             self.put_variable("carry", "state", carries)

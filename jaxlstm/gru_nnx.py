@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from . import _checks
 from .cell import module_input
@@ -23,6 +23,7 @@ from .gru_layer import SHARED_OPTIONS, run_module, shared_config
 from .layer import LayerConfig, cell_name, computation_dtype, draws_masks, dropout_key
 from .nnx_layer import Carry as Carry
 from .nnx_layer import call_dropout_key, check_rngs, dropout_stream, reset_kept_carry
+from .options import check_call_data, takes_call_data
 from .rnn_stack import merged_size
 
 __all__ = ["GRU", "GRUCell", "Carry"]
@@ -196,16 +197,15 @@ class GRU(nnx.Module):
 
         reset_kept_carry(self, self.stateful, batch_shape, rows, fresh)
 
+    @takes_call_data
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
         *,
-        seq_lengths: Int[Array, "*batch"] | None = None,
-        mask: Bool[Array, "*batch time"] | None = None,
-        resets: Bool[Array, "*batch time"] | None = None,
         initial_carry=None,
         deterministic: bool | None = None,
         rngs: nnx.Rngs | jax.Array | None = None,
+        **data: Any,
     ):
         """Runs the layer (or stack): ``(*batch, T, D)`` → ``(*batch, T, F)`` (or ``(*batch, F)``); a stateful
         layer starts from ``model.carry`` (unless ``initial_carry`` is given) and keeps its final carries there."""
@@ -224,9 +224,7 @@ class GRU(nnx.Module):
             learned_h0=self._learned(),
             initial_carry=initial_carry,
             dropout_key=key,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
+            **check_call_data(data, "jl.nnx.GRU"),
         )
         if config.stateful:
             self.carry.set_value(carries)

@@ -22,12 +22,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from . import _checks
 from .cell import INIT_SCHEMES, Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
 from .layer import LayerConfig, LayerFields, LayerViews, cast, check_input, dropout_key, run
 from .layer import cell_name as cell_name
+from .options import check_call_data, takes_call_data
 from .stack import StackCarry
 from .variants import LSTMVariant, VariantParams, variant_initializers, variant_param_shapes
 
@@ -281,15 +282,14 @@ class LSTM(LayerViews, LayerFields, nn.Module):
 
 
     @nn.compact
+    @takes_call_data
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
         *,
-        seq_lengths: Int[Array, "*batch"] | None = None,
-        mask: Bool[Array, "*batch time"] | None = None,
-        resets: Bool[Array, "*batch time"] | None = None,
         initial_carry: StackCarry | None = None,
         deterministic: bool = True,
+        **data: Any,
     ):
         """Runs the layer (or stack) over whole sequences.
 
@@ -298,16 +298,15 @@ class LSTM(LayerViews, LayerFields, nn.Module):
                 features each (one cell reads one ``(*batch, D)`` slice per
                 step). Floating, or bool/integer (cast to the computation dtype,
                 as Flax's modules cast them).
-            seq_lengths: ``(*batch,)``, as ``jaxlstm.engine.SequenceData`` documents
-                it (the backward direction starts at each sequence's own last valid step).
-            mask: ``(*batch, T)``, as ``jaxlstm.engine.SequenceData`` documents it.
-            resets: ``(*batch, T)``, as ``jaxlstm.engine.SequenceData`` documents it; the
-                carry restarts from ``initial_carry`` if given, else from the learned or zero carry.
+            seq_lengths, mask, resets: the call's sequences, ``(*batch,)`` and ``(*batch, T)``, as
+                ``jaxlstm.engine.SequenceData`` documents them (``help`` shows each); the backward
+                direction starts at each sequence's own last valid step.
             initial_carry: the carries to start from, nested
                 ``[layer][direction]`` → ``LSTMCarry(h (*batch, R), c (*batch, H))``
                 (what ``return_carry=True`` returns); by default a stateful
                 layer's kept carry, else the learned (``learn_initial_carry``)
-                or zero carry.
+                or zero carry. ``resets`` restart from it if given, else from the
+                learned or zero carry.
             deterministic: ``True`` (the default, inference): no dropout, and
                 zoneout as its expectation. ``False``: draw the dropout and
                 zoneout masks from the ``'dropout'`` rng
@@ -343,9 +342,7 @@ class LSTM(LayerViews, LayerFields, nn.Module):
             config,
             stack,
             x,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
+            **check_call_data(data, "jl.LSTM"),
             initial_carry=initial_carry,
             learned=learned,
             stored=stored,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from . import _checks
 from .cell import Activation, LSTMCarry, LSTMParams, initial_carry, initializers, lstm_cell, module_input
@@ -39,6 +39,7 @@ from .layer import (
 )
 from .nnx_layer import Carry as Carry
 from .nnx_layer import call_dropout_key, check_rngs, dropout_stream, reset_kept_carry
+from .options import check_call_data, takes_call_data
 from .stack import StackCarry, StackParams
 from .variants import LSTMVariant, VariantParams, check_variant, variant_initializers, variant_param_shapes
 
@@ -313,16 +314,15 @@ class LSTM(LayerViews, nnx.Module):
             return None
         return tuple(tuple(LSTMCarry(cell.h0[...], cell.c0[...]) for cell in row) for row in self._cells())
 
+    @takes_call_data
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
         *,
-        seq_lengths: Int[Array, "*batch"] | None = None,
-        mask: Bool[Array, "*batch time"] | None = None,
-        resets: Bool[Array, "*batch time"] | None = None,
         initial_carry: StackCarry | None = None,
         deterministic: bool | None = None,
         rngs: nnx.Rngs | jax.Array | None = None,
+        **data: Any,
     ):
         """Runs the layer (or stack) over whole sequences.
 
@@ -331,16 +331,15 @@ class LSTM(LayerViews, nnx.Module):
                 features each (one cell reads one ``(*batch, D)`` slice per
                 step). Floating, or bool/integer (cast to the computation dtype,
                 as Flax's modules cast them).
-            seq_lengths: ``(*batch,)``, as ``jaxlstm.engine.SequenceData`` documents
-                it (the backward direction starts at each sequence's own last valid step).
-            mask: ``(*batch, T)``, as ``jaxlstm.engine.SequenceData`` documents it.
-            resets: ``(*batch, T)``, as ``jaxlstm.engine.SequenceData`` documents it; the
-                carry restarts from ``initial_carry`` if given, else from the learned or zero carry.
+            seq_lengths, mask, resets: the call's sequences, ``(*batch,)`` and ``(*batch, T)``, as
+                ``jaxlstm.engine.SequenceData`` documents them (``help`` shows each); the backward
+                direction starts at each sequence's own last valid step.
             initial_carry: the carries to start from, nested
                 ``[layer][direction]`` → ``LSTMCarry(h (*batch, R), c (*batch, H))``
                 (what ``return_carry=True`` returns); by default a stateful
                 layer's kept carry, else the learned (``learn_initial_carry``)
-                or zero carry.
+                or zero carry. ``resets`` restart from it if given, else from the
+                learned or zero carry.
             deterministic: ``None`` (the default): the module's own
                 ``deterministic`` (set by ``model.eval()`` / ``model.train()``).
                 ``False`` draws the dropout and zoneout masks, from ``rngs``
@@ -366,9 +365,7 @@ class LSTM(LayerViews, nnx.Module):
             config,
             self._stack_params(),
             x,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
+            **check_call_data(data, "jl.nnx.LSTM"),
             initial_carry=initial_carry,
             learned=self._learned(),
             stored=self.carry.get_value() if config.stateful else None,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -46,7 +47,7 @@ from jaxtyping import PRNGKeyArray
 
 from . import _checks
 from .cell import Activation
-from .engine import SequenceOptions
+from .engine import SequenceData, SequenceOptions
 from .variants import LSTMVariant, check_variant, is_training
 
 __all__ = [
@@ -63,6 +64,9 @@ __all__ = [
     "check_names",
     "build",
     "takes",
+    "takes_call_data",
+    "call_data_names",
+    "check_call_data",
 ]
 
 BACKENDS = ("auto", "xla", "cudnn")
@@ -130,6 +134,77 @@ def takes(record: type) -> Callable[[_Function], _Function]:
         return function
 
     return decorate
+
+
+# A module's call takes SequenceData's arrays but reset_carry: a layer restarts from its own initial carries.
+_NOT_A_CALL_ARGUMENT = frozenset({"reset_carry"})
+
+
+def call_data_names() -> tuple[str, ...]:
+    """The per-call arrays a layer module's call takes (``seq_lengths``, ``mask``, ``resets``): the fields of
+    ``jaxlstm.engine.SequenceData`` but ``reset_carry``."""
+    return tuple(name for name in option_names(SequenceData) if name not in _NOT_A_CALL_ARGUMENT)
+
+
+def check_call_data(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A module call's ``**data``: every name one of ``call_data_names()`` (else the TypeError a Python call
+    gives, listing them), the missing ones ``None``."""
+    names = call_data_names()
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise TypeError(
+            f"{where} got an unexpected keyword argument {unknown[0]!r}; its sequence arguments are "
+            f"{', '.join(names)} (jaxlstm.engine.SequenceData)"
+        )
+    return {name: data.get(name) for name in names}
+
+
+def _attribute_docs(record: type) -> dict[str, list[str]]:
+    """``{field: its description's lines}`` from the ``Attributes:`` section of ``record``'s docstring."""
+    docs: dict[str, list[str]] = {}
+    current = None
+    for line in (inspect.getdoc(record) or "").partition("Attributes:\n")[2].splitlines():
+        entry = re.match(r"^    (\w+): (.*)$", line)
+        if entry:
+            current = entry.group(1)
+            docs[current] = [entry.group(2)]
+        elif current is not None and line.startswith("        "):
+            docs[current].append(line.strip())
+        elif line.strip():
+            break
+    return docs
+
+
+def takes_call_data(function: _Function) -> _Function:
+    """A decorator for a layer module's ``__call__(self, x, *, ..., **data)``: its signature, as ``help`` and
+    ``inspect.signature`` show it, lists ``call_data_names()`` as keyword-only parameters after its own, with
+    the types of ``jaxlstm.engine.SequenceData``; and the docstring line ``<name>, ...: ...SequenceData...``
+    (one line naming them) becomes one entry per name, its description from ``SequenceData``'s. Generated
+    from the record, not written again."""
+    names = call_data_names()
+    fields = {f.name: f for f in dataclasses.fields(SequenceData)}
+    signature = inspect.signature(function)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    data = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=fields[name].type)
+        for name in names
+    ]
+    setattr(function, "__signature__", signature.replace(parameters=own + data))  # noqa: B010
+    docs, lines, replaced = _attribute_docs(SequenceData), [], None
+    for line in (function.__doc__ or "").splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        if replaced is not None and len(indent) > len(replaced) and line.strip():
+            continue  # the replaced entry's continuation lines
+        replaced = None
+        if line.strip().startswith(f"{', '.join(names)}:"):
+            replaced = indent
+            for name in names:
+                first, *rest = docs[name]
+                lines += [f"{indent}{name}: {first}", *(f"{indent}    {more}" for more in rest)]
+        else:
+            lines.append(line)
+    function.__doc__ = "\n".join(lines)
+    return function
 
 
 @dataclass

@@ -116,6 +116,33 @@ def test_every_option_is_declared_in_one_class_only():
     assert {f.name for f in dataclasses.fields(options.LSTMSettings)} <= {f.name for f in dataclasses.fields(jl.LSTM)}
 
 
+def test_module_calls_take_the_sequence_arrays_from_the_record():
+    """The four layer modules' calls list seq_lengths, mask and resets in their signatures (generated from
+    SequenceData, not annotated again), document each, and refuse an unknown one with the valid names."""
+    import inspect
+
+    import jaxlstm.nnx
+    from jaxlstm.options import call_data_names
+
+    assert call_data_names() == ("seq_lengths", "mask", "resets")
+    for call in (jl.LSTM.__call__, jaxlstm.nnx.LSTM.__call__, jl.GRU.__call__, jaxlstm.nnx.GRU.__call__):
+        parameters = inspect.signature(call).parameters
+        assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in call_data_names())
+        assert not set(call_data_names()) & set(inspect.unwrap(call).__annotations__), call.__qualname__
+    doc = inspect.getdoc(jl.LSTM.__call__) or ""
+    assert "\n    resets: ``(*batch, T)`` bools marking the first step" in doc
+    layer = jl.LSTM(3)
+    variables = layer.init(KEY, XS)
+    with pytest.raises(TypeError, match="jl.LSTM got an unexpected keyword argument 'seq_length'; its sequence "
+                       "arguments are seq_lengths, mask, resets"):
+        layer.apply(variables, XS, seq_length=jnp.array([3, 1]))
+    hs = layer.apply(variables, XS, seq_lengths=jnp.array([3, 1]))  # the lengths reach the engine
+    full = layer.apply(variables, XS)
+    np.testing.assert_allclose(hs[0], full[0], rtol=1e-6, atol=1e-7)  # the masked loop rounds differently
+    np.testing.assert_allclose(hs[1, 0], full[1, 0], rtol=1e-6, atol=1e-7)
+    assert np.all(np.asarray(hs[1, 1:]) == 0) and np.any(np.asarray(full[1, 1:]) != 0)
+
+
 # ----------------------------------------------------------------------------- unknown names
 
 

@@ -68,16 +68,18 @@ of a Keras layer lives in ``_keras_layers``, the activations in
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from .. import _checks
 from ..cell import LSTMCarry
 from ..linen import LSTM
+from ..options import check_call_data, takes_call_data
 from ._common import check_finite, lstm_module, read_stack, refuse_variant_options, require_keras
 # What from_keras reads and to_keras writes; keras_gru imports _masked_output, _name and _numpy from here.
 from ._keras_activations import KERAS_ACTIVATIONS as KERAS_ACTIVATIONS
@@ -125,15 +127,14 @@ class KerasLSTM(nn.Module):
     def setup(self):
         nn.share_scope(self, self.lstm)
 
+    @takes_call_data
     def __call__(
         self,
         x: Float[Array, "*batch time input"],
         *,
-        seq_lengths: Int[Array, "*batch"] | None = None,
-        mask: Bool[Array, "*batch time"] | None = None,
-        resets: Bool[Array, "*batch time"] | None = None,
         initial_carry=None,
         deterministic: bool = True,
+        **data: Any,
     ):
         _checks.flag(self.return_state, "KerasLSTM.return_state")
         _checks.flag(self.flip_outputs, "KerasLSTM.flip_outputs")
@@ -142,12 +143,7 @@ class KerasLSTM(nn.Module):
         if self.flip_outputs and not self.lstm.return_sequences:
             raise ValueError("KerasLSTM(flip_outputs=True) needs lstm.return_sequences=True")
         out = self.lstm(
-            x,
-            seq_lengths=seq_lengths,
-            mask=mask,
-            resets=resets,
-            initial_carry=initial_carry,
-            deterministic=deterministic,
+            x, initial_carry=initial_carry, deterministic=deterministic, **check_call_data(data, "KerasLSTM")
         )
         carries, y = out if self.lstm.return_carry else (None, out)
         if self.flip_outputs:
