@@ -37,7 +37,7 @@ from .loops import FUSED, Loop, autodiff_loop, input_bias, owned
 from .precision import accumulation_dtype, as_dtype
 from .timeline import GRADIENTS, MASKED_OUTPUTS, Steps, over_time, reset_steps, valid_steps
 
-__all__ = ["rnn", "run_cell", "SequenceOptions", "SequenceData", "SequenceSettings", "check_cell_params"]
+__all__ = ["rnn", "run_cell", "SequenceOptions", "SequenceData", "SequenceSettings", "check_cell_params", "check_carry"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,12 @@ def check_cell_params(cell: Cell, params) -> None:
     if bias is not None and tuple(bias.shape) != (gates * hidden,):
         raise ValueError(f"params.{cell.input_bias} must have shape ({gates * hidden},), got {tuple(bias.shape)}")
     cell.check_params(params)
+
+
+def check_carry(cell: Cell, params, carry, batch_shape: tuple[int, ...], dtype, name: str) -> None:
+    """``carry`` (named ``name`` in the errors) must have the structure, shapes and floating dtypes of the
+    cell's zero carry for ``params`` and ``batch_shape``."""
+    _check_carry(cell, carry, jax.eval_shape(lambda p: cell.init_carry(p, batch_shape, dtype), params), name)
 
 
 def _check_carry(cell: Cell, carry, expected, name: str) -> None:

@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks
 from .cells.base import Cell
-from .engine import rnn
+from .engine import check_carry, rnn
 from .options import MERGE_MODES, RNNStackOptions, build, takes
 
 __all__ = [
@@ -224,6 +224,12 @@ def stacked_rnn(
     check_reverse(opts.reverse, num_directions)
     opts.require_key(opts.dropout > 0.0 and num_layers > 1)
     check_layer_inputs(stack, num_directions, opts.merge)
+    _checks.inputs(xs, stack[0][0].w_ih.shape[0], "xs", min_rank=2, layout="(*batch, time, input)")
+    for name, given in (("carries", carries), ("reset_carries", opts.reset_carries)):
+        for layer, row in enumerate(given or ()):
+            for direction, carry in enumerate(row):  # named by place here; rnn would say "carry"
+                params = stack[layer][direction]
+                check_carry(cell, params, carry, tuple(xs.shape[:-2]), xs.dtype, f"{name}[{layer}][{direction}]")
     keys = layer_keys(opts.dropout_key if opts.training else None, opts.dropout, num_layers)
     per_call = {k: v for k, v in opts.fields_of(RNNStackOptions).items() if k not in _STACK_OWN}
 

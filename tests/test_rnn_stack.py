@@ -70,6 +70,12 @@ def test_dropout_between_layers_needs_a_key_and_reverse_one_direction():
         jl.stacked_rnn(cell, stack, xs, merge="sum")
     with pytest.raises(ValueError, match="reverse=True is for one-direction stacks"):
         jl.stacked_rnn(cell, stack, xs, reverse=True)
+    good = tuple(tuple(jnp.zeros((B, H)) for _ in row) for row in stack)
+    bad = (good[0], (good[1][0], jnp.zeros((B, H + 1))))
+    with pytest.raises(ValueError, match=r"carries\[1\]\[1\] must have shapes \[\(2, 4\)\]"):
+        jl.stacked_rnn(cell, stack, xs, bad)
+    with pytest.raises(ValueError, match=r"reset_carries\[1\]\[1\] must have shapes"):
+        jl.stacked_rnn(cell, stack, xs, good, reset_carries=bad, resets=jnp.zeros((B, T), bool))
     with pytest.raises(TypeError, match="deterministic must be"):
         jl.stacked_rnn(cell, stack, xs, dropout=0.5, dropout_key=jax.random.key(1), deterministic="yes")
     _, dropped = jl.stacked_rnn(cell, stack, xs, dropout=0.5, dropout_key=jax.random.key(1))
