@@ -341,7 +341,7 @@ ENTRY_POINTS = {
         dict(
             batch="size", time="size", input_size="size", units="size", num_layers="size", bidirectional="flag",
             merge="choice", return_sequences="flag", proj_size="opt_size", peepholes="flag", layer_norm="flag",
-            cifg="flag",
+            cifg="flag", cell="choice",
         ),
     ),
     "backend_for": (  # a query: it checks the arguments that decide the backend (the call checks the rest)
