@@ -86,26 +86,19 @@ def lstm(
             ``variant``, the ``VariantParams`` it uses (``init_variant_params``).
         xs: inputs, ``(*batch, T, D)``, batch-first; ``*batch`` may be empty
             (one sequence) or several dims.
-        carry: initial ``LSTMCarry``, ``h`` ``(*batch, R)`` and ``c``
-            ``(*batch, H)`` (R = H, or P = ``proj_size`` with a projection);
-            zeros when ``None``. To stream a long sequence in chunks, pass the
-            previous chunk's ``final_carry`` (wrapped in
-            ``jax.lax.stop_gradient`` to truncate backpropagation there).
-        **options: the options of ``jaxlstm.LSTMOptions``, each documented and checked there: how the
-            sequences are read (``jaxlstm.SequenceOptions``: lengths, mask, resets, reverse, the
-            gradient, checkpointing), the cell's activations and ``variant``, the random draws of a
-            training call and the backend. Any other name is a TypeError listing them. With custom
-            activations on the plain cell, or a carry whose c is wider than float32 while the
-            computation is not, the autodiff path is used. Mixed precision (bfloat16/float16 params and
-            inputs) keeps the fused path: matmuls in that dtype accumulated in float32, the elementwise
-            step in float32 (docs/variants.md#mixed-precision).
+        carry: initial ``LSTMCarry``, ``h`` ``(*batch, R)`` and ``c`` ``(*batch, H)`` (R = H, or P =
+            ``proj_size``); zeros when ``None``. To stream in chunks, pass the previous chunk's
+            ``final_carry`` (``jax.lax.stop_gradient`` of it truncates backpropagation there).
+        **options: the options of ``jaxlstm.LSTMOptions``, each documented and checked there (the
+            sequences, gradient and checkpointing, the activations and ``variant``, random draws, the
+            backend); any other name is a TypeError listing them. Custom activations on the plain cell,
+            or a c wider than the computation, take the autodiff path; bfloat16/float16 keeps the fused
+            one, matmuls accumulated and the step computed in float32 (docs/variants.md#mixed-precision).
 
     Returns:
-        ``(final_carry, hs)``: ``final_carry`` is each sequence's carry after
-        its own last valid step (after step 0 when ``reverse``), ``h``
-        ``(*batch, R)`` and ``c`` ``(*batch, H)``; ``hs`` is every step's
-        output, ``(*batch, T, R)``. One cell is applied T times: H is the size
-        of the one state vector, not a count of cells.
+        ``(final_carry, hs)``: each sequence's carry after its own last valid step (after step 0 when
+        ``reverse``), ``h`` ``(*batch, R)`` and ``c`` ``(*batch, H)``; every step's output ``hs``
+        ``(*batch, T, R)``. One cell is applied T times: H is the size of its state vector, not a count of cells.
 
     >>> import jax, jax.numpy as jnp, jaxlstm as jl
     >>> params = jl.init_params(jax.random.key(0), input_size=8, hidden_size=32)
