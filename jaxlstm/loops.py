@@ -200,7 +200,7 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
         h_prev = cell.hidden(carry_in)
         leaves, layout.treedef = jax.tree.flatten(saved)
         layout.aliases = tuple(i for i, leaf in enumerate(leaves) if leaf is h_prev)
-        return new, (output, *(leaf for i, leaf in enumerate(leaves) if i not in layout.aliases), h_prev)
+        return new, (output, h_prev, *(leaf for i, leaf in enumerate(leaves) if i not in layout.aliases))
 
     example_steps = steps.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype))
     example_input = jax.ShapeDtypeStruct((n, width), accumulation_dtype(xs.dtype))
@@ -228,7 +228,7 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
 
     size = chunk_steps(time, FORWARD_CHUNK_STEPS)
     final, buffers = over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
-    return final, buffers[0], (buffers[-1], *buffers[1:-1]) if save else (), layout
+    return final, buffers[0], buffers[1:], layout
 
 
 # ----------------------------------------------------------------------------- the fused backward pass

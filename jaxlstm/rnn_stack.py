@@ -219,13 +219,12 @@ def stacked_rnn(
     _check_cell(cell)
     opts = build(RNNStackOptions, options, "jaxlstm.stacked_rnn")
     num_layers, num_directions = check_nesting(stack)
-    for name, given in (("carries", carries), ("reset_carries", opts.reset_carries)):
-        check_carry_nesting(given, num_layers, num_directions, name)
     check_reverse(opts.reverse, num_directions)
     opts.require_key(opts.dropout > 0.0 and num_layers > 1)
     check_layer_inputs(stack, num_directions, opts.merge)
     _checks.inputs(xs, stack[0][0].w_ih.shape[0], "xs", min_rank=2, layout="(*batch, time, input)")
     for name, given in (("carries", carries), ("reset_carries", opts.reset_carries)):
+        check_carry_nesting(given, num_layers, num_directions, name)
         for layer, row in enumerate(given or ()):
             for direction, carry in enumerate(row):  # named by place here; rnn would say "carry"
                 params = stack[layer][direction]
