@@ -11,7 +11,9 @@ The engine owns the matmuls around a cell's elementwise step:
 
 Every matmul goes through ``jaxlstm.precision.matmul``: with bfloat16 or float16 params and inputs its
 operands are in that dtype and its products, like the cell's step and the carry between steps, in the
-accumulation dtype (float32); with float32 everything is float32, bit for bit as before.
+accumulation dtype (float32); the buffers the loops write (outputs, saved activations, the backward's
+gradients, dX) keep values in the compute dtype (``precision.stored``); with float32 everything is
+float32, bit for bit as before.
 
 Padding: a step that doesn't count leaves the carry as it was, reads zeros instead of its input (so
 nothing in padding, not even NaN, reaches the gradients) and outputs zeros or the previous output.
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 
 from .cells.base import Cell
 from .fused import FusedLoop
-from .precision import accumulation_dtype, as_dtype, is_mixed, matmul, rows_transposed
+from .precision import accumulation_dtype, as_dtype, is_mixed, loaded, matmul, narrow_storage, rows_transposed, stored
 from .timeline import (
     BACKWARD_CHUNK_ROWS,
     FORWARD_CHUNK_STEPS,
@@ -173,6 +175,7 @@ class _Layout:
 
     treedef: Any = None
     aliases: tuple[int, ...] = ()  # leaves of ``save`` that are ``hidden(carry_in)`` itself (kept once)
+    narrowed: tuple[int, ...] = ()  # leaves kept in the compute dtype (``precision.stored``), widened when read
 
 
 def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *, save: bool):
@@ -188,7 +191,7 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
     cell = loop.cell
     n, time, input_size = xs.shape
     small = cell_params(cell, params)
-    width = params.w_hh.shape[-1]
+    width, compute = params.w_hh.shape[-1], params.w_hh.dtype
     layout = _Layout()
 
     def step(carry, from_input, steps_t):
@@ -200,13 +203,17 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
         h_prev = cell.hidden(carry_in)
         leaves, layout.treedef = jax.tree.flatten(saved)
         layout.aliases = tuple(i for i, leaf in enumerate(leaves) if leaf is h_prev)
-        return new, (output, h_prev, *(leaf for i, leaf in enumerate(leaves) if i not in layout.aliases))
+        layout.narrowed = tuple(
+            i for i, leaf in enumerate(leaves) if i not in layout.aliases and _narrowed(leaf, compute)
+        )
+        kept = [stored(leaf, compute) if i in layout.narrowed else leaf for i, leaf in enumerate(leaves)]
+        return new, (output, h_prev, *(leaf for i, leaf in enumerate(kept) if i not in layout.aliases))
 
     example_steps = steps.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype))
     example_input = jax.ShapeDtypeStruct((n, width), accumulation_dtype(xs.dtype))
     example_input = jax.eval_shape(cell.prepare_input, small, example_input)
     shapes = jax.eval_shape(step, carry, example_input, example_steps)[1]
-    buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
+    buffers = tuple(_buffer((n, time, *s.shape[1:]), s.dtype, compute) for s in shapes)
 
     def chunk(state, first, length):
         """Steps ``first .. first + length - 1`` (``length`` static), in the loop's direction."""
@@ -221,23 +228,45 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
             for column, value in zip(values, step_values, strict=True):
                 column[j] = value
         buffers = tuple(
-            jax.lax.dynamic_update_slice_in_dim(buffer, jnp.stack(column, axis=1), first, axis=1)
+            jax.lax.dynamic_update_slice_in_dim(
+                buffer, _like(jnp.stack(column, axis=1), buffer, compute), first, axis=1
+            )
             for buffer, column in zip(buffers, values, strict=True)
         )
         return carry, buffers
 
     size = chunk_steps(time, FORWARD_CHUNK_STEPS)
     final, buffers = over_chunks(chunk, (carry, buffers), time, size, backward=loop.reverse, unroll=loop.unroll)
-    return final, buffers[0], buffers[1:], layout
+    return final, loaded(buffers[0], compute), buffers[1:], layout
 
 
 # ----------------------------------------------------------------------------- the fused backward pass
 
 
-def _saved_tree(layout: _Layout, buffers, h_prev):
-    """The cell's ``save`` as a tree of buffers (or of one step's values), aliases restored."""
-    rest = iter(buffers)
+def _buffer(shape, dtype, compute):
+    """Zeros for a loop buffer of values of ``dtype``: those in a narrow compute dtype kept as their bits
+    (``precision.stored``: XLA:CPU converts a narrow buffer a loop updates to float32 and back whole)."""
+    zeros = jnp.zeros(shape, dtype)
+    return stored(zeros, compute) if dtype == compute else zeros
+
+
+def _like(value, buffer, compute):
+    """``value`` ready to be written into ``buffer``: as its bits where the buffer keeps bits."""
+    return stored(value, compute) if buffer.dtype == jnp.uint16 else value
+
+
+def _narrowed(leaf, compute) -> bool:
+    """Whether the forward loop keeps a saved ``leaf`` in the compute dtype: a value in the accumulation
+    dtype, where the engine's buffers are narrow (``precision.narrow_storage``)."""
+    return narrow_storage(compute) and leaf.dtype == accumulation_dtype(compute)
+
+
+def _saved_tree(layout: _Layout, buffers, h_prev, compute, *, widen: bool = True):
+    """The cell's ``save`` as a tree of buffers (or of one step's values), aliases restored and narrowed
+    leaves read back: in the accumulation dtype, or with ``widen=False`` in the compute dtype."""
+    rest, dtype = iter(buffers), accumulation_dtype(compute) if widen else compute
     leaves = [h_prev if i in layout.aliases else next(rest) for i in range(layout.treedef.num_leaves)]
+    leaves = [as_dtype(loaded(leaf, compute), dtype) if i in layout.narrowed else leaf for i, leaf in enumerate(leaves)]
     return jax.tree.unflatten(layout.treedef, leaves)
 
 
@@ -266,16 +295,19 @@ class _Gradients:
     rows: tuple[tuple[str, int], ...]  # (row weight, width of its product's cotangent)
 
 
-def _probe(loop: Loop, small, saved_example, d_example, steps_example: Steps) -> _Gradients:
+def _probe(loop: Loop, small, layout: _Layout, saved, compute, d_example, steps_example: Steps) -> _Gradients:
     cell = loop.cell
     found: dict[str, Any] = {}
 
-    def probe(saved, d_carry):
-        d_small, d_input, d_h, _ = cell.backward(small, saved, d_carry, **_noise(steps_example))
+    def probe(saved_t, d_carry):
+        h_prev, *rest = saved_t  # one step's values as the backward step reads them
+        saved_t = _saved_tree(layout, rest, loaded(h_prev, compute), compute)
+        d_small, d_input, d_h, _ = cell.backward(small, saved_t, d_carry, **_noise(steps_example))
         found["shared"] = d_input is d_h
         return {name: getattr(d_small, name) for name in cell.row_weights}
 
-    shapes = jax.eval_shape(probe, saved_example, d_example)
+    one_step = [jax.ShapeDtypeStruct((a.shape[0], *a.shape[2:]), a.dtype) for a in saved]
+    shapes = jax.eval_shape(probe, one_step, d_example)
     return _Gradients(found["shared"], tuple((name, shapes[name].shape[-1]) for name in cell.row_weights))
 
 
@@ -293,10 +325,11 @@ def _backward_step(loop: Loop, params, small, saved, layout, grads: _Gradients, 
         d_carry, d_initial, d_small, grads_chunk, first = state
         steps_t = steps.map(lambda a: at(a, t, axis=0))
         valid_t, reset_t = steps_t.valid, steps_t.reset
-        saved_t = _saved_tree(layout, [at(buffer, t) for buffer in saved], at(h_prev_buffer, t))
+        h_prev_t = loaded(at(h_prev_buffer, t), compute)
+        saved_t = _saved_tree(layout, [at(buffer, t) for buffer in saved], h_prev_t, compute)
         h_shape = (h_prev_buffer.shape[0], *h_prev_buffer.shape[2:])
         # d_hs None: no loss reads the outputs, whose cotangents are zeros
-        d_out = jnp.zeros(h_shape, h_prev_buffer.dtype) if d_hs is None else at(d_hs, t)
+        d_out = jnp.zeros(h_shape, compute) if d_hs is None else at(d_hs, t)
         if valid_t is None:
             d_total = d_new = add_to_hidden(cell, d_carry, d_out)
         else:
@@ -312,6 +345,7 @@ def _backward_step(loop: Loop, params, small, saved, layout, grads: _Gradients, 
         d_prev = add_to_hidden(cell, d_prev, d_h_prev)
         written = [d_input] if grads.shared else [d_input, d_h]
         written += row_grads
+        written = [stored(g, compute) for g in written]  # read only by GEMMs, in the compute dtype
         if valid_t is not None:
             written = [jnp.where(keep, g, jnp.zeros_like(g)) for g in written]
             d_prev = _tree_where(valid_t, d_prev, d_total)
@@ -342,9 +376,7 @@ def fused_backward(loop: Loop, residuals, cotangents):
     small, bias = cell_params(cell, params), input_bias(cell, params)
     width = params.w_hh.shape[-1]
     h_prev = saved[0]
-    saved_buffers = _saved_tree(layout, saved[1:], h_prev)
-    example = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape[2:]), a.dtype), saved_buffers)
-    grads = _probe(loop, small, example, d_final, steps.step(0))
+    grads = _probe(loop, small, layout, saved, compute, d_final, steps.step(0))
     step = _backward_step(loop, params, small, saved, layout, grads, d_hs, steps, rec_keep)
     widths = (width,) * (1 if grads.shared else 2) + tuple(w for _, w in grads.rows)
     w_ih_t = _weight_transposed(params.w_ih, compute, cell.num_gates)
@@ -352,7 +384,7 @@ def fused_backward(loop: Loop, residuals, cotangents):
     def chunk(state, first, length):
         d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias, d_rows), d_xs = state
         steps_c = steps.slice(first, length)
-        grads_chunk = tuple(jnp.zeros((n, length, w), wide) for w in widths)
+        grads_chunk = tuple(stored(jnp.zeros((n, length, w), wide), compute) for w in widths)
         (d_carry, d_initial, d_small, grads_chunk, _), _ = jax.lax.scan(
             step,
             (d_carry, d_initial, d_small, grads_chunk, first),
@@ -361,10 +393,10 @@ def fused_backward(loop: Loop, residuals, cotangents):
             unroll=loop.unroll,
         )
         x_chunk = input_chunk(xs, steps_c, first, length)
-        h_chunk = jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1)
+        h_chunk = loaded(jax.lax.dynamic_slice_in_dim(h_prev, first, length, axis=1), compute)
         if rec_keep is not None:
             h_chunk = dropped(h_chunk, rec_keep[:, None, :], loop.recurrent_dropout)
-        grads_2d = [g.reshape(n * length, g.shape[-1]) for g in grads_chunk]
+        grads_2d = [loaded(g, compute).reshape(n * length, g.shape[-1]) for g in grads_chunk]
         d_input, d_h = (grads_2d[0], grads_2d[0]) if grads.shared else (grads_2d[0], grads_2d[1])
         # XLA would fold Xᵀ into the dot as a transposed operand, which takes its slower GEMM path
         # (measured 12.3 -> 10.6 ms at (32, 128, 128, 256) for the three GEMMs); the barrier makes it
@@ -376,12 +408,12 @@ def fused_backward(loop: Loop, residuals, cotangents):
                 (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
             )
         d_xs_chunk = matmul(d_input, w_ih_t, compute).reshape(n, length, input_size)
-        d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, d_xs_chunk, first, axis=1)
+        d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, _like(d_xs_chunk, d_xs, compute), first, axis=1)
         d_w_ih, d_w_hh = d_w_ih + matmul(x_t, d_input, compute), d_w_hh + matmul(h_t, d_h, compute)
         if d_bias is not None:
-            d_bias = d_bias + jnp.sum(d_input, axis=0)
+            d_bias = d_bias + jnp.sum(d_input, axis=0, dtype=wide)
         d_rows = tuple(
-            d_w + matmul(_gemm_rows(_rows_of(saved_buffers, cell, name, first, length), compute), g, compute)
+            d_w + matmul(_rows_of(layout, saved, compute, cell.row_weights[name], first, length), g, compute)
             for d_w, (name, _), g in zip(d_rows, grads.rows, grads_2d[len(widths) - len(grads.rows) :], strict=True)
         )
         return d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias, d_rows), d_xs
@@ -394,7 +426,8 @@ def fused_backward(loop: Loop, residuals, cotangents):
         tuple(zeros_in(getattr(params, name)) for name, _ in grads.rows),
     )
     d_summed = jax.tree.map(jnp.zeros_like, _summed(cell, small))
-    state = (d_final, jax.tree.map(jnp.zeros_like, d_final), d_summed, d_weights, jnp.zeros(xs.shape, wide))
+    d_xs = stored(jnp.zeros(xs.shape, wide), compute)  # dX in the compute dtype: what users get
+    state = (d_final, jax.tree.map(jnp.zeros_like, d_final), d_summed, d_weights, d_xs)
     size = chunk_steps(time, -(-BACKWARD_CHUNK_ROWS // max(n, 1)) if isinstance(n, int) else 1)
     state = over_chunks(chunk, state, time, size, backward=not loop.reverse)  # against the forward loop
     d_carry, d_initial, d_small, (d_w_ih, d_w_hh, d_bias, d_rows), d_xs = state
@@ -407,13 +440,15 @@ def fused_backward(loop: Loop, residuals, cotangents):
         **{k: as_dtype(v, getattr(params, k).dtype) for k, v in d_params._asdict().items() if v is not None}
     )
     d_restart = None if steps.reset is None else d_initial
-    return d_params, as_dtype(d_xs, xs.dtype), d_carry, d_restart
+    return d_params, as_dtype(loaded(d_xs, compute), xs.dtype), d_carry, d_restart
 
 
-def _rows_of(saved_buffers, cell: Cell, name: str, first, length: int):
-    """The chunk's rows ``(N, length, k)`` of the saved value a row weight multiplies."""
-    buffer = saved_buffers[cell.row_weights[name]]
-    return jax.lax.dynamic_slice_in_dim(buffer, first, length, axis=1)
+def _rows_of(layout: _Layout, saved, compute, key, first, length: int):
+    """The chunk's rows of the saved value a row weight multiplies (``save[key]``, ``(N, length, k)``) as the
+    left operand of its gradient's GEMM (``_gemm_rows``); a narrowed value in the compute dtype."""
+    chunks = [jax.lax.dynamic_slice_in_dim(buffer, first, length, axis=1) for buffer in saved]
+    rows = _saved_tree(layout, chunks[1:], loaded(chunks[0], compute), compute, widen=False)[key]
+    return _gemm_rows(rows, compute)
 
 
 # ----------------------------------------------------------------------------- the fused gradient, every mode
@@ -431,7 +466,7 @@ class _Saved:
         self.buffers, self.layout = list(buffers), layout
 
     def tree_flatten(self):
-        return tuple(self.buffers), (self.layout.treedef, self.layout.aliases)
+        return tuple(self.buffers), (self.layout.treedef, self.layout.aliases, self.layout.narrowed)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
