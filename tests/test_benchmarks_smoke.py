@@ -207,3 +207,19 @@ def test_gpu_script_dry_run(tmp_path):
     text = (tmp_path / "RESULTS-gpu.md").read_text()
     assert "## float32" in text and "## tf32" in text and "## bfloat16" in text and "DRY RUN" in text
     assert "jaxlstm.xla / flax.OptimizedLSTMCell (fwd+bwd) ≤ 0.8" in text
+
+
+def test_precision_numerics_measures_drift_and_gradients(capsys):
+    """benchmarks/precision_numerics.py, both tables at 3 steps and one seed: a row per cell, each figure a
+    small positive error except layer norm's perturbation row (float32 against float32)."""
+    path = COMPARE.parent / "precision_numerics.py"
+    spec = importlib.util.spec_from_file_location("jaxlstm_benchmarks_precision_numerics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for argv, rows in ((["--gradients"], len(module.VARIANTS)), ([], len(module.VARIANTS) + 1)):
+        assert module.main([*argv, "--steps", "3", "--seeds", "1"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 2 + rows, lines
+        for line in lines[2:]:
+            value = float(line.split("|")[2].split()[0])
+            assert 0 <= value < 0.1, line
