@@ -298,6 +298,9 @@ def test_the_lstm_in_either_branch_keeps_the_policy_and_the_narrow_bound(forced_
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
     lowered = grad.lower(params, xs)
     assert _dot_operand_dtypes(lowered.as_text()) == ({"bf16"} if forced_dots == "native" else {"f32"})
+    # the loops' buffers: bfloat16 kept as bits with narrow dots, float32 with float32 dots (no conversions)
+    assert precision.narrow_storage(jnp.bfloat16) == (forced_dots == "native")
+    assert ("xui16>" in lowered.as_text()) == (forced_dots == "native")
     (_, hs), (d_params, d_xs) = lowered.compile()(params, xs)
     assert hs.dtype == jnp.bfloat16 and d_xs.dtype == jnp.bfloat16
     assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(d_params))
@@ -308,6 +311,19 @@ def test_the_lstm_in_either_branch_keeps_the_policy_and_the_narrow_bound(forced_
         scale = max(float(jnp.max(jnp.abs(ref))), 1e-3)
         relative = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64)))) / scale
         assert relative < GRAD_RTOL[jnp.bfloat16], f"gradient off by {relative:.2e} of its largest entry"
+
+
+def test_stored_values_are_the_compute_dtype_s_rounding_read_back_bit_for_bit(forced_dots):
+    x = jax.random.normal(jax.random.key(0), (3, 5)) * 1e3
+    for dtype in (jnp.bfloat16, jnp.float16):
+        kept = precision.stored(x, dtype)
+        narrow = precision.narrow_storage(dtype)
+        assert kept.dtype == (jnp.uint16 if narrow else jnp.float32)
+        back = precision.loaded(kept, dtype)
+        assert back.dtype == (dtype if narrow else jnp.float32)
+        want = x.astype(dtype) if narrow else x  # rounded once, to the nearest, as astype does
+        np.testing.assert_array_equal(np.asarray(back, np.float32), np.asarray(want, np.float32))
+    assert precision.stored(x, jnp.float32) is x and precision.loaded(x, jnp.float32) is x
 
 
 @pytest.mark.parametrize(
