@@ -211,11 +211,13 @@ def test_gpu_script_dry_run(tmp_path):
 
 def test_precision_numerics_measures_drift_and_gradients(capsys):
     """benchmarks/precision_numerics.py, both tables at 3 steps and one seed: a row per cell, each figure a
-    small positive error except layer norm's perturbation row (float32 against float32)."""
+    small error, not negative."""
     path = COMPARE.parent / "precision_numerics.py"
     spec = importlib.util.spec_from_file_location("jaxlstm_benchmarks_precision_numerics", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # three cells (a projection changes the outputs' width; layer norm has the extra row) keep it quick
+    module.VARIANTS = {name: module.VARIANTS[name] for name in ("plain", "proj_size=8", "layer_norm")}
     for argv, rows in ((["--gradients"], len(module.VARIANTS)), ([], len(module.VARIANTS) + 1)):
         assert module.main([*argv, "--steps", "3", "--seeds", "1"]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
