@@ -199,7 +199,7 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
             loop, params, small, carry, restart, from_input, steps_t, rec_keep, save=save
         )
         if not save:
-            return new, (output,)
+            return new, (_kept(output, compute),)
         h_prev = cell.hidden(carry_in)
         leaves, layout.treedef = jax.tree.flatten(saved)
         layout.aliases = tuple(i for i, leaf in enumerate(leaves) if leaf is h_prev)
@@ -207,13 +207,14 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
             i for i, leaf in enumerate(leaves) if i not in layout.aliases and _narrowed(leaf, compute)
         )
         kept = [stored(leaf, compute) if i in layout.narrowed else leaf for i, leaf in enumerate(leaves)]
-        return new, (output, h_prev, *(leaf for i, leaf in enumerate(kept) if i not in layout.aliases))
+        kept = [leaf for i, leaf in enumerate(kept) if i not in layout.aliases]
+        return new, (_kept(output, compute), _kept(h_prev, compute), *kept)
 
     example_steps = steps.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype))
     example_input = jax.ShapeDtypeStruct((n, width), accumulation_dtype(xs.dtype))
     example_input = jax.eval_shape(cell.prepare_input, small, example_input)
     shapes = jax.eval_shape(step, carry, example_input, example_steps)[1]
-    buffers = tuple(_buffer((n, time, *s.shape[1:]), s.dtype, compute) for s in shapes)
+    buffers = tuple(jnp.zeros((n, time, *s.shape[1:]), s.dtype) for s in shapes)
 
     def chunk(state, first, length):
         """Steps ``first .. first + length - 1`` (``length`` static), in the loop's direction."""
@@ -228,9 +229,7 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
             for column, value in zip(values, step_values, strict=True):
                 column[j] = value
         buffers = tuple(
-            jax.lax.dynamic_update_slice_in_dim(
-                buffer, _like(jnp.stack(column, axis=1), buffer, compute), first, axis=1
-            )
+            jax.lax.dynamic_update_slice_in_dim(buffer, jnp.stack(column, axis=1), first, axis=1)
             for buffer, column in zip(buffers, values, strict=True)
         )
         return carry, buffers
@@ -243,16 +242,11 @@ def fused_loop(loop: Loop, params, xs, carry, restart, steps: Steps, rec_keep, *
 # ----------------------------------------------------------------------------- the fused backward pass
 
 
-def _buffer(shape, dtype, compute):
-    """Zeros for a loop buffer of values of ``dtype``: those in a narrow compute dtype kept as their bits
-    (``precision.stored``: XLA:CPU converts a narrow buffer a loop updates to float32 and back whole)."""
-    zeros = jnp.zeros(shape, dtype)
-    return stored(zeros, compute) if dtype == compute else zeros
-
-
-def _like(value, buffer, compute):
-    """``value`` ready to be written into ``buffer``: as its bits where the buffer keeps bits."""
-    return stored(value, compute) if buffer.dtype == jnp.uint16 else value
+def _kept(value, compute):
+    """An output or ``h`` as the forward loop's buffers keep it: as its bits where it is in a narrow compute
+    dtype (``precision.stored``: XLA:CPU converts a narrow buffer a loop updates to float32 and back
+    whole); as it is otherwise (float32 where a float32 carry made it so)."""
+    return stored(value, compute) if value.dtype == compute else value
 
 
 def _narrowed(leaf, compute) -> bool:
@@ -408,7 +402,7 @@ def fused_backward(loop: Loop, residuals, cotangents):
                 (x_chunk.reshape(-1, input_size).T, h_chunk.reshape(-1, h_chunk.shape[-1]).T)
             )
         d_xs_chunk = matmul(d_input, w_ih_t, compute).reshape(n, length, input_size)
-        d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, _like(d_xs_chunk, d_xs, compute), first, axis=1)
+        d_xs = jax.lax.dynamic_update_slice_in_dim(d_xs, stored(d_xs_chunk, compute), first, axis=1)
         d_w_ih, d_w_hh = d_w_ih + matmul(x_t, d_input, compute), d_w_hh + matmul(h_t, d_h, compute)
         if d_bias is not None:
             d_bias = d_bias + jnp.sum(d_input, axis=0, dtype=wide)

@@ -173,8 +173,8 @@ def narrow_storage(compute_dtype) -> bool:
 
 
 def stored(value: Array, compute_dtype) -> Array:
-    """``value`` as a loop buffer keeps it: with ``narrow_storage``, rounded to ``compute_dtype`` and kept as
-    its bits (``uint16``), else as it is.
+    """``value`` (a float array, any shape) as a loop buffer keeps it: with ``narrow_storage``, rounded to
+    ``compute_dtype`` and kept as its bits (``uint16``, the same shape), else as it is.
 
     As bits because XLA:CPU (jaxlib 0.10.2) converts a whole bfloat16 buffer that a loop updates in place
     to float32 and back on every update (measured: the backward pass at (128, 64, 256, 512) took 350 ms
@@ -186,13 +186,14 @@ def stored(value: Array, compute_dtype) -> Array:
     >>> stored(x, jnp.float32) is x, stored(x, jnp.bfloat16).dtype in (jnp.uint16, jnp.float32)
     (True, True)
     """
-    if not narrow_storage(compute_dtype) or value.dtype == jnp.uint16:
+    if not narrow_storage(compute_dtype):
         return value
     return jax.lax.bitcast_convert_type(as_dtype(value, compute_dtype), jnp.uint16)
 
 
 def loaded(buffer: Array, compute_dtype) -> Array:
-    """What ``stored`` kept, in ``compute_dtype`` (the bits read as floats again); other buffers as they are.
+    """What ``stored`` kept, in ``compute_dtype`` (the bits read as floats again, the same shape); buffers
+    that are not ``uint16`` bits as they are.
 
     >>> import jax.numpy as jnp
     >>> x = jnp.array([1.0, 2.5])
